@@ -1,1 +1,14 @@
-//! placeholder
+//! Baton's protocol and domain code: wire formats, the TCP handoff record, HTTP head parsing and
+//! response planning, geo math and participant selection.
+//!
+//! Everything here is deterministic and free of I/O. This crate must never open a socket or a
+//! file, read a clock, spawn a task or depend on an async runtime: the binaries are thin shells
+//! that do the I/O and call into it, passing in whatever time or state a function needs.
+
+pub mod control;
+pub mod digest;
+pub mod geo;
+pub mod handoff;
+pub mod http;
+
+mod wire;
