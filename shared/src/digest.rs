@@ -128,12 +128,16 @@ mod tests {
     fn parse_own_output() {
         assert_eq!(parse_repr_digest(EMPTY_REPR.as_bytes()), Some(EMPTY));
         let other = [0x5a; 32];
-        assert_eq!(parse_repr_digest(repr_digest_value(&other).as_bytes()), Some(other));
+        assert_eq!(
+            parse_repr_digest(repr_digest_value(&other).as_bytes()),
+            Some(other)
+        );
     }
 
     #[test]
     fn parse_among_other_algorithms() {
-        let v = b"sha-512=:AAAA:,  sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=: , md5=:x:";
+        let v =
+            b"sha-512=:AAAA:,  sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=: , md5=:x:";
         assert_eq!(parse_repr_digest(v), Some(EMPTY));
         let v = b"\tsha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:;p=1";
         assert_eq!(parse_repr_digest(v), Some(EMPTY));
@@ -147,13 +151,22 @@ mod tests {
         assert_eq!(parse_repr_digest(b""), None);
         assert_eq!(parse_repr_digest(b"sha-512=:AAAA:"), None);
         // Wrong length (31 bytes).
-        assert_eq!(parse_repr_digest(b"sha-256=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:"), None);
+        assert_eq!(
+            parse_repr_digest(b"sha-256=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:"),
+            None
+        );
         // Not base64.
         assert_eq!(parse_repr_digest(b"sha-256=:!!!:"), None);
         // Unterminated.
-        assert_eq!(parse_repr_digest(b"sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="), None);
+        assert_eq!(
+            parse_repr_digest(b"sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="),
+            None
+        );
         // Legacy syntax is a different header.
-        assert_eq!(parse_repr_digest(b"SHA-256=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="), None);
+        assert_eq!(
+            parse_repr_digest(b"SHA-256=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="),
+            None
+        );
         // Junk after the byte sequence.
         assert_eq!(
             parse_repr_digest(b"sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:x"),

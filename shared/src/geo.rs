@@ -190,10 +190,25 @@ mod tests {
 
     #[test]
     fn coord_range_checks() {
-        assert_eq!(Coord::new(90.0, 180.0), Ok(Coord { lat: 90.0, lon: 180.0 }));
-        assert_eq!(Coord::new(-90.0, -180.0), Ok(Coord { lat: -90.0, lon: -180.0 }));
+        assert_eq!(
+            Coord::new(90.0, 180.0),
+            Ok(Coord {
+                lat: 90.0,
+                lon: 180.0
+            })
+        );
+        assert_eq!(
+            Coord::new(-90.0, -180.0),
+            Ok(Coord {
+                lat: -90.0,
+                lon: -180.0
+            })
+        );
         assert_eq!(Coord::new(90.5, 0.0), Err(GeoError::Latitude { lat: 90.5 }));
-        assert_eq!(Coord::new(0.0, -180.1), Err(GeoError::Longitude { lon: -180.1 }));
+        assert_eq!(
+            Coord::new(0.0, -180.1),
+            Err(GeoError::Longitude { lon: -180.1 })
+        );
         assert_eq!(Coord::new(f64::NAN, 0.0), Err(GeoError::NotFinite));
         assert_eq!(Coord::new(0.0, f64::INFINITY), Err(GeoError::NotFinite));
     }
@@ -202,7 +217,10 @@ mod tests {
     fn coord_serde_checks_range() {
         let c: Coord = serde_json::from_str(r#"{"lat":1.5,"lon":-2.25}"#).expect("valid");
         assert_eq!(c, at(1.5, -2.25));
-        assert_eq!(serde_json::to_string(&c).expect("serialize"), r#"{"lat":1.5,"lon":-2.25}"#);
+        assert_eq!(
+            serde_json::to_string(&c).expect("serialize"),
+            r#"{"lat":1.5,"lon":-2.25}"#
+        );
         assert!(serde_json::from_str::<Coord>(r#"{"lat":91.0,"lon":0.0}"#).is_err());
     }
 
@@ -219,7 +237,10 @@ mod tests {
     #[test]
     fn symmetric_and_zero() {
         assert_eq!(distance_km(frankfurt(), frankfurt()), 0.0);
-        assert_eq!(distance_km(frankfurt(), singapore()), distance_km(singapore(), frankfurt()));
+        assert_eq!(
+            distance_km(frankfurt(), singapore()),
+            distance_km(singapore(), frankfurt())
+        );
     }
 
     #[test]
@@ -238,7 +259,13 @@ mod tests {
     }
 
     fn cand(name: &str, coord: Coord, up: bool, active: u32, cap: u32) -> Candidate {
-        Candidate { name: name.to_string(), coord, up, active_flows: active, capacity: cap }
+        Candidate {
+            name: name.to_string(),
+            coord,
+            up,
+            active_flows: active,
+            capacity: cap,
+        }
     }
 
     fn names(r: &[Ranked]) -> Vec<&str> {
@@ -303,7 +330,10 @@ mod tests {
     #[test]
     fn nobody_can_serve() {
         assert_eq!(choose(None, &[]), None);
-        assert_eq!(choose(Some(london()), &[cand("x", london(), false, 0, 1)]), None);
+        assert_eq!(
+            choose(Some(london()), &[cand("x", london(), false, 0, 1)]),
+            None
+        );
     }
 
     #[test]
