@@ -1,0 +1,835 @@
+//! Lab topologies: the YAML format, its validation, and the deterministic address plan.
+//!
+//! A topology names the lab, gives it an address block inside 198.18.0.0/15 (RFC 2544) and a VIP
+//! inside 203.0.113.0/24 (TEST-NET-3), and lists its nodes. There is always exactly one router,
+//! which is implicit; every node has one link to it. Link `i` (node `i` in YAML order) uses the
+//! `i`-th /24 of the block, with the router on `.1` and the node on `.2`.
+//!
+//! This module never touches the system: it parses, checks and computes. Every error names the
+//! field it is about (`nodes[2].rate`, `block`, ...).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::units::{Delay, Loss, Rate};
+
+/// The embedded default topology (`netns-lab/topologies/default.yaml`).
+pub const DEFAULT_TOPOLOGY_YAML: &str = include_str!("../topologies/default.yaml");
+
+/// Where every lab address must come from: 198.18.0.0/15, the RFC 2544 benchmarking range,
+/// which no real network routes.
+pub const LAB_RANGE: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(198, 18, 0, 0), 15);
+
+/// Where the VIP must come from: 203.0.113.0/24, TEST-NET-3 (RFC 5737).
+pub const VIP_RANGE: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(203, 0, 113, 0), 24);
+
+/// Longest lab name. The name prefixes every namespace of the lab (`<lab>-<node>`); short names
+/// keep `ip netns list` and the `status` table readable.
+pub const MAX_LAB_NAME_LEN: usize = 12;
+
+/// Longest node name, for the same reason as [`MAX_LAB_NAME_LEN`].
+pub const MAX_NODE_NAME_LEN: usize = 24;
+
+/// Prefix length of one link's subnet: every link is a /24.
+pub const LINK_PREFIX_LEN: u8 = 24;
+
+/// Name of the implicit router node (its namespace is `<lab>-router`).
+pub const ROUTER_NAME: &str = "router";
+
+/// Name of a node's interface towards the router, inside the node's namespace.
+pub const NODE_IFACE: &str = "eth0";
+
+/// Why a topology was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The topology file could not be read.
+    #[error("cannot read topology {path}: {error}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        error: std::io::Error,
+    },
+    /// The YAML is malformed, has an unknown field or a value of the wrong type. The message
+    /// starts with the path of the field (`nodes[0].rate: ...`).
+    #[error("invalid topology: {error}")]
+    Parse {
+        /// The parser's error, which names the field and its line.
+        error: serde_yaml::Error,
+    },
+    /// A field parsed but its value is not allowed.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Path of the field, like `nodes[3].name`.
+        field: String,
+        /// Why it is not allowed.
+        reason: String,
+    },
+    /// A field that the lab parses but cannot apply yet was set to a non-zero value.
+    #[error("{field}: not supported yet ({what} is not applied by this version of baton-lab; leave it out or set it to zero)")]
+    NotSupported {
+        /// Path of the field, like `nodes[1].delay`.
+        field: String,
+        /// The feature, like `link delay`.
+        what: &'static str,
+    },
+}
+
+impl TopologyError {
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        TopologyError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What a node does in the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The implicit router every node links to. Never listed in a topology file.
+    Router,
+    /// The main server: owns the VIP's route, hands connections to participants.
+    Main,
+    /// A participant server: holds the VIP on `lo` and answers clients directly.
+    Participant,
+    /// A client: talks to the VIP.
+    Client,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Router => "router",
+            Role::Main => "main",
+            Role::Participant => "participant",
+            Role::Client => "client",
+        })
+    }
+}
+
+/// Where a node is in the world; the lab's GeoIP database maps the node's subnet here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Location {
+    /// City name in English.
+    pub city: String,
+    /// ISO 3166-1 alpha-2 country code (`DE`).
+    pub country: String,
+    /// Latitude in degrees, -90..=90.
+    pub lat: f64,
+    /// Longitude in degrees, -180..=180.
+    pub lon: f64,
+}
+
+/// One node as written in the topology.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Node name, `[a-z0-9-]`; the namespace is `<lab>-<name>`.
+    pub name: String,
+    /// What the node does. `router` is not allowed here: the router is implicit.
+    pub role: Role,
+    /// Where the node is, for the lab's GeoIP database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    /// Rate limit on both directions of the node's link (`tbf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+    /// One-way delay on the node's link. Parsed but not applied yet: must be zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Delay>,
+    /// Delay variation on the node's link. Parsed but not applied yet: must be zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Delay>,
+    /// Packet loss on the node's link. Parsed but not applied yet: must be zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<Loss>,
+}
+
+/// A parsed, validated lab topology.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    name: String,
+    block: Ipv4Net,
+    vip: Ipv4Addr,
+    nodes: Vec<NodeSpec>,
+}
+
+/// A node with its resolved namespace and addresses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Node name from the topology (`router` for the router).
+    pub name: String,
+    /// What the node does.
+    pub role: Role,
+    /// Network namespace name, `<lab>-<node>`.
+    pub ns: String,
+    /// The node's address on its link. For the router: its address on link 0.
+    pub addr: Ipv4Addr,
+    /// The router's address on the node's link, the node's default gateway. For the router
+    /// itself this equals `addr`.
+    pub gateway: Ipv4Addr,
+    /// The node's link subnet (a /24). For the router: the whole lab block.
+    pub subnet: Ipv4Net,
+    /// Where the node is, if the topology says.
+    pub location: Option<Location>,
+    /// The node's interface towards the router: `eth0`. The router has `veth<i>` towards
+    /// node `i`; its entry names `veth0`.
+    pub iface: String,
+}
+
+/// Checks a lab name: `[a-z0-9-]`, starts with a letter or digit, at most
+/// [`MAX_LAB_NAME_LEN`] characters.
+pub fn validate_lab_name(name: &str) -> Result<(), TopologyError> {
+    check_name("name", name, MAX_LAB_NAME_LEN)
+}
+
+fn check_name(field: &str, name: &str, max_len: usize) -> Result<(), TopologyError> {
+    if name.is_empty() || name.len() > max_len {
+        return Err(TopologyError::invalid(
+            field,
+            format!("`{name}` must be 1 to {max_len} characters long"),
+        ));
+    }
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    if !name.chars().all(allowed) || name.starts_with('-') {
+        return Err(TopologyError::invalid(
+            field,
+            format!("`{name}` may only contain a-z, 0-9 and '-', and must not start with '-'"),
+        ));
+    }
+    Ok(())
+}
+
+impl Topology {
+    /// The embedded default topology: a main in Amsterdam, participants in Frankfurt, Ashburn
+    /// and Singapore, and a client near each participant.
+    pub fn default_topology() -> Topology {
+        match Topology::from_yaml(DEFAULT_TOPOLOGY_YAML) {
+            Ok(topology) => topology,
+            // The file is part of the crate and a unit test parses it.
+            Err(error) => panic!("embedded default topology is invalid: {error}"),
+        }
+    }
+
+    /// Parses and validates a topology.
+    pub fn from_yaml(text: &str) -> Result<Topology, TopologyError> {
+        let topology: Topology =
+            serde_yaml::from_str(text).map_err(|error| TopologyError::Parse { error })?;
+        topology.validate()?;
+        Ok(topology)
+    }
+
+    /// Reads, parses and validates a topology file.
+    pub fn load(path: &Path) -> Result<Topology, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|error| TopologyError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        Topology::from_yaml(&text)
+    }
+
+    /// The same topology under another lab name (namespaces, state dir and pin dir follow the
+    /// name). Checked by [`Topology::validate`] and [`crate::Lab::up`].
+    #[must_use]
+    pub fn with_name(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.name);
+        self
+    }
+
+    /// The same topology on another address block, so that labs can run side by side.
+    /// Checked by [`Topology::validate`] and [`crate::Lab::up`].
+    #[must_use]
+    pub fn with_block(mut self, block: Ipv4Net) -> Self {
+        self.block = block;
+        self
+    }
+
+    /// The lab name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address block the links are cut from.
+    pub fn block(&self) -> Ipv4Net {
+        self.block
+    }
+
+    /// The VIP.
+    pub fn vip(&self) -> Ipv4Addr {
+        self.vip
+    }
+
+    /// The nodes as written, in link order (the router is not among them).
+    pub fn node_specs(&self) -> &[NodeSpec] {
+        &self.nodes
+    }
+
+    /// Checks every rule a topology must follow; the error names the offending field.
+    pub fn validate(&self) -> Result<(), TopologyError> {
+        validate_lab_name(&self.name)?;
+        self.validate_addresses()?;
+        let mut names = HashSet::new();
+        let mut mains = 0;
+        for (i, node) in self.nodes.iter().enumerate() {
+            let field = |name: &str| format!("nodes[{i}].{name}");
+            check_name(&field("name"), &node.name, MAX_NODE_NAME_LEN)?;
+            if node.name == ROUTER_NAME {
+                return Err(TopologyError::invalid(
+                    field("name"),
+                    "`router` is the name of the implicit router",
+                ));
+            }
+            if !names.insert(node.name.as_str()) {
+                return Err(TopologyError::invalid(
+                    field("name"),
+                    format!("duplicate node name `{}`", node.name),
+                ));
+            }
+            match node.role {
+                Role::Router => {
+                    return Err(TopologyError::invalid(
+                        field("role"),
+                        "the router is implicit; do not list it as a node",
+                    ))
+                }
+                Role::Main => mains += 1,
+                Role::Participant | Role::Client => {}
+            }
+            if let Some(location) = &node.location {
+                validate_location(&field("location"), location)?;
+            }
+            if node.delay.is_some_and(|delay| !delay.is_zero()) {
+                return Err(TopologyError::NotSupported {
+                    field: field("delay"),
+                    what: "link delay",
+                });
+            }
+            if node.jitter.is_some_and(|jitter| !jitter.is_zero()) {
+                return Err(TopologyError::NotSupported {
+                    field: field("jitter"),
+                    what: "link jitter",
+                });
+            }
+            if node.loss.is_some_and(|loss| !loss.is_zero()) {
+                return Err(TopologyError::NotSupported {
+                    field: field("loss"),
+                    what: "link loss",
+                });
+            }
+        }
+        if mains != 1 {
+            return Err(TopologyError::invalid(
+                "nodes",
+                format!("exactly one node must have role `main`, found {mains}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_addresses(&self) -> Result<(), TopologyError> {
+        let block = self.block;
+        if !LAB_RANGE.contains(&block) {
+            return Err(TopologyError::invalid(
+                "block",
+                format!("{block} is not inside {LAB_RANGE}"),
+            ));
+        }
+        if block.prefix_len() > LINK_PREFIX_LEN {
+            return Err(TopologyError::invalid(
+                "block",
+                format!("{block} is smaller than one /{LINK_PREFIX_LEN} link"),
+            ));
+        }
+        if block.addr() != block.network() {
+            return Err(TopologyError::invalid(
+                "block",
+                format!("{block} has host bits set; did you mean {}?", block.trunc()),
+            ));
+        }
+        let links = 1usize << (LINK_PREFIX_LEN - block.prefix_len());
+        if self.nodes.len() > links {
+            return Err(TopologyError::invalid(
+                "nodes",
+                format!(
+                    "{} nodes need {} links but {block} holds {links}",
+                    self.nodes.len(),
+                    self.nodes.len()
+                ),
+            ));
+        }
+        let vip = self.vip;
+        if !VIP_RANGE.contains(&vip) {
+            return Err(TopologyError::invalid(
+                "vip",
+                format!("{vip} is not inside {VIP_RANGE}"),
+            ));
+        }
+        if vip == VIP_RANGE.network() || vip == VIP_RANGE.broadcast() {
+            return Err(TopologyError::invalid(
+                "vip",
+                format!("{vip} is the network or broadcast address of {VIP_RANGE}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The subnet of link `index`: the `index`-th /24 of the block.
+    fn link_subnet(&self, index: usize) -> Result<Ipv4Net, TopologyError> {
+        let base = u32::from(self.block.network());
+        let subnet = u32::try_from(index)
+            .ok()
+            .and_then(|index| index.checked_mul(1 << (32 - LINK_PREFIX_LEN)))
+            .and_then(|offset| base.checked_add(offset))
+            .map(Ipv4Addr::from)
+            .and_then(|addr| Ipv4Net::new(addr, LINK_PREFIX_LEN).ok())
+            .filter(|subnet| self.block.contains(subnet));
+        subnet.ok_or_else(|| {
+            TopologyError::invalid(
+                "nodes",
+                format!("link {index} does not fit in {}", self.block),
+            )
+        })
+    }
+
+    /// Namespace name of a node: `<lab>-<node>`.
+    pub fn namespace(&self, node: &str) -> String {
+        format!("{}-{node}", self.name)
+    }
+
+    /// Validates the topology and computes every node's namespace and addresses; the router
+    /// comes first, then the nodes in link order.
+    pub fn resolve(&self) -> Result<Vec<Node>, TopologyError> {
+        self.validate()?;
+        let first = self.link_subnet(0)?;
+        let mut nodes = vec![Node {
+            name: ROUTER_NAME.to_owned(),
+            role: Role::Router,
+            ns: self.namespace(ROUTER_NAME),
+            addr: host(first, 1),
+            gateway: host(first, 1),
+            subnet: self.block,
+            location: None,
+            iface: router_iface(0),
+        }];
+        for (i, spec) in self.nodes.iter().enumerate() {
+            let subnet = self.link_subnet(i)?;
+            nodes.push(Node {
+                name: spec.name.clone(),
+                role: spec.role,
+                ns: self.namespace(&spec.name),
+                addr: host(subnet, 2),
+                gateway: host(subnet, 1),
+                subnet,
+                location: spec.location.clone(),
+                iface: NODE_IFACE.to_owned(),
+            });
+        }
+        Ok(nodes)
+    }
+}
+
+/// The router's interface towards link `index`.
+pub fn router_iface(index: usize) -> String {
+    format!("veth{index}")
+}
+
+/// Host number `n` inside a /24.
+fn host(subnet: Ipv4Net, n: u8) -> Ipv4Addr {
+    let [a, b, c, _] = subnet.network().octets();
+    Ipv4Addr::new(a, b, c, n)
+}
+
+fn validate_location(field: &str, location: &Location) -> Result<(), TopologyError> {
+    if location.city.trim().is_empty() {
+        return Err(TopologyError::invalid(
+            format!("{field}.city"),
+            "must not be empty",
+        ));
+    }
+    let country = &location.country;
+    if country.len() != 2 || !country.chars().all(|c| c.is_ascii_uppercase()) {
+        return Err(TopologyError::invalid(
+            format!("{field}.country"),
+            format!("`{country}` is not an ISO 3166-1 alpha-2 code like `DE`"),
+        ));
+    }
+    if !(-90.0..=90.0).contains(&location.lat) {
+        return Err(TopologyError::invalid(
+            format!("{field}.lat"),
+            format!("{} is not between -90 and 90", location.lat),
+        ));
+    }
+    if !(-180.0..=180.0).contains(&location.lon) {
+        return Err(TopologyError::invalid(
+            format!("{field}.lon"),
+            format!("{} is not between -180 and 180", location.lon),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small valid topology to break one field at a time.
+    const SMALL: &str = "\
+name: t
+block: 198.18.8.0/22
+vip: 203.0.113.10
+nodes:
+  - { name: main, role: main }
+  - { name: p1, role: participant, location: { city: Frankfurt, country: DE, lat: 50.11, lon: 8.68 } }
+";
+
+    fn error_of(yaml: &str) -> String {
+        match Topology::from_yaml(yaml) {
+            Ok(topology) => panic!("accepted: {topology:?}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn small_topology_parses() {
+        let topology = Topology::from_yaml(SMALL).expect("valid");
+        assert_eq!(topology.name(), "t");
+        assert_eq!(topology.node_specs().len(), 2);
+    }
+
+    #[test]
+    fn default_topology_parses() {
+        let topology = Topology::from_yaml(DEFAULT_TOPOLOGY_YAML).expect("default parses");
+        assert_eq!(topology.name(), "baton");
+        assert_eq!(
+            topology.block(),
+            "198.18.0.0/21".parse::<Ipv4Net>().expect("net")
+        );
+        assert_eq!(topology.vip(), Ipv4Addr::new(203, 0, 113, 10));
+        let names: Vec<_> = topology
+            .node_specs()
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["main", "p-fra", "p-iad", "p-sin", "c-fra", "c-iad", "c-sin"]
+        );
+        let main = &topology.node_specs()[0];
+        assert_eq!(main.rate.map(Rate::bits_per_second), Some(10_000_000_000));
+    }
+
+    #[test]
+    fn default_addresses_are_fixed() {
+        let nodes = Topology::default_topology().resolve().expect("resolves");
+        let table: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.name.as_str(),
+                    n.role,
+                    n.ns.as_str(),
+                    n.addr.to_string(),
+                    n.gateway.to_string(),
+                    n.subnet.to_string(),
+                    n.iface.as_str(),
+                )
+            })
+            .collect();
+        let expected = [
+            (
+                "router",
+                Role::Router,
+                "baton-router",
+                "198.18.0.1",
+                "198.18.0.1",
+                "198.18.0.0/21",
+                "veth0",
+            ),
+            (
+                "main",
+                Role::Main,
+                "baton-main",
+                "198.18.0.2",
+                "198.18.0.1",
+                "198.18.0.0/24",
+                "eth0",
+            ),
+            (
+                "p-fra",
+                Role::Participant,
+                "baton-p-fra",
+                "198.18.1.2",
+                "198.18.1.1",
+                "198.18.1.0/24",
+                "eth0",
+            ),
+            (
+                "p-iad",
+                Role::Participant,
+                "baton-p-iad",
+                "198.18.2.2",
+                "198.18.2.1",
+                "198.18.2.0/24",
+                "eth0",
+            ),
+            (
+                "p-sin",
+                Role::Participant,
+                "baton-p-sin",
+                "198.18.3.2",
+                "198.18.3.1",
+                "198.18.3.0/24",
+                "eth0",
+            ),
+            (
+                "c-fra",
+                Role::Client,
+                "baton-c-fra",
+                "198.18.4.2",
+                "198.18.4.1",
+                "198.18.4.0/24",
+                "eth0",
+            ),
+            (
+                "c-iad",
+                Role::Client,
+                "baton-c-iad",
+                "198.18.5.2",
+                "198.18.5.1",
+                "198.18.5.0/24",
+                "eth0",
+            ),
+            (
+                "c-sin",
+                Role::Client,
+                "baton-c-sin",
+                "198.18.6.2",
+                "198.18.6.1",
+                "198.18.6.0/24",
+                "eth0",
+            ),
+        ];
+        let expected: Vec<_> = expected
+            .iter()
+            .map(|&(name, role, ns, addr, gw, subnet, iface)| {
+                (
+                    name,
+                    role,
+                    ns,
+                    addr.to_owned(),
+                    gw.to_owned(),
+                    subnet.to_owned(),
+                    iface,
+                )
+            })
+            .collect();
+        assert_eq!(table, expected);
+    }
+
+    #[test]
+    fn name_and_block_overrides_move_everything() {
+        let block = "198.19.248.0/21".parse().expect("net");
+        let nodes = Topology::default_topology()
+            .with_name("labt1")
+            .with_block(block)
+            .resolve()
+            .expect("resolves");
+        let c_sin = nodes.iter().find(|n| n.name == "c-sin").expect("c-sin");
+        assert_eq!(c_sin.ns, "labt1-c-sin");
+        assert_eq!(c_sin.addr, Ipv4Addr::new(198, 19, 254, 2));
+        assert_eq!(c_sin.gateway, Ipv4Addr::new(198, 19, 254, 1));
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let error = error_of(&SMALL.replace("role: main }", "role: main, colour: red }"));
+        assert!(
+            error.contains("nodes[0]") && error.contains("unknown field `colour`"),
+            "{error}"
+        );
+        let error = error_of(&format!("{SMALL}extra: 1\n"));
+        assert!(error.contains("unknown field `extra`"), "{error}");
+        let error = error_of(&SMALL.replace("lon: 8.68", "lon: 8.68, alt: 3"));
+        assert!(
+            error.contains("nodes[1].location") && error.contains("`alt`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let error = error_of(&SMALL.replace("vip: 203.0.113.10", "vip: [1]"));
+        assert!(error.contains("vip"), "{error}");
+        let error = error_of(&SMALL.replace("lat: 50.11", "lat: north"));
+        assert!(error.contains("nodes[1].location.lat"), "{error}");
+        let error = error_of(&SMALL.replace("role: main }", "role: main, rate: fast }"));
+        assert!(
+            error.contains("nodes[0].rate") && error.contains("invalid rate"),
+            "{error}"
+        );
+        let error = error_of(&SMALL.replace("role: participant", "role: server"));
+        assert!(error.contains("nodes[1].role"), "{error}");
+    }
+
+    #[test]
+    fn addresses_outside_the_allowed_ranges_are_rejected() {
+        let cases = [
+            (
+                "block: 198.18.8.0/22",
+                "block: 10.0.0.0/22",
+                "block: 10.0.0.0/22 is not inside 198.18.0.0/15",
+            ),
+            (
+                "block: 198.18.8.0/22",
+                "block: 198.16.0.0/14",
+                "block: 198.16.0.0/14 is not inside",
+            ),
+            (
+                "block: 198.18.8.0/22",
+                "block: 198.18.8.1/22",
+                "block: 198.18.8.1/22 has host bits set",
+            ),
+            (
+                "block: 198.18.8.0/22",
+                "block: 198.18.8.0/25",
+                "block: 198.18.8.0/25 is smaller",
+            ),
+            (
+                "block: 198.18.8.0/22",
+                "block: 198.18.8.0/24",
+                "nodes: 2 nodes need 2 links",
+            ),
+            (
+                "vip: 203.0.113.10",
+                "vip: 192.0.2.10",
+                "vip: 192.0.2.10 is not inside 203.0.113.0/24",
+            ),
+            (
+                "vip: 203.0.113.10",
+                "vip: 198.18.8.10",
+                "vip: 198.18.8.10 is not inside",
+            ),
+            (
+                "vip: 203.0.113.10",
+                "vip: 203.0.113.255",
+                "vip: 203.0.113.255 is the network or broadcast",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            let error = error_of(&SMALL.replace(from, to));
+            assert!(error.starts_with(expected), "{to}: {error}");
+        }
+    }
+
+    #[test]
+    fn node_rules_name_the_field() {
+        let cases = [
+            (
+                "name: p1",
+                "name: main",
+                "nodes[1].name: duplicate node name `main`",
+            ),
+            (
+                "name: p1",
+                "name: router",
+                "nodes[1].name: `router` is the name",
+            ),
+            (
+                "name: p1",
+                "name: P1",
+                "nodes[1].name: `P1` may only contain",
+            ),
+            (
+                "name: t\n",
+                "name: much-too-long-name\n",
+                "name: `much-too-long-name` must be 1 to 12",
+            ),
+            (
+                "role: participant",
+                "role: router",
+                "nodes[1].role: the router is implicit",
+            ),
+            (
+                "role: participant",
+                "role: main",
+                "nodes: exactly one node must have role `main`, found 2",
+            ),
+            (
+                "country: DE",
+                "country: Germany",
+                "nodes[1].location.country: `Germany`",
+            ),
+            (
+                "lat: 50.11",
+                "lat: 91",
+                "nodes[1].location.lat: 91 is not between",
+            ),
+            (
+                "lon: 8.68",
+                "lon: -181",
+                "nodes[1].location.lon: -181 is not between",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            let error = error_of(&SMALL.replacen(from, to, 1));
+            assert!(error.starts_with(expected), "{to}: {error}");
+        }
+    }
+
+    #[test]
+    fn impairments_parse_but_only_zero_is_accepted() {
+        let zero = SMALL.replace(
+            "role: main }",
+            "role: main, delay: 0ms, jitter: 0, loss: 0% }",
+        );
+        let topology = Topology::from_yaml(&zero).expect("zero impairments are accepted");
+        assert_eq!(
+            topology.node_specs()[0].delay.map(Delay::is_zero),
+            Some(true)
+        );
+        let cases = [
+            ("delay: 20ms", "nodes[0].delay: not supported yet"),
+            ("jitter: 5ms", "nodes[0].jitter: not supported yet"),
+            ("loss: 0.5%", "nodes[0].loss: not supported yet"),
+            ("loss: 1", "nodes[0].loss: not supported yet"),
+        ];
+        for (field, expected) in cases {
+            let error =
+                error_of(&SMALL.replace("role: main }", &format!("role: main, {field} }}")));
+            assert!(error.starts_with(expected), "{field}: {error}");
+        }
+        let error = error_of(&SMALL.replace("role: main }", "role: main, delay: 20 }"));
+        assert!(
+            error.contains("nodes[0].delay") && error.contains("invalid delay"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn overrides_are_validated() {
+        let topology = Topology::default_topology().with_name("Bad Name");
+        let error = topology.resolve().map(|_| ()).map_err(|e| e.to_string());
+        assert!(error.is_err_and(|e| e.starts_with("name: `Bad Name`")));
+        let topology =
+            Topology::default_topology().with_block("198.18.0.0/23".parse().expect("net"));
+        let error = topology.resolve().map(|_| ()).map_err(|e| e.to_string());
+        assert!(error.is_err_and(|e| e.starts_with("nodes: 7 nodes need 7 links")));
+    }
+
+    #[test]
+    fn topology_round_trips_through_json() {
+        let topology = Topology::default_topology();
+        let json = serde_json::to_string(&topology).expect("serializes");
+        let back: Topology = serde_json::from_str(&json).expect("deserializes");
+        assert_eq!(back, topology);
+    }
+}
