@@ -1,1 +1,554 @@
-//! placeholder
+//! The handoff record: everything a participant needs to take over a live client connection —
+//! the TCP state the main dumped with `TCP_REPAIR`, the request bytes already read, and what to
+//! serve.
+//!
+//! A fixed binary layout (version byte, big-endian fields in declaration order) so the record
+//! is the same whichever build wrote it. Decoding treats the bytes as untrusted: it checks every
+//! length against a named limit before using it and never panics. This module must never touch
+//! a socket; applying the state is the I/O crate's job.
+//!
+//! Layout, version 1:
+//!
+//! ```text
+//! u8 version | u64 flow_id
+//! u32 local ip | u16 local port | u32 remote ip | u16 remote port
+//! u32 snd_seq | u32 rcv_seq | u16 mss | u8 snd_wscale | u8 rcv_wscale
+//! u8 flags (bit 0 sack, bit 1 timestamps) | u32 ts_val
+//! u32 snd_wl1 | u32 snd_wnd | u32 max_window | u32 rcv_wnd | u32 rcv_wup
+//! u32 request length | request bytes
+//! u8 object present (0 or 1) [ u16 path length | path (UTF-8) | u64 size | 32-byte SHA-256 ]
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::digest::Sha256;
+use crate::http::{ObjectPath, PathError};
+use crate::wire::Reader;
+
+/// Format version written first in every record. Bump it on any layout change: a participant
+/// refuses records of another version instead of misreading them.
+pub const HANDOFF_VERSION: u8 = 1;
+
+/// Most request bytes a record carries: the head (at most [`crate::http::MAX_HEAD_BYTES`]) plus
+/// as much again for bytes of a pipelined request the main read along with it.
+pub const MAX_HANDOFF_REQUEST_BYTES: usize = 2 * crate::http::MAX_HEAD_BYTES;
+
+/// Longest object path. Paths come from request targets, which are at most this long before
+/// percent-decoding shortens them.
+pub const MAX_HANDOFF_PATH_BYTES: usize = crate::http::MAX_TARGET_BYTES;
+
+/// Largest TCP window scale shift (RFC 7323 §2.3).
+pub const MAX_WSCALE: u8 = 14;
+
+/// Flag bit: SACK was negotiated.
+const FLAG_SACK: u8 = 0x01;
+/// Flag bit: timestamps were negotiated.
+const FLAG_TIMESTAMPS: u8 = 0x02;
+
+/// Bytes before the request length: version, flow id, TCP state.
+const FIXED_LEN: usize = 1 + 8 + 6 + 6 + 4 + 4 + 2 + 1 + 1 + 1 + 4 + 5 * 4;
+
+/// The window state of `TCP_REPAIR_WINDOW` (`struct tcp_repair_window`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RepairWindow {
+    pub snd_wl1: u32,
+    pub snd_wnd: u32,
+    pub max_window: u32,
+    pub rcv_wnd: u32,
+    pub rcv_wup: u32,
+}
+
+/// The TCP state of one connection at handoff time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpState {
+    /// The VIP side.
+    pub local: SocketAddrV4,
+    /// The client.
+    pub remote: SocketAddrV4,
+    /// `TCP_QUEUE_SEQ` of the send and receive queues (both queues are empty at handoff).
+    pub snd_seq: u32,
+    pub rcv_seq: u32,
+    pub mss: u16,
+    pub snd_wscale: u8,
+    pub rcv_wscale: u8,
+    pub sack: bool,
+    pub timestamps: bool,
+    /// `TCP_TIMESTAMP` read at dump time (clock + offset).
+    pub ts_val: u32,
+    pub window: RepairWindow,
+}
+
+/// What the participant is to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectPlan {
+    /// A normalized relative object path (see [`ObjectPath`]).
+    pub path: String,
+    pub size: u64,
+    pub sha256: Sha256,
+}
+
+/// One connection handed from the main to a participant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handoff {
+    pub flow_id: u64,
+    pub tcp: TcpState,
+    /// Request bytes the main already read from the client.
+    pub request: Vec<u8>,
+    pub object: Option<ObjectPlan>,
+}
+
+/// Why a handoff record was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum HandoffError {
+    #[error("handoff version {found} is not {HANDOFF_VERSION}")]
+    Version { found: u8 },
+    #[error("handoff record is truncated")]
+    Truncated,
+    #[error("{extra} trailing bytes after the handoff record")]
+    TrailingBytes { extra: usize },
+    #[error("request of {len} bytes exceeds {MAX_HANDOFF_REQUEST_BYTES}")]
+    RequestTooLong { len: usize },
+    #[error("object path of {len} bytes exceeds {MAX_HANDOFF_PATH_BYTES}")]
+    PathTooLong { len: usize },
+    #[error("window scale {wscale} exceeds {MAX_WSCALE}")]
+    WindowScale { wscale: u8 },
+    #[error("mss is zero")]
+    ZeroMss,
+    #[error("unknown flag bits {flags:#04x}")]
+    UnknownFlags { flags: u8 },
+    #[error("object presence byte {byte} is neither 0 nor 1")]
+    Presence { byte: u8 },
+    #[error("object path is not utf-8")]
+    PathNotUtf8,
+    #[error("object path is unsafe: {0}")]
+    Path(#[source] PathError),
+}
+
+fn check_tcp(mss: u16, snd_wscale: u8, rcv_wscale: u8) -> Result<(), HandoffError> {
+    if mss == 0 {
+        return Err(HandoffError::ZeroMss);
+    }
+    for wscale in [snd_wscale, rcv_wscale] {
+        if wscale > MAX_WSCALE {
+            return Err(HandoffError::WindowScale { wscale });
+        }
+    }
+    Ok(())
+}
+
+fn check_path(path: &str) -> Result<(), HandoffError> {
+    if path.len() > MAX_HANDOFF_PATH_BYTES {
+        return Err(HandoffError::PathTooLong { len: path.len() });
+    }
+    ObjectPath::from_relative(path)
+        .map(drop)
+        .map_err(HandoffError::Path)
+}
+
+fn put_addr(out: &mut Vec<u8>, addr: &SocketAddrV4) {
+    out.extend_from_slice(&addr.ip().octets());
+    out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
+fn get_addr(r: &mut Reader<'_>) -> Option<SocketAddrV4> {
+    let ip = Ipv4Addr::from(r.array::<4>()?);
+    Some(SocketAddrV4::new(ip, r.u16()?))
+}
+
+impl Handoff {
+    /// Checks the limits that [`Handoff::decode`] enforces, so a sender can refuse a record the
+    /// participant would reject.
+    pub fn check(&self) -> Result<(), HandoffError> {
+        check_tcp(self.tcp.mss, self.tcp.snd_wscale, self.tcp.rcv_wscale)?;
+        if self.request.len() > MAX_HANDOFF_REQUEST_BYTES {
+            return Err(HandoffError::RequestTooLong {
+                len: self.request.len(),
+            });
+        }
+        if let Some(object) = &self.object {
+            check_path(&object.path)?;
+        }
+        Ok(())
+    }
+
+    /// Size of the encoded record.
+    pub fn encoded_len(&self) -> usize {
+        FIXED_LEN
+            + 4
+            + self.request.len()
+            + 1
+            + self
+                .object
+                .as_ref()
+                .map_or(0, |o| 2 + o.path.len() + 8 + 32)
+    }
+
+    /// Appends the encoded record to `out`. Records that fail [`Handoff::check`] are written
+    /// anyway (lengths saturate) and are then refused by the decoder.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let t = &self.tcp;
+        out.reserve(self.encoded_len());
+        out.push(HANDOFF_VERSION);
+        out.extend_from_slice(&self.flow_id.to_be_bytes());
+        put_addr(out, &t.local);
+        put_addr(out, &t.remote);
+        out.extend_from_slice(&t.snd_seq.to_be_bytes());
+        out.extend_from_slice(&t.rcv_seq.to_be_bytes());
+        out.extend_from_slice(&t.mss.to_be_bytes());
+        out.push(t.snd_wscale);
+        out.push(t.rcv_wscale);
+        let mut flags = 0;
+        if t.sack {
+            flags |= FLAG_SACK;
+        }
+        if t.timestamps {
+            flags |= FLAG_TIMESTAMPS;
+        }
+        out.push(flags);
+        out.extend_from_slice(&t.ts_val.to_be_bytes());
+        let w = &t.window;
+        for v in [w.snd_wl1, w.snd_wnd, w.max_window, w.rcv_wnd, w.rcv_wup] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        let request_len = u32::try_from(self.request.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&request_len.to_be_bytes());
+        out.extend_from_slice(&self.request);
+        match &self.object {
+            None => out.push(0),
+            Some(o) => {
+                out.push(1);
+                let path_len = u16::try_from(o.path.len()).unwrap_or(u16::MAX);
+                out.extend_from_slice(&path_len.to_be_bytes());
+                out.extend_from_slice(o.path.as_bytes());
+                out.extend_from_slice(&o.size.to_be_bytes());
+                out.extend_from_slice(&o.sha256);
+            }
+        }
+    }
+
+    /// Decodes exactly one record filling all of `buf`.
+    pub fn decode(buf: &[u8]) -> Result<Handoff, HandoffError> {
+        const T: HandoffError = HandoffError::Truncated;
+        let mut r = Reader::new(buf);
+
+        let version = r.u8().ok_or(T)?;
+        if version != HANDOFF_VERSION {
+            return Err(HandoffError::Version { found: version });
+        }
+        let flow_id = r.u64().ok_or(T)?;
+        let local = get_addr(&mut r).ok_or(T)?;
+        let remote = get_addr(&mut r).ok_or(T)?;
+        let snd_seq = r.u32().ok_or(T)?;
+        let rcv_seq = r.u32().ok_or(T)?;
+        let mss = r.u16().ok_or(T)?;
+        let snd_wscale = r.u8().ok_or(T)?;
+        let rcv_wscale = r.u8().ok_or(T)?;
+        check_tcp(mss, snd_wscale, rcv_wscale)?;
+        let flags = r.u8().ok_or(T)?;
+        if flags & !(FLAG_SACK | FLAG_TIMESTAMPS) != 0 {
+            return Err(HandoffError::UnknownFlags { flags });
+        }
+        let ts_val = r.u32().ok_or(T)?;
+        let window = RepairWindow {
+            snd_wl1: r.u32().ok_or(T)?,
+            snd_wnd: r.u32().ok_or(T)?,
+            max_window: r.u32().ok_or(T)?,
+            rcv_wnd: r.u32().ok_or(T)?,
+            rcv_wup: r.u32().ok_or(T)?,
+        };
+
+        let len = r.u32().ok_or(T)? as usize;
+        if len > MAX_HANDOFF_REQUEST_BYTES {
+            return Err(HandoffError::RequestTooLong { len });
+        }
+        let request = r.bytes(len).ok_or(T)?.to_vec();
+
+        let object = match r.u8().ok_or(T)? {
+            0 => None,
+            1 => {
+                let len = usize::from(r.u16().ok_or(T)?);
+                if len > MAX_HANDOFF_PATH_BYTES {
+                    return Err(HandoffError::PathTooLong { len });
+                }
+                let path = r.bytes(len).ok_or(T)?;
+                let path = std::str::from_utf8(path).map_err(|_| HandoffError::PathNotUtf8)?;
+                check_path(path)?;
+                let size = r.u64().ok_or(T)?;
+                let sha256 = r.array::<32>().ok_or(T)?;
+                Some(ObjectPlan {
+                    path: path.to_string(),
+                    size,
+                    sha256,
+                })
+            }
+            byte => return Err(HandoffError::Presence { byte }),
+        };
+        if r.remaining() != 0 {
+            return Err(HandoffError::TrailingBytes {
+                extra: r.remaining(),
+            });
+        }
+
+        let tcp = TcpState {
+            local,
+            remote,
+            snd_seq,
+            rcv_seq,
+            mss,
+            snd_wscale,
+            rcv_wscale,
+            sack: flags & FLAG_SACK != 0,
+            timestamps: flags & FLAG_TIMESTAMPS != 0,
+            ts_val,
+            window,
+        };
+        Ok(Handoff {
+            flow_id,
+            tcp,
+            request,
+            object,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[rustfmt::skip]
+    static FIXTURE: &[u8] = &[
+        0x01,                                           // version
+        0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, // flow_id
+        203, 0, 113, 10, 0x00, 0x50,                    // local 203.0.113.10:80
+        198, 18, 1, 2, 0xc8, 0x22,                      // remote 198.18.1.2:51234
+        0x11, 0x22, 0x33, 0x44,                         // snd_seq
+        0x55, 0x66, 0x77, 0x88,                         // rcv_seq
+        0x05, 0xb4,                                     // mss 1460
+        0x07,                                           // snd_wscale
+        0x09,                                           // rcv_wscale
+        0x03,                                           // flags: sack | timestamps
+        0xa0, 0xb0, 0xc0, 0xd0,                         // ts_val
+        0x55, 0x66, 0x77, 0x88,                         // snd_wl1
+        0x00, 0x00, 0xfa, 0xf0,                         // snd_wnd 64240
+        0x00, 0x00, 0xff, 0xff,                         // max_window 65535
+        0x00, 0x00, 0xff, 0xcb,                         // rcv_wnd 65483
+        0x55, 0x66, 0x77, 0x88,                         // rcv_wup
+        0x00, 0x00, 0x00, 0x13,                         // request length 19
+        b'G', b'E', b'T', b' ', b'/', b'a', b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'0',
+        b'\r', b'\n', b'\r', b'\n',                     // "GET /a HTTP/1.0\r\n\r\n"
+        0x01,                                           // object present
+        0x00, 0x07,                                     // path length 7
+        b'a', b'/', b'b', b'.', b'b', b'i', b'n',       // "a/b.bin"
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, // size 4096
+        0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, // sha256
+        0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab,
+        0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab,
+        0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab,
+    ];
+
+    /// Offsets into [`FIXTURE`] for the corruption tests.
+    const MSS_AT: usize = 29;
+    const SND_WSCALE_AT: usize = 31;
+    const FLAGS_AT: usize = 33;
+    const REQUEST_LEN_AT: usize = 58;
+    const PRESENCE_AT: usize = 81;
+    const PATH_AT: usize = 84;
+
+    fn fixture() -> Handoff {
+        Handoff {
+            flow_id: 0x0102_0304_0506_0708,
+            tcp: TcpState {
+                local: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 80),
+                remote: SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 2), 51234),
+                snd_seq: 0x1122_3344,
+                rcv_seq: 0x5566_7788,
+                mss: 1460,
+                snd_wscale: 7,
+                rcv_wscale: 9,
+                sack: true,
+                timestamps: true,
+                ts_val: 0xa0b0_c0d0,
+                window: RepairWindow {
+                    snd_wl1: 0x5566_7788,
+                    snd_wnd: 64240,
+                    max_window: 65535,
+                    rcv_wnd: 65483,
+                    rcv_wup: 0x5566_7788,
+                },
+            },
+            request: b"GET /a HTTP/1.0\r\n\r\n".to_vec(),
+            object: Some(ObjectPlan {
+                path: "a/b.bin".into(),
+                size: 4096,
+                sha256: [0xab; 32],
+            }),
+        }
+    }
+
+    fn encode(h: &Handoff) -> Vec<u8> {
+        let mut out = Vec::new();
+        h.encode(&mut out);
+        assert_eq!(out.len(), h.encoded_len());
+        out
+    }
+
+    fn corrupt(at: usize, value: u8) -> Vec<u8> {
+        let mut buf = FIXTURE.to_vec();
+        buf[at] = value;
+        buf
+    }
+
+    #[test]
+    fn fixture_both_ways() {
+        assert_eq!(Handoff::decode(FIXTURE), Ok(fixture()));
+        assert_eq!(encode(&fixture()), FIXTURE);
+        assert_eq!(fixture().check(), Ok(()));
+        assert_eq!(FIXED_LEN, REQUEST_LEN_AT);
+    }
+
+    #[test]
+    fn without_object_and_flags() {
+        let mut h = fixture();
+        h.object = None;
+        h.tcp.sack = false;
+        h.tcp.timestamps = true;
+        h.request.clear();
+        let bytes = encode(&h);
+        assert_eq!(bytes.len(), FIXED_LEN + 4 + 1);
+        assert_eq!(bytes[FLAGS_AT], 0x02);
+        assert_eq!(bytes[FIXED_LEN..], [0, 0, 0, 0, 0]);
+        assert_eq!(Handoff::decode(&bytes), Ok(h));
+    }
+
+    #[test]
+    fn every_prefix_is_truncated() {
+        for n in 0..FIXTURE.len() {
+            assert_eq!(
+                Handoff::decode(&FIXTURE[..n]),
+                Err(HandoffError::Truncated),
+                "prefix {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn trailing_bytes() {
+        let mut buf = FIXTURE.to_vec();
+        buf.extend_from_slice(&[0, 0]);
+        assert_eq!(
+            Handoff::decode(&buf),
+            Err(HandoffError::TrailingBytes { extra: 2 })
+        );
+    }
+
+    #[test]
+    fn wrong_version() {
+        assert_eq!(
+            Handoff::decode(&corrupt(0, 2)),
+            Err(HandoffError::Version { found: 2 })
+        );
+        assert_eq!(
+            Handoff::decode(&corrupt(0, 0)),
+            Err(HandoffError::Version { found: 0 })
+        );
+    }
+
+    #[test]
+    fn bad_tcp_options() {
+        let mut buf = corrupt(MSS_AT, 0);
+        buf[MSS_AT + 1] = 0;
+        assert_eq!(Handoff::decode(&buf), Err(HandoffError::ZeroMss));
+        assert_eq!(
+            Handoff::decode(&corrupt(SND_WSCALE_AT, 15)),
+            Err(HandoffError::WindowScale { wscale: 15 })
+        );
+        assert_eq!(
+            Handoff::decode(&corrupt(SND_WSCALE_AT + 1, 255)),
+            Err(HandoffError::WindowScale { wscale: 255 })
+        );
+        let mut h = fixture();
+        h.tcp.snd_wscale = 14;
+        h.tcp.rcv_wscale = 14;
+        assert_eq!(Handoff::decode(&encode(&h)), Ok(h));
+        assert_eq!(
+            Handoff::decode(&corrupt(FLAGS_AT, 0x07)),
+            Err(HandoffError::UnknownFlags { flags: 0x07 })
+        );
+        assert_eq!(
+            Handoff::decode(&corrupt(FLAGS_AT, 0x80)),
+            Err(HandoffError::UnknownFlags { flags: 0x80 })
+        );
+    }
+
+    #[test]
+    fn request_length_limit() {
+        let mut h = fixture();
+        h.request = vec![b'x'; MAX_HANDOFF_REQUEST_BYTES];
+        assert_eq!(Handoff::decode(&encode(&h)), Ok(h.clone()));
+        h.request.push(b'x');
+        let len = MAX_HANDOFF_REQUEST_BYTES + 1;
+        assert_eq!(h.check(), Err(HandoffError::RequestTooLong { len }));
+        assert_eq!(
+            Handoff::decode(&encode(&h)),
+            Err(HandoffError::RequestTooLong { len })
+        );
+        // Refused from the length alone, before the bytes arrive.
+        let mut buf = FIXTURE[..REQUEST_LEN_AT].to_vec();
+        buf.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(
+            Handoff::decode(&buf),
+            Err(HandoffError::RequestTooLong {
+                len: u32::MAX as usize
+            })
+        );
+    }
+
+    #[test]
+    fn presence_byte() {
+        assert_eq!(
+            Handoff::decode(&corrupt(PRESENCE_AT, 2)),
+            Err(HandoffError::Presence { byte: 2 })
+        );
+    }
+
+    #[test]
+    fn object_path_rules() {
+        assert_eq!(
+            Handoff::decode(&corrupt(PATH_AT, 0xff)),
+            Err(HandoffError::PathNotUtf8)
+        );
+        assert_eq!(
+            Handoff::decode(&corrupt(PATH_AT, b'/')),
+            Err(HandoffError::Path(PathError::NotNormalized))
+        );
+        assert_eq!(
+            Handoff::decode(&corrupt(PATH_AT + 1, b'\\')),
+            Err(HandoffError::Path(PathError::Backslash))
+        );
+        let mut h = fixture();
+        if let Some(o) = h.object.as_mut() {
+            o.path = "../etc/passwd".into();
+        }
+        assert_eq!(h.check(), Err(HandoffError::Path(PathError::Traversal)));
+        assert_eq!(
+            Handoff::decode(&encode(&h)),
+            Err(HandoffError::Path(PathError::Traversal))
+        );
+        if let Some(o) = h.object.as_mut() {
+            o.path = String::new();
+        }
+        assert_eq!(
+            Handoff::decode(&encode(&h)),
+            Err(HandoffError::Path(PathError::Empty))
+        );
+        if let Some(o) = h.object.as_mut() {
+            o.path = "a".repeat(MAX_HANDOFF_PATH_BYTES + 1);
+        }
+        let len = MAX_HANDOFF_PATH_BYTES + 1;
+        assert_eq!(h.check(), Err(HandoffError::PathTooLong { len }));
+        assert_eq!(
+            Handoff::decode(&encode(&h)),
+            Err(HandoffError::PathTooLong { len })
+        );
+    }
+}
