@@ -1,1 +1,592 @@
-//! placeholder
+//! The participant ↔ main control channel: message types and their length-prefixed framing.
+//!
+//! A frame is a u32 big-endian length of the rest, a kind byte, and the body in the kind's fixed
+//! layout (big-endian integers, length-prefixed UTF-8 strings). Decoding is check-then-parse: an
+//! incomplete frame is `Ok(None)`, an oversize one is refused from its length prefix alone. This
+//! module never reads or writes a socket, and authenticates nothing (that layer wraps these
+//! frames later).
+
+use std::net::Ipv4Addr;
+
+use crate::geo::{Coord, GeoError};
+use crate::handoff::{Handoff, HandoffError};
+use crate::wire::Reader;
+
+/// Largest frame body (everything after the length prefix). The biggest real message, a
+/// [`Message::Handoff`], stays under 40 KiB; 1 MiB leaves room for growth while bounding what a
+/// peer can make us buffer.
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// Longest participant name. Names appear in logs, metrics labels and `batonctl` tables, so they
+/// are short and limited to `[a-z0-9-]`.
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// Longest reason text in [`Message::Rejected`] and [`Message::RestoreFailed`]: room for an error
+/// chain, not for a log dump.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// Bytes of the length prefix.
+const LEN_PREFIX: usize = 4;
+
+const KIND_REGISTER: u8 = 1;
+const KIND_REGISTERED: u8 = 2;
+const KIND_REJECTED: u8 = 3;
+const KIND_HEARTBEAT: u8 = 4;
+const KIND_HANDOFF: u8 = 5;
+const KIND_RESTORED: u8 = 6;
+const KIND_RESTORE_FAILED: u8 = 7;
+const KIND_FLOW_CLOSED: u8 = 8;
+
+/// A control-channel message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// Participant → main, first message: who and where it is.
+    Register {
+        name: String,
+        addr: Ipv4Addr,
+        coord: Coord,
+        capacity: u32,
+    },
+    /// Main → participant: registration accepted.
+    Registered { participant_id: u32 },
+    /// Main → participant: registration refused.
+    Rejected { reason: String },
+    /// Participant → main, periodic: current load.
+    Heartbeat { active_flows: u32 },
+    /// Main → participant: take over this connection.
+    Handoff(Handoff),
+    /// Participant → main: the connection is restored and being served.
+    Restored { flow_id: u64 },
+    /// Participant → main: the connection could not be restored.
+    RestoreFailed { flow_id: u64, reason: String },
+    /// Participant → main: the connection ended.
+    FlowClosed { flow_id: u64, bytes_sent: u64 },
+}
+
+/// Why a frame was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds {MAX_FRAME_BYTES}")]
+    TooLarge { len: usize },
+    #[error("frame has no kind byte")]
+    Empty,
+    #[error("unknown message kind {kind}")]
+    UnknownKind { kind: u8 },
+    #[error("message body is truncated")]
+    Truncated,
+    #[error("{extra} trailing bytes in frame")]
+    TrailingBytes { extra: usize },
+    #[error("name must be 1 to {MAX_NAME_BYTES} bytes of [a-z0-9-]")]
+    BadName,
+    #[error("reason of {len} bytes exceeds {MAX_REASON_BYTES}")]
+    ReasonTooLong { len: usize },
+    #[error("text is not utf-8")]
+    NotUtf8,
+    #[error("bad coordinate: {0}")]
+    Coord(#[source] GeoError),
+    #[error("bad handoff: {0}")]
+    Handoff(#[from] HandoffError),
+}
+
+/// Checks a participant name: 1 to [`MAX_NAME_BYTES`] bytes of `[a-z0-9-]`.
+pub fn validate_name(name: &str) -> Result<(), FrameError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(FrameError::BadName)
+    }
+}
+
+/// `reason` cut to at most [`MAX_REASON_BYTES`] on a character boundary.
+fn clip_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_REASON_BYTES);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+fn put_reason(out: &mut Vec<u8>, reason: &str) {
+    let reason = clip_reason(reason);
+    // MAX_REASON_BYTES fits in a u16.
+    out.extend_from_slice(&(reason.len() as u16).to_be_bytes());
+    out.extend_from_slice(reason.as_bytes());
+}
+
+/// Appends one frame for `msg` to `out`.
+///
+/// Reasons longer than [`MAX_REASON_BYTES`] are cut short (they are human-readable text). Names
+/// are written as given; one that fails [`validate_name`] is refused by the receiver.
+pub fn encode_frame(msg: &Message, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; LEN_PREFIX]);
+    match msg {
+        Message::Register {
+            name,
+            addr,
+            coord,
+            capacity,
+        } => {
+            out.push(KIND_REGISTER);
+            let name = &name.as_bytes()[..name.len().min(usize::from(u8::MAX))];
+            out.push(name.len() as u8);
+            out.extend_from_slice(name);
+            out.extend_from_slice(&addr.octets());
+            out.extend_from_slice(&coord.lat.to_bits().to_be_bytes());
+            out.extend_from_slice(&coord.lon.to_bits().to_be_bytes());
+            out.extend_from_slice(&capacity.to_be_bytes());
+        }
+        Message::Registered { participant_id } => {
+            out.push(KIND_REGISTERED);
+            out.extend_from_slice(&participant_id.to_be_bytes());
+        }
+        Message::Rejected { reason } => {
+            out.push(KIND_REJECTED);
+            put_reason(out, reason);
+        }
+        Message::Heartbeat { active_flows } => {
+            out.push(KIND_HEARTBEAT);
+            out.extend_from_slice(&active_flows.to_be_bytes());
+        }
+        Message::Handoff(handoff) => {
+            out.push(KIND_HANDOFF);
+            handoff.encode(out);
+        }
+        Message::Restored { flow_id } => {
+            out.push(KIND_RESTORED);
+            out.extend_from_slice(&flow_id.to_be_bytes());
+        }
+        Message::RestoreFailed { flow_id, reason } => {
+            out.push(KIND_RESTORE_FAILED);
+            out.extend_from_slice(&flow_id.to_be_bytes());
+            put_reason(out, reason);
+        }
+        Message::FlowClosed {
+            flow_id,
+            bytes_sent,
+        } => {
+            out.push(KIND_FLOW_CLOSED);
+            out.extend_from_slice(&flow_id.to_be_bytes());
+            out.extend_from_slice(&bytes_sent.to_be_bytes());
+        }
+    }
+    let len = u32::try_from(out.len() - start - LEN_PREFIX).unwrap_or(u32::MAX);
+    out[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Decodes one frame from the start of `buf`.
+///
+/// `Ok(None)` means incomplete: read more and call again. An oversize length prefix is an error
+/// as soon as the prefix is in, without waiting for the body. On success, returns the message
+/// and the number of bytes it used; bytes after it belong to the next frame.
+pub fn decode_frame(buf: &[u8]) -> Result<Option<(Message, usize)>, FrameError> {
+    let Some(prefix) = buf.first_chunk::<LEN_PREFIX>() else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(*prefix) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge { len });
+    }
+    let Some(frame) = buf.get(LEN_PREFIX..LEN_PREFIX + len) else {
+        return Ok(None);
+    };
+    let Some((&kind, body)) = frame.split_first() else {
+        return Err(FrameError::Empty);
+    };
+    Ok(Some((decode_body(kind, body)?, LEN_PREFIX + len)))
+}
+
+fn get_reason(r: &mut Reader<'_>) -> Result<String, FrameError> {
+    let len = usize::from(r.u16().ok_or(FrameError::Truncated)?);
+    if len > MAX_REASON_BYTES {
+        return Err(FrameError::ReasonTooLong { len });
+    }
+    let bytes = r.bytes(len).ok_or(FrameError::Truncated)?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| FrameError::NotUtf8)
+}
+
+fn decode_body(kind: u8, body: &[u8]) -> Result<Message, FrameError> {
+    const T: FrameError = FrameError::Truncated;
+    if kind == KIND_HANDOFF {
+        return Ok(Message::Handoff(Handoff::decode(body)?));
+    }
+    let mut r = Reader::new(body);
+    let msg = match kind {
+        KIND_REGISTER => {
+            let len = usize::from(r.u8().ok_or(T)?);
+            let name = r.bytes(len).ok_or(T)?;
+            let name = String::from_utf8(name.to_vec()).map_err(|_| FrameError::BadName)?;
+            validate_name(&name)?;
+            let addr = Ipv4Addr::from(r.array::<4>().ok_or(T)?);
+            let lat = f64::from_bits(r.u64().ok_or(T)?);
+            let lon = f64::from_bits(r.u64().ok_or(T)?);
+            let coord = Coord::new(lat, lon).map_err(FrameError::Coord)?;
+            let capacity = r.u32().ok_or(T)?;
+            Message::Register {
+                name,
+                addr,
+                coord,
+                capacity,
+            }
+        }
+        KIND_REGISTERED => Message::Registered {
+            participant_id: r.u32().ok_or(T)?,
+        },
+        KIND_REJECTED => Message::Rejected {
+            reason: get_reason(&mut r)?,
+        },
+        KIND_HEARTBEAT => Message::Heartbeat {
+            active_flows: r.u32().ok_or(T)?,
+        },
+        KIND_RESTORED => Message::Restored {
+            flow_id: r.u64().ok_or(T)?,
+        },
+        KIND_RESTORE_FAILED => {
+            let flow_id = r.u64().ok_or(T)?;
+            Message::RestoreFailed {
+                flow_id,
+                reason: get_reason(&mut r)?,
+            }
+        }
+        KIND_FLOW_CLOSED => Message::FlowClosed {
+            flow_id: r.u64().ok_or(T)?,
+            bytes_sent: r.u64().ok_or(T)?,
+        },
+        kind => return Err(FrameError::UnknownKind { kind }),
+    };
+    if r.remaining() != 0 {
+        return Err(FrameError::TrailingBytes {
+            extra: r.remaining(),
+        });
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handoff::{RepairWindow, TcpState};
+    use std::net::SocketAddrV4;
+
+    #[rustfmt::skip]
+    static REGISTER: &[u8] = &[
+        0, 0, 0, 31,                                    // length
+        1,                                              // kind
+        5, b'f', b'r', b'a', b'-', b'1',                // name "fra-1"
+        198, 18, 2, 10,                                 // addr
+        0x40, 0x49, 0, 0, 0, 0, 0, 0,                   // lat 50.0
+        0x40, 0x21, 0, 0, 0, 0, 0, 0,                   // lon 8.5
+        0, 0, 0x03, 0xe8,                               // capacity 1000
+    ];
+    static REGISTERED: &[u8] = &[0, 0, 0, 5, 2, 0, 0, 0, 7];
+    static REJECTED: &[u8] = &[0, 0, 0, 7, 3, 0, 4, b'f', b'u', b'l', b'l'];
+    static HEARTBEAT: &[u8] = &[0, 0, 0, 5, 4, 0, 0, 1, 2];
+    #[rustfmt::skip]
+    static HANDOFF: &[u8] = &[
+        0, 0, 0, 64,                                    // length
+        5,                                              // kind
+        1,                                              // handoff version
+        0, 0, 0, 0, 0, 0, 0, 9,                         // flow_id
+        203, 0, 113, 10, 0x01, 0xbb,                    // local 203.0.113.10:443
+        198, 18, 3, 4, 0x9c, 0x40,                      // remote 198.18.3.4:40000
+        0, 0, 0, 1,                                     // snd_seq
+        0, 0, 0, 2,                                     // rcv_seq
+        0x05, 0xb4,                                     // mss 1460
+        0, 0,                                           // wscales
+        0x01,                                           // flags: sack
+        0, 0, 0, 0,                                     // ts_val
+        0, 0, 0, 2,                                     // snd_wl1
+        0, 0, 0xff, 0xff,                               // snd_wnd
+        0, 0, 0xff, 0xff,                               // max_window
+        0, 0, 0xff, 0xff,                               // rcv_wnd
+        0, 0, 0, 2,                                     // rcv_wup
+        0, 0, 0, 0,                                     // no request bytes
+        0,                                              // no object
+    ];
+    static RESTORED: &[u8] = &[0, 0, 0, 9, 6, 1, 2, 3, 4, 5, 6, 7, 8];
+    #[rustfmt::skip]
+    static RESTORE_FAILED: &[u8] = &[
+        0, 0, 0, 25,                                    // length
+        7,                                              // kind
+        0, 0, 0, 0, 0, 0, 0, 9,                         // flow_id
+        0, 14,                                          // reason length
+        b'n', b'o', b' ', b's', b'u', b'c', b'h', b' ', b'o', b'b', b'j', b'e', b'c', b't',
+    ];
+    #[rustfmt::skip]
+    static FLOW_CLOSED: &[u8] = &[
+        0, 0, 0, 17,                                    // length
+        8,                                              // kind
+        0, 0, 0, 0, 0, 0, 0, 9,                         // flow_id
+        0, 0, 0, 1, 0, 0, 0, 0,                         // bytes_sent 2^32
+    ];
+
+    fn handoff() -> Handoff {
+        Handoff {
+            flow_id: 9,
+            tcp: TcpState {
+                local: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 443),
+                remote: SocketAddrV4::new(Ipv4Addr::new(198, 18, 3, 4), 40000),
+                snd_seq: 1,
+                rcv_seq: 2,
+                mss: 1460,
+                snd_wscale: 0,
+                rcv_wscale: 0,
+                sack: true,
+                timestamps: false,
+                ts_val: 0,
+                window: RepairWindow {
+                    snd_wl1: 2,
+                    snd_wnd: 0xffff,
+                    max_window: 0xffff,
+                    rcv_wnd: 0xffff,
+                    rcv_wup: 2,
+                },
+            },
+            request: Vec::new(),
+            object: None,
+        }
+    }
+
+    fn fixtures() -> Vec<(Message, &'static [u8])> {
+        vec![
+            (
+                Message::Register {
+                    name: "fra-1".into(),
+                    addr: Ipv4Addr::new(198, 18, 2, 10),
+                    coord: Coord::new(50.0, 8.5).expect("in range"),
+                    capacity: 1000,
+                },
+                REGISTER,
+            ),
+            (Message::Registered { participant_id: 7 }, REGISTERED),
+            (
+                Message::Rejected {
+                    reason: "full".into(),
+                },
+                REJECTED,
+            ),
+            (Message::Heartbeat { active_flows: 258 }, HEARTBEAT),
+            (Message::Handoff(handoff()), HANDOFF),
+            (
+                Message::Restored {
+                    flow_id: 0x0102_0304_0506_0708,
+                },
+                RESTORED,
+            ),
+            (
+                Message::RestoreFailed {
+                    flow_id: 9,
+                    reason: "no such object".into(),
+                },
+                RESTORE_FAILED,
+            ),
+            (
+                Message::FlowClosed {
+                    flow_id: 9,
+                    bytes_sent: 1 << 32,
+                },
+                FLOW_CLOSED,
+            ),
+        ]
+    }
+
+    fn encode(msg: &Message) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(msg, &mut out);
+        out
+    }
+
+    fn decode_err(buf: &[u8]) -> FrameError {
+        match decode_frame(buf) {
+            Err(e) => e,
+            Ok(other) => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    /// A frame with the given kind and body, length filled in.
+    fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+        out.push(kind);
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn fixtures_both_ways() {
+        for (msg, bytes) in fixtures() {
+            assert_eq!(encode(&msg), bytes, "{msg:?}");
+            assert_eq!(decode_frame(bytes), Ok(Some((msg, bytes.len()))));
+        }
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete() {
+        for (_, bytes) in fixtures() {
+            for n in 0..bytes.len() {
+                assert_eq!(decode_frame(&bytes[..n]), Ok(None), "{bytes:?} prefix {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn stream_of_frames() {
+        let mut stream = Vec::new();
+        for (msg, _) in fixtures() {
+            encode_frame(&msg, &mut stream);
+        }
+        let mut at = 0;
+        for (msg, _) in fixtures() {
+            match decode_frame(&stream[at..]) {
+                Ok(Some((got, used))) => {
+                    assert_eq!(got, msg);
+                    at += used;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(at, stream.len());
+    }
+
+    #[test]
+    fn oversize_is_refused_from_the_prefix() {
+        let len = MAX_FRAME_BYTES + 1;
+        let prefix = (len as u32).to_be_bytes();
+        assert_eq!(decode_err(&prefix), FrameError::TooLarge { len });
+        assert_eq!(
+            decode_err(&[0xff; 4]),
+            FrameError::TooLarge {
+                len: u32::MAX as usize
+            }
+        );
+        // Exactly at the limit: wait for the body.
+        assert_eq!(
+            decode_frame(&(MAX_FRAME_BYTES as u32).to_be_bytes()),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn framing_errors() {
+        assert_eq!(decode_err(&[0, 0, 0, 0]), FrameError::Empty);
+        assert_eq!(
+            decode_err(&frame(0, &[])),
+            FrameError::UnknownKind { kind: 0 }
+        );
+        assert_eq!(
+            decode_err(&frame(99, &[1, 2])),
+            FrameError::UnknownKind { kind: 99 }
+        );
+        assert_eq!(decode_err(&frame(2, &[0, 0, 7])), FrameError::Truncated);
+        assert_eq!(
+            decode_err(&frame(2, &[0, 0, 0, 7, 0])),
+            FrameError::TrailingBytes { extra: 1 }
+        );
+        assert_eq!(decode_err(&frame(8, &[0; 15])), FrameError::Truncated);
+        assert_eq!(
+            decode_err(&frame(6, &[0; 9])),
+            FrameError::TrailingBytes { extra: 1 }
+        );
+        assert_eq!(decode_err(&frame(3, &[0, 5, b'a'])), FrameError::Truncated);
+        // A body error inside a complete frame does not read past the frame.
+        let mut two = frame(4, &[0, 0, 1]);
+        two.extend_from_slice(HEARTBEAT);
+        assert_eq!(decode_err(&two), FrameError::Truncated);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(validate_name("fra-1"), Ok(()));
+        assert_eq!(validate_name(&"a".repeat(MAX_NAME_BYTES)), Ok(()));
+        for bad in [
+            "",
+            "Fra",
+            "fra_1",
+            "fra 1",
+            "fr\u{e4}",
+            &"a".repeat(MAX_NAME_BYTES + 1),
+        ] {
+            assert_eq!(validate_name(bad), Err(FrameError::BadName), "{bad:?}");
+        }
+        let mut bytes = REGISTER.to_vec();
+        bytes[6] = b'F';
+        assert_eq!(decode_err(&bytes), FrameError::BadName);
+        bytes[6] = 0xff;
+        assert_eq!(decode_err(&bytes), FrameError::BadName);
+        let msg = Message::Register {
+            name: "a".repeat(MAX_NAME_BYTES + 1),
+            addr: Ipv4Addr::LOCALHOST,
+            coord: Coord::new(0.0, 0.0).expect("in range"),
+            capacity: 1,
+        };
+        assert_eq!(decode_err(&encode(&msg)), FrameError::BadName);
+    }
+
+    #[test]
+    fn coordinates_are_checked() {
+        let mut bytes = REGISTER.to_vec();
+        bytes[15..23].copy_from_slice(&91.0f64.to_bits().to_be_bytes());
+        assert_eq!(
+            decode_err(&bytes),
+            FrameError::Coord(GeoError::Latitude { lat: 91.0 })
+        );
+        bytes[15..23].copy_from_slice(&f64::NAN.to_bits().to_be_bytes());
+        assert_eq!(decode_err(&bytes), FrameError::Coord(GeoError::NotFinite));
+    }
+
+    #[test]
+    fn reasons() {
+        let mut body = vec![0x04, 0x01];
+        body.extend_from_slice(&[b'x'; MAX_REASON_BYTES + 1]);
+        assert_eq!(
+            decode_err(&frame(3, &body)),
+            FrameError::ReasonTooLong {
+                len: MAX_REASON_BYTES + 1
+            }
+        );
+        assert_eq!(
+            decode_err(&frame(3, &[0, 2, 0xc3, 0x28])),
+            FrameError::NotUtf8
+        );
+        // Long reasons are cut on a character boundary when sent.
+        let long = "\u{e9}".repeat(MAX_REASON_BYTES);
+        let msg = Message::RestoreFailed {
+            flow_id: 1,
+            reason: long.clone(),
+        };
+        let Ok(Some((Message::RestoreFailed { reason, .. }, _))) = decode_frame(&encode(&msg))
+        else {
+            panic!("clipped reason must decode");
+        };
+        assert_eq!(reason.len(), MAX_REASON_BYTES);
+        assert_eq!(reason, long[..MAX_REASON_BYTES]);
+        let msg = Message::Rejected {
+            reason: "x".repeat(MAX_REASON_BYTES + 1),
+        };
+        let Ok(Some((Message::Rejected { reason }, _))) = decode_frame(&encode(&msg)) else {
+            panic!("clipped reason must decode");
+        };
+        assert_eq!(reason, "x".repeat(MAX_REASON_BYTES));
+    }
+
+    #[test]
+    fn handoff_errors_pass_through() {
+        let mut bytes = HANDOFF.to_vec();
+        bytes[5] = 2;
+        assert_eq!(
+            decode_err(&bytes),
+            FrameError::Handoff(HandoffError::Version { found: 2 })
+        );
+        let mut bytes = HANDOFF.to_vec();
+        bytes.push(0);
+        bytes[3] += 1;
+        assert_eq!(
+            decode_err(&bytes),
+            FrameError::Handoff(HandoffError::TrailingBytes { extra: 1 })
+        );
+    }
+}
