@@ -507,6 +507,15 @@ mod tests {
             decode_err(&frame(99, &[1, 2])),
             FrameError::UnknownKind { kind: 99 }
         );
+        assert_eq!(
+            decode_err(&frame(11, &[1, 2])),
+            FrameError::UnknownKind { kind: 11 }
+        );
+        assert_eq!(decode_err(&frame(9, &[0; 7])), FrameError::Truncated);
+        assert_eq!(
+            decode_err(&frame(10, &[0; 9])),
+            FrameError::TrailingBytes { extra: 1 }
+        );
         assert_eq!(decode_err(&frame(2, &[0, 0, 7])), FrameError::Truncated);
         assert_eq!(
             decode_err(&frame(2, &[0, 0, 0, 7, 0])),
