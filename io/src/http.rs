@@ -1,0 +1,228 @@
+//! HTTP/1.1 connections over tokio: read a request head within a deadline, answer it from an
+//! [`ObjectSource`] with `sendfile(2)`, and keep the connection alive while the client wants.
+//!
+//! Parsing and response planning live in `baton_shared::http`; this module only moves bytes.
+//! It never reads a request body (GET and HEAD have none; the parser rejects bodies) and never
+//! buffers an object in memory.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use baton_shared::http::{
+    object_path, parse_request_head, plan_error_response, plan_object_response, HeadError, Method, RequestHead,
+    ResponsePlan,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+
+use crate::store::{Object, ObjectSource};
+
+/// How long a client may take to send a complete request head, counted from the moment we
+/// start waiting for it (slowloris defence; nginx's `client_header_timeout` plays this role).
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read size for request heads.
+const READ_CHUNK_BYTES: usize = 4096;
+/// Largest single `sendfile(2)` call: bounds how long one call holds the socket.
+const SENDFILE_CHUNK_BYTES: usize = 4 << 20;
+
+/// Serving settings shared by every connection of a listener.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The `Server` header value.
+    pub server_name: String,
+    /// Deadline for each request head (and for the idle wait before it).
+    pub head_timeout: Duration,
+    /// Value of an `X-Served-By` response header naming this server (as CDNs do), if any.
+    pub served_by: Option<String>,
+}
+
+impl ServeConfig {
+    /// Adds this server's own headers to a planned response head.
+    pub fn finish(&self, plan: &mut ResponsePlan) {
+        let Some(name) = &self.served_by else { return };
+        if let Some(end) = plan.head.windows(4).position(|w| w == b"\r\n\r\n") {
+            let line = format!("X-Served-By: {name}\r\n");
+            plan.head.splice(end + 2..end + 2, line.into_bytes());
+        }
+    }
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self { server_name: "baton".to_owned(), head_timeout: DEFAULT_HEAD_TIMEOUT, served_by: None }
+    }
+}
+
+/// The outcome of waiting for a request head.
+#[derive(Debug)]
+pub enum HeadRead {
+    /// A complete head; its bytes have been removed from the buffer, anything after it remains.
+    Head { head: RequestHead, raw: Vec<u8> },
+    /// The client closed the connection cleanly between requests.
+    Closed,
+    /// The head was malformed or too large; answer with `err.status()` and close.
+    Invalid(HeadError),
+    /// The deadline passed before the head was complete.
+    TimedOut,
+}
+
+/// Reads until `buf` holds a complete request head, or the deadline, EOF or a parse error.
+pub async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, timeout: Duration) -> io::Result<HeadRead> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match parse_request_head(buf) {
+            Ok(Some((head, len))) => {
+                let raw: Vec<u8> = buf.drain(..len).collect();
+                return Ok(HeadRead::Head { head, raw });
+            }
+            Ok(None) => {}
+            Err(e) => return Ok(HeadRead::Invalid(e)),
+        }
+        let start = buf.len();
+        buf.resize(start + READ_CHUNK_BYTES, 0);
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut buf[start..])).await;
+        match read {
+            Err(_) => {
+                buf.truncate(start);
+                return Ok(HeadRead::TimedOut);
+            }
+            Ok(Err(e)) => {
+                buf.truncate(start);
+                return Err(e);
+            }
+            Ok(Ok(0)) => {
+                buf.truncate(start);
+                return if start == 0 {
+                    Ok(HeadRead::Closed)
+                } else {
+                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a request head"))
+                };
+            }
+            Ok(Ok(n)) => buf.truncate(start + n),
+        }
+    }
+}
+
+/// What one response sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub status: u16,
+    pub body_bytes: u64,
+    pub keep_alive: bool,
+}
+
+/// Writes a planned response: its head, then its body from `file` (if the plan has one).
+pub async fn write_response(stream: &mut TcpStream, plan: &ResponsePlan, file: Option<&std::fs::File>) -> io::Result<Sent> {
+    stream.write_all(&plan.head).await?;
+    let mut body_bytes = 0;
+    if let (Some((offset, len)), Some(file)) = (plan.body, file) {
+        body_bytes = sendfile_all(stream, file, offset, len).await?;
+    }
+    Ok(Sent { status: plan.status, body_bytes, keep_alive: plan.keep_alive })
+}
+
+/// Sends `len` bytes of `file` starting at `offset` with `sendfile(2)`.
+pub async fn sendfile_all(stream: &TcpStream, file: &std::fs::File, offset: u64, len: u64) -> io::Result<u64> {
+    let mut off = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut left = len;
+    let out_fd = stream.as_raw_fd();
+    let in_fd = file.as_raw_fd();
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(SENDFILE_CHUNK_BYTES);
+        stream.writable().await?;
+        let res = stream.try_io(Interest::WRITABLE, || {
+            // SAFETY: both descriptors are open for the duration of the call; `off` is ours.
+            let n = unsafe { libc::sendfile(out_fd, in_fd, &mut off, want) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match res {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object shorter than its length")),
+            Ok(n) => left -= n as u64,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
+}
+
+/// Plans the answer to a request head: an error plan when the method or path is unacceptable
+/// (without touching the source), or the object's response.
+pub async fn plan_for<S: ObjectSource>(
+    head: &RequestHead,
+    source: &S,
+    cfg: &ServeConfig,
+) -> (ResponsePlan, Option<Object>) {
+    let keep_alive = head.keep_alive();
+    if matches!(head.method, Method::Other(_)) {
+        return (plan_error_response(405, keep_alive, &cfg.server_name), None);
+    }
+    let path = match object_path(&head.target) {
+        Ok(p) => p,
+        Err(e) => return (plan_error_response(e.status(), keep_alive, &cfg.server_name), None),
+    };
+    match source.resolve(&path).await {
+        Ok(Some(obj)) => (plan_object_response(head, &obj.meta, &cfg.server_name), Some(obj)),
+        Ok(None) => (plan_error_response(404, keep_alive, &cfg.server_name), None),
+        Err(e) => {
+            tracing::warn!(path = path.as_str(), error = %e, "object unavailable");
+            (plan_error_response(502, false, &cfg.server_name), None)
+        }
+    }
+}
+
+/// Answers one request head.
+pub async fn respond<S: ObjectSource>(stream: &mut TcpStream, head: &RequestHead, source: &S, cfg: &ServeConfig) -> io::Result<Sent> {
+    let (mut plan, obj) = plan_for(head, source, cfg).await;
+    cfg.finish(&mut plan);
+    write_response(stream, &plan, obj.as_ref().map(|o| &o.file)).await
+}
+
+/// Totals of one connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConnStats {
+    pub requests: u64,
+    pub body_bytes: u64,
+}
+
+/// Serves requests on `stream` until the client closes, a response closes the connection, or a
+/// head deadline passes. `buf` holds bytes already read from the client (a handed-off request).
+pub async fn serve_connection<S: ObjectSource>(
+    stream: &mut TcpStream,
+    mut buf: Vec<u8>,
+    source: &S,
+    cfg: &ServeConfig,
+) -> io::Result<ConnStats> {
+    let mut stats = ConnStats::default();
+    loop {
+        let head = match read_head(stream, &mut buf, cfg.head_timeout).await? {
+            HeadRead::Head { head, .. } => head,
+            HeadRead::Closed => break,
+            HeadRead::Invalid(e) => {
+                let plan = plan_error_response(e.status(), false, &cfg.server_name);
+                write_response(stream, &plan, None).await?;
+                break;
+            }
+            HeadRead::TimedOut => {
+                if !buf.is_empty() {
+                    let plan = plan_error_response(408, false, &cfg.server_name);
+                    // The client may be gone; a failed courtesy reply changes nothing.
+                    let _ = write_response(stream, &plan, None).await;
+                }
+                break;
+            }
+        };
+        let sent = respond(stream, &head, source, cfg).await?;
+        stats.requests += 1;
+        stats.body_bytes += sent.body_bytes;
+        if !sent.keep_alive {
+            break;
+        }
+    }
+    let _ = stream.shutdown().await;
+    Ok(stats)
+}

@@ -1,0 +1,494 @@
+//! TCP_REPAIR dump and restore of a live, established IPv4 connection.
+//!
+//! The main dumps the state of a connection it accepted (sequence numbers, window, negotiated
+//! options, timestamp clock) and a participant rebuilds an identical kernel socket from it, in the
+//! order the kernel requires (the order CRIU's libsoccr uses): bind, queue sequences, connect,
+//! options, timestamp, window, repair off.
+//!
+//! This module never sends or receives payload and never leaves a socket in repair mode by
+//! accident: [`RepairGuard`] turns repair mode off again unless the socket is deliberately closed
+//! silently. Handoffs are made only with empty queues (the caller has read the request and written
+//! nothing), which is checked, so no queued bytes ever need to be carried.
+
+use std::io;
+use std::mem::size_of;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use baton_shared::handoff::{RepairWindow, TcpState};
+
+/// `TCP_REPAIR` values (include/uapi/linux/tcp.h).
+const TCP_REPAIR_ON: libc::c_int = 1;
+/// Leave repair mode and send a window probe, which also tells the peer our current window.
+const TCP_REPAIR_OFF: libc::c_int = 0;
+/// Leave repair mode without sending anything.
+const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
+/// `TCP_REPAIR_QUEUE` selectors.
+const TCP_RECV_QUEUE: libc::c_int = 1;
+const TCP_SEND_QUEUE: libc::c_int = 2;
+/// TCP option kinds accepted by `TCP_REPAIR_OPTIONS`.
+const TCPOPT_MSS: u32 = 2;
+const TCPOPT_WINDOW: u32 = 3;
+const TCPOPT_SACK_PERM: u32 = 4;
+const TCPOPT_TIMESTAMP: u32 = 8;
+/// `tcpi_options` bits of `struct tcp_info`.
+const TCPI_OPT_TIMESTAMPS: u8 = 1;
+const TCPI_OPT_SACK: u8 = 2;
+const TCPI_OPT_WSCALE: u8 = 4;
+/// `TCP_ESTABLISHED` in `tcpi_state`.
+const TCP_ESTABLISHED: u8 = 1;
+/// Offsets into `struct tcp_info` that have been stable since Linux 2.6: state, options and the
+/// packed `snd_wscale:4, rcv_wscale:4` byte.
+const TCPI_STATE_OFFSET: usize = 0;
+const TCPI_OPTIONS_OFFSET: usize = 5;
+const TCPI_WSCALE_OFFSET: usize = 6;
+
+/// `struct tcp_repair_window`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct RawRepairWindow {
+    snd_wl1: u32,
+    snd_wnd: u32,
+    max_window: u32,
+    rcv_wnd: u32,
+    rcv_wup: u32,
+}
+
+/// `struct tcp_repair_opt`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct RawRepairOpt {
+    opt_code: u32,
+    opt_val: u32,
+}
+
+/// What went wrong while dumping or restoring a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum RepairError {
+    #[error("{op}: {source}")]
+    Sys {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("connection is not established (tcp state {state})")]
+    NotEstablished { state: u8 },
+    #[error("connection has {bytes} unread bytes in its receive queue")]
+    RecvQueueNotEmpty { bytes: usize },
+    #[error("connection has {bytes} unsent or unacknowledged bytes in its send queue")]
+    SendQueueNotEmpty { bytes: usize },
+    #[error("connection is not IPv4")]
+    NotIpv4,
+    #[error("TCP_REPAIR needs CAP_NET_ADMIN")]
+    NotPermitted,
+}
+
+fn sys(op: &'static str) -> impl FnOnce(io::Error) -> RepairError {
+    move |source| {
+        if source.raw_os_error() == Some(libc::EPERM) {
+            RepairError::NotPermitted
+        } else {
+            RepairError::Sys { op, source }
+        }
+    }
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> io::Result<()> {
+    let len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `val` points to a valid `T` of `len` bytes for the duration of the call.
+    let rc = unsafe { libc::setsockopt(fd, level, name, (val as *const T).cast(), len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn setsockopt_slice<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, vals: &[T]) -> io::Result<()> {
+    let len = std::mem::size_of_val(vals) as libc::socklen_t;
+    // SAFETY: `vals` is a valid slice of `len` bytes for the duration of the call.
+    let rc = unsafe { libc::setsockopt(fd, level, name, vals.as_ptr().cast(), len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn getsockopt<T: Default>(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
+    let mut val = T::default();
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `val` is a valid, writable `T` of `len` bytes; the kernel writes at most `len`.
+    let rc = unsafe { libc::getsockopt(fd, level, name, (&mut val as *mut T).cast(), &mut len) };
+    if rc == 0 {
+        Ok(val)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn ioctl_int(fd: RawFd, request: libc::c_ulong) -> io::Result<libc::c_int> {
+    let mut val: libc::c_int = 0;
+    // SAFETY: SIOCINQ/SIOCOUTQ write one int to the pointer.
+    let rc = unsafe { libc::ioctl(fd, request as _, &mut val) };
+    if rc == 0 {
+        Ok(val)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn sockaddr_v4(fd: RawFd, peer: bool) -> Result<SocketAddrV4, RepairError> {
+    // SAFETY: zeroed sockaddr_storage is a valid out-buffer for getsockname/getpeername.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let ptr = (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+    // SAFETY: ptr/len describe `storage`.
+    let rc = unsafe {
+        if peer {
+            libc::getpeername(fd, ptr, &mut len)
+        } else {
+            libc::getsockname(fd, ptr, &mut len)
+        }
+    };
+    if rc != 0 {
+        return Err(sys(if peer { "getpeername" } else { "getsockname" })(io::Error::last_os_error()));
+    }
+    if libc::c_int::from(storage.ss_family) != libc::AF_INET {
+        return Err(RepairError::NotIpv4);
+    }
+    // SAFETY: the family says this is a sockaddr_in.
+    let sin = unsafe { *(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+    Ok(SocketAddrV4::new(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)), u16::from_be(sin.sin_port)))
+}
+
+fn to_sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
+        sin_zero: [0; 8],
+    }
+}
+
+/// A socket in repair mode. Dropping the guard turns repair mode off again (without a window
+/// probe), so an abandoned handoff leaves an ordinary connection the main can keep serving.
+#[derive(Debug)]
+pub struct RepairGuard {
+    fd: RawFd,
+    armed: bool,
+}
+
+impl RepairGuard {
+    /// Puts `fd` into repair mode. Nothing is sent or received by the kernel on its behalf until
+    /// repair mode ends.
+    pub fn enter(fd: &impl AsRawFd) -> Result<Self, RepairError> {
+        let fd = fd.as_raw_fd();
+        setsockopt(fd, libc::SOL_TCP, libc::TCP_REPAIR, &TCP_REPAIR_ON).map_err(sys("TCP_REPAIR on"))?;
+        Ok(Self { fd, armed: true })
+    }
+
+    /// Reads the whole TCP state of the connection.
+    pub fn dump(&self) -> Result<TcpState, RepairError> {
+        dump_in_repair(self.fd)
+    }
+
+    /// Keeps the socket in repair mode: the caller is about to close it, and a socket closed in
+    /// repair mode vanishes without sending FIN or RST (the kernel's `tcp_disconnect` path).
+    pub fn close_silently(mut self) {
+        self.armed = false;
+    }
+
+    /// Leaves repair mode now; the connection continues as an ordinary socket.
+    pub fn leave(mut self) -> Result<(), RepairError> {
+        self.armed = false;
+        setsockopt(self.fd, libc::SOL_TCP, libc::TCP_REPAIR, &TCP_REPAIR_OFF_NO_WP).map_err(sys("TCP_REPAIR off"))
+    }
+}
+
+impl Drop for RepairGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = setsockopt(self.fd, libc::SOL_TCP, libc::TCP_REPAIR, &TCP_REPAIR_OFF_NO_WP) {
+                tracing::warn!(error = %e, "could not leave TCP repair mode");
+            }
+        }
+    }
+}
+
+/// Checks that the connection is established and both queues are empty, the precondition of a
+/// handoff: the caller has read everything the client sent and written nothing.
+pub fn check_quiescent(fd: &impl AsRawFd) -> Result<(), RepairError> {
+    let fd = fd.as_raw_fd();
+    let info = tcp_info(fd)?;
+    if info[TCPI_STATE_OFFSET] != TCP_ESTABLISHED {
+        return Err(RepairError::NotEstablished { state: info[TCPI_STATE_OFFSET] });
+    }
+    let inq = ioctl_int(fd, libc::FIONREAD as libc::c_ulong).map_err(sys("SIOCINQ"))?;
+    if inq != 0 {
+        return Err(RepairError::RecvQueueNotEmpty { bytes: inq.max(0) as usize });
+    }
+    let outq = ioctl_int(fd, libc::TIOCOUTQ as libc::c_ulong).map_err(sys("SIOCOUTQ"))?;
+    if outq != 0 {
+        return Err(RepairError::SendQueueNotEmpty { bytes: outq.max(0) as usize });
+    }
+    Ok(())
+}
+
+fn tcp_info(fd: RawFd) -> Result<[u8; 256], RepairError> {
+    let mut buf = [0u8; 256];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf is writable for len bytes.
+    let rc = unsafe { libc::getsockopt(fd, libc::SOL_TCP, libc::TCP_INFO, buf.as_mut_ptr().cast(), &mut len) };
+    if rc != 0 {
+        return Err(sys("TCP_INFO")(io::Error::last_os_error()));
+    }
+    Ok(buf)
+}
+
+fn queue_seq(fd: RawFd, queue: libc::c_int) -> Result<u32, RepairError> {
+    setsockopt(fd, libc::SOL_TCP, libc::TCP_REPAIR_QUEUE, &queue).map_err(sys("TCP_REPAIR_QUEUE"))?;
+    getsockopt::<u32>(fd, libc::SOL_TCP, libc::TCP_QUEUE_SEQ).map_err(sys("get TCP_QUEUE_SEQ"))
+}
+
+fn dump_in_repair(fd: RawFd) -> Result<TcpState, RepairError> {
+    let info = tcp_info(fd)?;
+    if info[TCPI_STATE_OFFSET] != TCP_ESTABLISHED {
+        return Err(RepairError::NotEstablished { state: info[TCPI_STATE_OFFSET] });
+    }
+    let options = info[TCPI_OPTIONS_OFFSET];
+    let wscale = info[TCPI_WSCALE_OFFSET];
+    let (snd_wscale, rcv_wscale) = if options & TCPI_OPT_WSCALE != 0 { (wscale & 0x0f, wscale >> 4) } else { (0, 0) };
+    let timestamps = options & TCPI_OPT_TIMESTAMPS != 0;
+    let local = sockaddr_v4(fd, false)?;
+    let remote = sockaddr_v4(fd, true)?;
+    let snd_seq = queue_seq(fd, TCP_SEND_QUEUE)?;
+    let rcv_seq = queue_seq(fd, TCP_RECV_QUEUE)?;
+    // In repair mode TCP_MAXSEG reports mss_clamp, the largest segment the peer accepts.
+    let mss = getsockopt::<libc::c_int>(fd, libc::SOL_TCP, libc::TCP_MAXSEG).map_err(sys("get TCP_MAXSEG"))?;
+    let ts_val = if timestamps {
+        getsockopt::<u32>(fd, libc::SOL_TCP, libc::TCP_TIMESTAMP).map_err(sys("get TCP_TIMESTAMP"))?
+    } else {
+        0
+    };
+    let w = getsockopt::<RawRepairWindow>(fd, libc::SOL_TCP, libc::TCP_REPAIR_WINDOW)
+        .map_err(sys("get TCP_REPAIR_WINDOW"))?;
+    Ok(TcpState {
+        local,
+        remote,
+        snd_seq,
+        rcv_seq,
+        mss: u16::try_from(mss).unwrap_or(u16::MAX),
+        snd_wscale,
+        rcv_wscale,
+        sack: options & TCPI_OPT_SACK != 0,
+        timestamps,
+        ts_val,
+        window: RepairWindow {
+            snd_wl1: w.snd_wl1,
+            snd_wnd: w.snd_wnd,
+            max_window: w.max_window,
+            rcv_wnd: w.rcv_wnd,
+            rcv_wup: w.rcv_wup,
+        },
+    })
+}
+
+/// How the restored socket leaves repair mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Send a window probe: the client learns our window at once.
+    WithProbe,
+    /// Send nothing until the application writes.
+    Quiet,
+}
+
+/// Rebuilds the connection described by `state` as a new kernel socket bound to `state.local`
+/// (which must be a local address, e.g. the VIP on lo). The returned socket is established, out
+/// of repair mode, and blocking; on any error the half-built socket is closed silently.
+pub fn restore(state: &TcpState, resume: Resume) -> Result<OwnedFd, RepairError> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(sys("socket")(io::Error::last_os_error()));
+    }
+    // SAFETY: raw is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // Dropping `fd` on error closes it while still in repair mode: no RST reaches the client.
+    setsockopt(raw, libc::SOL_TCP, libc::TCP_REPAIR, &TCP_REPAIR_ON).map_err(sys("TCP_REPAIR on"))?;
+
+    let local = to_sockaddr(state.local);
+    // SAFETY: local is a valid sockaddr_in.
+    let rc = unsafe {
+        libc::bind(raw, (&local as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as libc::socklen_t)
+    };
+    if rc != 0 {
+        return Err(sys("bind to the VIP")(io::Error::last_os_error()));
+    }
+    for (queue, seq, op) in
+        [(TCP_RECV_QUEUE, state.rcv_seq, "set recv TCP_QUEUE_SEQ"), (TCP_SEND_QUEUE, state.snd_seq, "set send TCP_QUEUE_SEQ")]
+    {
+        setsockopt(raw, libc::SOL_TCP, libc::TCP_REPAIR_QUEUE, &queue).map_err(sys("TCP_REPAIR_QUEUE"))?;
+        setsockopt(raw, libc::SOL_TCP, libc::TCP_QUEUE_SEQ, &seq).map_err(sys(op))?;
+    }
+    let remote = to_sockaddr(state.remote);
+    // SAFETY: remote is a valid sockaddr_in. In repair mode connect sends no SYN and the
+    // socket becomes established at once.
+    let rc = unsafe {
+        libc::connect(raw, (&remote as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as libc::socklen_t)
+    };
+    if rc != 0 {
+        return Err(sys("connect in repair mode")(io::Error::last_os_error()));
+    }
+
+    let mut opts = Vec::with_capacity(4);
+    if state.sack {
+        opts.push(RawRepairOpt { opt_code: TCPOPT_SACK_PERM, opt_val: 0 });
+    }
+    if state.snd_wscale != 0 || state.rcv_wscale != 0 {
+        opts.push(RawRepairOpt {
+            opt_code: TCPOPT_WINDOW,
+            opt_val: u32::from(state.snd_wscale) | (u32::from(state.rcv_wscale) << 16),
+        });
+    }
+    if state.timestamps {
+        opts.push(RawRepairOpt { opt_code: TCPOPT_TIMESTAMP, opt_val: 0 });
+    }
+    opts.push(RawRepairOpt { opt_code: TCPOPT_MSS, opt_val: u32::from(state.mss) });
+    setsockopt_slice(raw, libc::SOL_TCP, libc::TCP_REPAIR_OPTIONS, &opts).map_err(sys("TCP_REPAIR_OPTIONS"))?;
+    if state.timestamps {
+        setsockopt(raw, libc::SOL_TCP, libc::TCP_TIMESTAMP, &state.ts_val).map_err(sys("set TCP_TIMESTAMP"))?;
+    }
+    let w = RawRepairWindow {
+        snd_wl1: state.window.snd_wl1,
+        snd_wnd: state.window.snd_wnd,
+        max_window: state.window.max_window,
+        rcv_wnd: state.window.rcv_wnd,
+        rcv_wup: state.window.rcv_wup,
+    };
+    setsockopt(raw, libc::SOL_TCP, libc::TCP_REPAIR_WINDOW, &w).map_err(sys("set TCP_REPAIR_WINDOW"))?;
+    let off = match resume {
+        Resume::WithProbe => TCP_REPAIR_OFF,
+        Resume::Quiet => TCP_REPAIR_OFF_NO_WP,
+    };
+    setsockopt(raw, libc::SOL_TCP, libc::TCP_REPAIR, &off).map_err(sys("TCP_REPAIR off"))?;
+    Ok(fd)
+}
+
+/// Closes a restored socket without a FIN or RST (re-enters repair mode first). Used when the
+/// main withdraws a handoff after the participant restored it.
+pub fn close_silently(fd: OwnedFd) {
+    if let Err(e) = setsockopt(fd.as_raw_fd(), libc::SOL_TCP, libc::TCP_REPAIR, &TCP_REPAIR_ON) {
+        tracing::warn!(error = %e, "could not enter repair mode before a silent close");
+    }
+    drop(fd);
+}
+
+#[cfg(test)]
+mod tests {
+    //! Loopback round trips through the real kernel: dump a connection, close it silently,
+    //! restore it on a new socket, and check the peer sees one unbroken byte stream.
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::IntoRawFd;
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    fn need_root() -> bool {
+        if is_root() {
+            return true;
+        }
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "TCP_REPAIR tests need root (CAP_NET_ADMIN) under CI");
+        eprintln!("SKIPPED: TCP_REPAIR tests need root");
+        false
+    }
+
+    #[test]
+    fn dump_close_restore_keeps_the_stream() {
+        if !need_root() {
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut client = TcpStream::connect(addr).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+        let mut req = [0u8; 18];
+        server.read_exact(&mut req).expect("read");
+        server.write_all(b"hello ").expect("write");
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"hello ");
+        // Wait until the client's ACK empties our send queue.
+        for _ in 0..100 {
+            if check_quiescent(&server).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        check_quiescent(&server).expect("quiescent");
+
+        let guard = RepairGuard::enter(&server).expect("repair on");
+        let state = guard.dump().expect("dump");
+        assert_eq!(SocketAddrV4::new(Ipv4Addr::LOCALHOST, addr.port()), state.local);
+        assert!(state.timestamps && state.sack, "loopback negotiates timestamps and SACK: {state:?}");
+        guard.close_silently();
+        drop(server);
+        drop(listener);
+
+        let restored = restore(&state, Resume::Quiet).expect("restore");
+        let mut restored = TcpStream::from(restored);
+        restored.write_all(b"world").expect("write after restore");
+        let mut rest = [0u8; 5];
+        client.read_exact(&mut rest).expect("read after restore");
+        assert_eq!(&rest, b"world");
+        client.write_all(b"ping").expect("client write");
+        let mut ping = [0u8; 4];
+        restored.read_exact(&mut ping).expect("restored read");
+        assert_eq!(&ping, b"ping");
+        // An orderly close from the restored side reaches the client as EOF, not a reset.
+        drop(restored);
+        let mut tail = Vec::new();
+        client.read_to_end(&mut tail).expect("clean EOF");
+        assert!(tail.is_empty());
+    }
+
+    #[test]
+    fn quiescence_detects_unread_bytes() {
+        if !need_root() {
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        client.write_all(b"abc").expect("write");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        match check_quiescent(&server) {
+            Err(RepairError::RecvQueueNotEmpty { bytes: 3 }) => {}
+            other => panic!("expected 3 unread bytes, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn silent_close_sends_no_reset() {
+        if !need_root() {
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        let guard = RepairGuard::enter(&server).expect("repair");
+        guard.close_silently();
+        let raw = server.into_raw_fd();
+        // SAFETY: raw came from into_raw_fd and is closed exactly once here.
+        unsafe { libc::close(raw) };
+        client.set_read_timeout(Some(std::time::Duration::from_millis(200))).expect("timeout");
+        let mut buf = [0u8; 1];
+        let err = (&client).read(&mut buf).expect_err("no FIN and no RST may arrive");
+        assert!(matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut), "got {err:?}");
+    }
+}
