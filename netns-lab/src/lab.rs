@@ -261,15 +261,20 @@ fn bpffs_mounted() -> Result<bool, LabError> {
     }))
 }
 
-/// Mounts bpffs at [`BPFFS`] unless it is mounted. Labs starting in parallel take a lock on
-/// [`STATE_ROOT`] first, so that bpffs is never mounted twice (a second mount would hide the
-/// pins made in the first).
-fn ensure_bpffs() -> Result<(), LabError> {
+/// An exclusive lock on [`STATE_ROOT`], held while a lab changes host-wide things: the bpffs
+/// mount and the first `ip netns add`, which turns `/run/netns` into a shared mount point.
+/// Doing either twice at once would stack two mounts, and the upper one hides what was made in
+/// the lower (pins, or namespaces).
+fn lock_host() -> Result<Flock<File>, LabError> {
     let root = Path::new(STATE_ROOT);
     std::fs::create_dir_all(root).map_err(io_error("create", root))?;
     let dir = File::open(root).map_err(io_error("open", root))?;
-    let _lock = Flock::lock(dir, FlockArg::LockExclusive)
-        .map_err(|(_, errno)| io_error("lock", root)(errno.into()))?;
+    Flock::lock(dir, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| io_error("lock", root)(errno.into()))
+}
+
+/// Mounts bpffs at [`BPFFS`] unless it is mounted; call with [`lock_host`] held.
+fn ensure_bpffs() -> Result<(), LabError> {
     if bpffs_mounted()? {
         return Ok(());
     }
@@ -414,7 +419,8 @@ impl Lab {
         match read_state(name) {
             Ok(Some(state)) => namespaces.extend(state.nodes.into_iter().map(|node| node.ns)),
             Ok(None) => {}
-            Err(error) => errors.push(error.to_string()),
+            // The prefix scan below still finds the namespaces, and the state dir goes anyway.
+            Err(error) => tracing::warn!(lab = name, %error, "ignoring unreadable state"),
         }
         let prefix = format!("{name}-");
         let existing: BTreeSet<String> = match netns::list_namespaces() {
@@ -596,9 +602,12 @@ impl Lab {
     fn build(&self) -> Result<(), LabError> {
         // The state file comes first, so that even a crash halfway leaves a lab `down` can find.
         self.write_state()?;
-        ensure_bpffs()?;
-        for node in &self.nodes {
-            tool("ip", &["netns", "add", &node.ns])?;
+        {
+            let _lock = lock_host()?;
+            ensure_bpffs()?;
+            for node in &self.nodes {
+                tool("ip", &["netns", "add", &node.ns])?;
+            }
         }
         let router = self.router();
         for (i, node) in self.linked_nodes() {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use baton_lab::{Lab, Topology};
+use baton_lab::{Lab, Role, Topology};
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
 use tracing_subscriber::EnvFilter;
@@ -75,7 +75,11 @@ fn print_table(lab: &Lab) {
                     "?".to_owned()
                 }
             };
-            let addr = format!("{}/{}", node.addr, node.subnet.prefix_len());
+            let addr = if node.role == Role::Router {
+                format!("{} (.1 on each link)", node.subnet)
+            } else {
+                format!("{}/{}", node.addr, node.subnet.prefix_len())
+            };
             let city = node.location.as_ref().map_or_else(
                 || "-".to_owned(),
                 |location| format!("{}, {}", location.city, location.country),

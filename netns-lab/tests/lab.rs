@@ -1,0 +1,488 @@
+//! End-to-end tests of real labs: they create namespaces, veths and qdiscs, so they need root.
+//!
+//! Without root a test is skipped with a loud message, unless `CI=true`, where missing root is
+//! a failure. Each test uses its own lab name and its own /21 of 198.18.0.0/15, so tests run in
+//! parallel with each other and with other crates' labs. A [`Cleanup`] guard removes the lab
+//! even when an assertion fails halfway.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use baton_lab::{Lab, LabError, Role, Topology};
+use nix::sched::{setns, CloneFlags};
+use nix::sys::socket::{
+    recvfrom, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol,
+    SockType, SockaddrIn,
+};
+use nix::sys::time::TimeVal;
+
+/// How long any single network check waits for an answer.
+const NET_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether the test may run; panics under `CI=true` without root.
+fn have_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root to build a lab, and CI=true does not allow skipping it"
+    );
+    // Written to stderr directly: the test harness captures `eprintln!` of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "!!! SKIPPED {test}: needs root to build a lab (set CI=true to make this fatal) !!!"
+    );
+    false
+}
+
+/// Removes lab `name` when dropped, whatever happened to the test.
+struct Cleanup(&'static str);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Err(error) = Lab::down_by_name(self.0) {
+            eprintln!("cleanup of lab {} failed: {error}", self.0);
+        }
+    }
+}
+
+fn topology(name: &str, block: &str) -> Topology {
+    Topology::default_topology()
+        .with_name(name)
+        .with_block(block.parse().expect("test block parses"))
+}
+
+/// Runs `f` on a thread that has entered namespace `ns`. Sockets made there stay in `ns` when
+/// they are used from the calling thread afterwards.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = File::open(Path::new("/run/netns").join(ns)).expect("namespace file opens");
+    thread::spawn(move || {
+        setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("namespace thread panicked")
+}
+
+/// The lab's namespaces whose name starts with `<name>-`.
+fn namespaces_of(name: &str) -> BTreeSet<String> {
+    let prefix = format!("{name}-");
+    baton_lab::netns::list_namespaces()
+        .expect("ip netns list")
+        .into_iter()
+        .filter(|ns| ns.starts_with(&prefix))
+        .collect()
+}
+
+fn icmp_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends ICMP echo requests from namespace `ns` to `dst` and returns the source address of the
+/// first matching echo reply.
+fn ping(ns: &str, dst: Ipv4Addr) -> Result<Ipv4Addr, String> {
+    let fd: OwnedFd = in_netns(ns, || {
+        socket(
+            AddressFamily::Inet,
+            SockType::Raw,
+            SockFlag::empty(),
+            SockProtocol::Icmp,
+        )
+    })
+    .map_err(|e| format!("raw socket: {e}"))?;
+    setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(0, 200_000))
+        .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
+    let id: u16 = 0xba70;
+    let deadline = Instant::now() + NET_TIMEOUT;
+    for seq in 1u16.. {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let mut request = vec![8, 0, 0, 0];
+        request.extend_from_slice(&id.to_be_bytes());
+        request.extend_from_slice(&seq.to_be_bytes());
+        request.extend_from_slice(b"baton-lab echo");
+        let checksum = icmp_checksum(&request);
+        request[2..4].copy_from_slice(&checksum.to_be_bytes());
+        let to = SockaddrIn::from(SocketAddrV4::new(dst, 0));
+        sendto(fd.as_raw_fd(), &request, &to, MsgFlags::empty())
+            .map_err(|e| format!("sendto: {e}"))?;
+        let mut buf = [0u8; 1500];
+        // Raw sockets see every ICMP packet for the namespace; wait for our reply.
+        while let Ok((len, Some(from))) = recvfrom::<SockaddrIn>(fd.as_raw_fd(), &mut buf) {
+            let header_len = usize::from(buf[0] & 0x0f) * 4;
+            let Some(icmp) = buf.get(header_len..len) else {
+                continue;
+            };
+            if icmp.len() >= 8 && icmp[0] == 0 && icmp[4..6] == id.to_be_bytes() {
+                return Ok(from.ip());
+            }
+        }
+    }
+    Err(format!("no echo reply from {dst} within {NET_TIMEOUT:?}"))
+}
+
+#[test]
+fn lab_routes_the_vip_returns_directly_and_tears_down() {
+    const NAME: &str = "labt1";
+    if !have_root("lab_routes_the_vip_returns_directly_and_tears_down") {
+        return;
+    }
+    let _cleanup = Cleanup(NAME);
+    let lab = Lab::up(&topology(NAME, "198.19.248.0/21")).expect("lab comes up");
+    let vip = Ipv4Addr::new(203, 0, 113, 10);
+    assert_eq!(lab.vip(), vip);
+    assert_eq!(lab.name(), NAME);
+    assert_eq!(
+        namespaces_of(NAME),
+        ["router", "main", "p-fra", "p-iad", "p-sin", "c-fra", "c-iad", "c-sin"]
+            .iter()
+            .map(|node| format!("{NAME}-{node}"))
+            .collect()
+    );
+
+    let c_fra = lab.node("c-fra").expect("c-fra").clone();
+    let p_fra = lab.node("p-fra").expect("p-fra").clone();
+    assert_eq!(c_fra.addr, Ipv4Addr::new(198, 19, 252, 2));
+    assert_eq!(p_fra.addr, Ipv4Addr::new(198, 19, 249, 2));
+    assert_eq!(lab.nodes_with_role(Role::Client).len(), 3);
+    assert_eq!(lab.nodes_with_role(Role::Router)[0].ns, "labt1-router");
+
+    // A client pings the VIP; the main answers it.
+    assert_eq!(ping(&c_fra.ns, vip), Ok(vip));
+    // A client reaches a participant's own address, by ICMP and by TCP.
+    assert_eq!(ping(&c_fra.ns, p_fra.addr), Ok(p_fra.addr));
+    let listener =
+        in_netns(&p_fra.ns, move || TcpListener::bind((p_fra.addr, 0))).expect("listener in p-fra");
+    let target = listener.local_addr().expect("listener address");
+    let mut client = in_netns(&c_fra.ns, move || {
+        TcpStream::connect_timeout(&target, NET_TIMEOUT)
+    })
+    .expect("c-fra connects to p-fra");
+    let (mut served, peer) = listener.accept().expect("p-fra accepts");
+    assert_eq!(peer.ip(), IpAddr::V4(c_fra.addr));
+    served.write_all(b"from p-fra").expect("write");
+    drop(served);
+    let mut reply = String::new();
+    client.read_to_string(&mut reply).expect("read");
+    assert_eq!(reply, "from p-fra");
+
+    // Direct return: a participant sends from the VIP straight to a client, and the router
+    // forwards it although its route to the VIP points at the main.
+    let receiver = in_netns(&c_fra.ns, move || UdpSocket::bind((c_fra.addr, 0))).expect("bind");
+    receiver
+        .set_read_timeout(Some(NET_TIMEOUT))
+        .expect("timeout");
+    let to = receiver.local_addr().expect("receiver address");
+    let sender = in_netns(&p_fra.ns, move || UdpSocket::bind((vip, 0))).expect("bind VIP");
+    sender.send_to(b"direct", to).expect("send");
+    let mut buf = [0u8; 16];
+    let (len, from) = receiver
+        .recv_from(&mut buf)
+        .expect("datagram from the VIP arrives");
+    assert_eq!(&buf[..len], b"direct");
+    assert_eq!(
+        from,
+        SocketAddr::V4(SocketAddrV4::new(
+            vip,
+            sender.local_addr().expect("addr").port()
+        ))
+    );
+
+    // The participant's direct-return sysctls and the router's forwarding.
+    let sysctls = lab
+        .run(
+            "p-fra",
+            &[
+                "sysctl",
+                "-n",
+                "net.ipv4.conf.all.arp_ignore",
+                "net.ipv4.conf.eth0.arp_ignore",
+                "net.ipv4.conf.all.arp_announce",
+                "net.ipv4.conf.eth0.arp_announce",
+                "net.ipv4.conf.all.rp_filter",
+                "net.ipv4.conf.eth0.rp_filter",
+            ],
+        )
+        .expect("sysctl in p-fra");
+    assert_eq!(
+        String::from_utf8_lossy(&sysctls.stdout),
+        "1\n1\n2\n2\n0\n0\n"
+    );
+    let forwarding = lab
+        .run(
+            "router",
+            &[
+                "sysctl",
+                "-n",
+                "net.ipv4.ip_forward",
+                "net.ipv4.conf.all.rp_filter",
+            ],
+        )
+        .expect("sysctl in router");
+    assert_eq!(String::from_utf8_lossy(&forwarding.stdout), "1\n0\n");
+    let lo = lab
+        .run("p-sin", &["ip", "-o", "-4", "addr", "show", "lo"])
+        .expect("ip addr");
+    assert!(String::from_utf8_lossy(&lo.stdout).contains("inet 203.0.113.10/32"));
+
+    // The main's link is rate limited in both directions.
+    for (node, dev) in [("main", "eth0"), ("router", "veth0")] {
+        let qdisc = lab
+            .run(node, &["tc", "qdisc", "show", "dev", dev])
+            .expect("tc");
+        let text = String::from_utf8_lossy(&qdisc.stdout);
+        assert!(
+            text.contains("tbf") && text.contains("rate 10Gbit"),
+            "{node} {dev}: {text}"
+        );
+    }
+
+    // command() runs inside the node's namespace, and run() reports failures with stderr.
+    let output = lab
+        .command("c-iad", "ip")
+        .expect("command")
+        .args(["-o", "-4", "addr", "show", "eth0"])
+        .output()
+        .expect("ip runs");
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("inet 198.19.253.2/24"));
+    match lab.run("c-iad", &["ip", "link", "show", "nosuch0"]) {
+        Err(LabError::Command { stderr, .. }) => assert!(stderr.contains("nosuch0"), "{stderr}"),
+        other => panic!("expected a command error, got {other:?}"),
+    }
+    assert!(matches!(
+        lab.command("nosuch", "true"),
+        Err(LabError::NoSuchNode { .. })
+    ));
+
+    // The lab's GeoIP database maps every client to its city.
+    let reader = maxminddb::Reader::open_readfile(lab.geoip_path()).expect("geoip opens");
+    for (node, city) in [
+        ("c-fra", "Mainz"),
+        ("c-iad", "Washington"),
+        ("c-sin", "Johor Bahru"),
+    ] {
+        let addr = lab.node(node).expect("client").addr;
+        let found: maxminddb::geoip2::City = reader.lookup(IpAddr::V4(addr)).expect("found");
+        let names = found.city.and_then(|c| c.names).unwrap_or_default();
+        assert_eq!(names.get("en").copied(), Some(city), "{node}");
+        let location = found.location.expect("location");
+        let expected = lab
+            .node(node)
+            .expect("client")
+            .location
+            .clone()
+            .expect("location");
+        assert_eq!(
+            (location.latitude, location.longitude),
+            (Some(expected.lat), Some(expected.lon))
+        );
+    }
+
+    // Another process finds the lab through its state file; dropping that handle keeps it.
+    let opened = Lab::open(NAME).expect("open");
+    assert_eq!(opened.nodes(), lab.nodes());
+    drop(opened);
+    assert_eq!(namespaces_of(NAME).len(), 8);
+
+    // Down kills what runs in the lab, and removes pins, state and namespaces.
+    let mut sleeper = lab
+        .command("c-sin", "sleep")
+        .expect("command")
+        .arg("600")
+        .spawn()
+        .expect("spawn");
+    std::fs::create_dir_all(lab.pin_dir().join("maps")).expect("pin dir");
+    let state_dir = lab.state_dir().to_owned();
+    let pin_dir = lab.pin_dir();
+    assert!(state_dir.join("state.json").exists());
+    lab.down().expect("down");
+    let status = sleeper.wait().expect("sleeper exits");
+    assert!(!status.success(), "sleep was stopped: {status:?}");
+    assert_eq!(namespaces_of(NAME), BTreeSet::new());
+    assert!(!state_dir.exists(), "{} remains", state_dir.display());
+    assert!(!pin_dir.exists(), "{} remains", pin_dir.display());
+    assert!(matches!(Lab::open(NAME), Err(LabError::NoSuchLab { .. })));
+    Lab::down_by_name(NAME).expect("down of a lab that is gone is fine");
+}
+
+#[test]
+fn up_cleans_a_crashed_lab_and_spares_other_labs() {
+    const NAME: &str = "labt2";
+    const OTHER: &str = "labt2-b";
+    if !have_root("up_cleans_a_crashed_lab_and_spares_other_labs") {
+        return;
+    }
+    let _cleanup = Cleanup(NAME);
+    let _cleanup_other = Cleanup(OTHER);
+
+    // A lab that "crashed": still up, its state file lost, plus a stray namespace.
+    Lab::up(&topology(NAME, "198.19.240.0/21"))
+        .expect("first up")
+        .keep();
+    std::fs::remove_dir_all(Path::new("/run/baton-lab").join(NAME)).expect("drop state");
+    baton_lab::netns::tool("ip", &["netns", "add", "labt2-stray"]).expect("stray namespace");
+    // Another lab whose namespaces share the `labt2-` prefix.
+    let other = Lab::up(&topology(OTHER, "198.19.232.0/21")).expect("other lab up");
+    let other_namespaces = namespaces_of(OTHER);
+    assert_eq!(other_namespaces.len(), 8);
+
+    let lab = Lab::up(&topology(NAME, "198.19.240.0/21")).expect("up over the crashed lab");
+    let mine = namespaces_of(NAME);
+    assert!(
+        !mine.contains("labt2-stray"),
+        "the stray namespace was removed"
+    );
+    assert!(
+        other_namespaces.is_subset(&mine),
+        "the other lab's namespaces are untouched"
+    );
+    assert_eq!(mine.len(), 16);
+    assert_eq!(
+        ping(&lab.node("c-sin").expect("c-sin").ns, lab.vip()),
+        Ok(lab.vip())
+    );
+
+    lab.down().expect("down");
+    assert_eq!(
+        namespaces_of(NAME),
+        other_namespaces,
+        "only the other lab is left"
+    );
+    assert_eq!(
+        ping(&other.node("c-iad").expect("c-iad").ns, other.vip()),
+        Ok(other.vip())
+    );
+    other.down().expect("other down");
+    assert_eq!(namespaces_of(NAME), BTreeSet::new());
+}
+
+#[test]
+fn up_refuses_a_namespace_that_another_lab_owns() {
+    const NAME: &str = "labt3";
+    const OTHER: &str = "labt3-x";
+    if !have_root("up_refuses_a_namespace_that_another_lab_owns") {
+        return;
+    }
+    let _cleanup = Cleanup(NAME);
+    let _cleanup_other = Cleanup(OTHER);
+    // Lab `labt3` with node `x-c1` and lab `labt3-x` with node `c1` both want `labt3-x-c1`.
+    let mine = Topology::from_yaml(
+        "name: labt3\nblock: 198.19.224.0/21\nvip: 203.0.113.10\nnodes:\n\
+         - { name: main, role: main }\n- { name: x-c1, role: client }\n",
+    )
+    .expect("topology");
+    let theirs = Topology::from_yaml(
+        "name: labt3-x\nblock: 198.19.216.0/21\nvip: 203.0.113.10\nnodes:\n\
+         - { name: main, role: main }\n- { name: c1, role: client }\n",
+    )
+    .expect("topology");
+    let other = Lab::up(&theirs).expect("other lab up");
+    match Lab::up(&mine) {
+        Err(LabError::NamespaceTaken { ns, owner }) => {
+            assert_eq!((ns.as_str(), owner.as_str()), ("labt3-x-c1", OTHER));
+        }
+        other => panic!("expected NamespaceTaken, got {other:?}"),
+    }
+    let expected: BTreeSet<String> = ["labt3-x-c1", "labt3-x-main", "labt3-x-router"]
+        .map(str::to_owned)
+        .into();
+    assert_eq!(
+        namespaces_of(NAME),
+        expected,
+        "nothing of labt3 was built, nothing of labt3-x lost"
+    );
+    assert!(!Path::new("/run/baton-lab/labt3").exists());
+    assert_eq!(
+        ping(&other.node("c1").expect("c1").ns, other.vip()),
+        Ok(other.vip())
+    );
+    other.down().expect("down");
+    assert_eq!(namespaces_of(NAME), BTreeSet::new());
+}
+
+#[test]
+fn cli_brings_a_lab_up_runs_commands_in_it_and_takes_it_down() {
+    const NAME: &str = "labt4";
+    if !have_root("cli_brings_a_lab_up_runs_commands_in_it_and_takes_it_down") {
+        return;
+    }
+    let _cleanup = Cleanup(NAME);
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton-lab"))
+            .args(args)
+            .output()
+            .expect("baton-lab runs")
+    };
+    let up = cli(&["up", "--name", NAME, "--block", "198.19.208.0/21"]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+
+    let status = cli(&["status", "--name", NAME]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let table = String::from_utf8_lossy(&status.stdout);
+    let c_sin = table
+        .lines()
+        .find(|line| line.starts_with("c-sin "))
+        .expect("c-sin row");
+    let cells: Vec<&str> = c_sin
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        cells,
+        [
+            "c-sin",
+            "client",
+            "labt4-c-sin",
+            "198.19.214.2/24",
+            "Johor Bahru, MY",
+            "0"
+        ]
+    );
+
+    let exec = cli(&[
+        "exec", "c-fra", "--name", NAME, "--", "ip", "-o", "-4", "addr", "show", "eth0",
+    ]);
+    assert!(exec.status.success());
+    assert!(String::from_utf8_lossy(&exec.stdout).contains("inet 198.19.212.2/24"));
+    let exit = cli(&["exec", "c-fra", "--name", NAME, "--", "sh", "-c", "exit 3"]);
+    assert_eq!(exit.status.code(), Some(3), "exec passes the exit code on");
+    let missing = cli(&["exec", "nosuch", "--name", NAME, "--", "true"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("has no node `nosuch`"));
+
+    let down = cli(&["down", "--name", NAME]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert_eq!(namespaces_of(NAME), BTreeSet::new());
+    let status = cli(&["status", "--name", NAME]);
+    assert!(!status.status.success());
+    assert!(String::from_utf8_lossy(&status.stderr).contains("no lab named `labt4` is up"));
+}
