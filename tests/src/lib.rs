@@ -1,1 +1,550 @@
-//! placeholder
+//! A Baton cluster inside a lab: the real `baton-main` and `baton-participant` binaries started in
+//! the lab's namespaces, real clients (curl) and real captures (tcpdump).
+//!
+//! Used by the integration tests, by `cargo xtask demo` and by the benchmarks, so that there is
+//! one way of bringing a cluster up. Everything a [`Cluster`] starts is stopped when it is
+//! dropped, and its lab is torn down, also when a test panics.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use baton_lab::{Lab, Role, Topology};
+use sha2::Digest;
+
+/// How long a started cluster may take until every participant has registered.
+pub const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(20);
+/// Control port, origin port and VIP port of the clusters this harness starts.
+pub const CONTROL_PORT: u16 = 7100;
+pub const ORIGIN_PORT: u16 = 8081;
+
+/// Where the release binaries are: `$BATON_BIN_DIR`, else `target/release` of this workspace.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("BATON_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release")
+}
+
+fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let p = bin_dir().join(name);
+    if !p.exists() {
+        bail!("{} is missing: build it first (cargo xtask test does: cargo build --release)", p.display());
+    }
+    Ok(p)
+}
+
+/// Fails loudly under CI when the process cannot run lab tests; elsewhere returns false so the
+/// caller can skip with a message.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "lab tests need root (CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN) under CI");
+    eprintln!("SKIPPED: lab tests need root");
+    false
+}
+
+/// A process started in a lab node; killed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    pub node: String,
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&mut self) {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What a cluster looks like.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Lab name; unique among labs running at the same time.
+    pub name: String,
+    /// The lab's /21 inside 198.18.0.0/15; unique among labs running at the same time.
+    pub block: String,
+    /// Extra arguments for baton-main.
+    pub main_args: Vec<String>,
+    /// Start the participants (otherwise only the main runs).
+    pub participants: bool,
+}
+
+impl ClusterOptions {
+    pub fn new(name: &str, block: &str) -> Self {
+        Self { name: name.to_owned(), block: block.to_owned(), main_args: Vec::new(), participants: true }
+    }
+}
+
+/// A running cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    procs: Vec<Proc>,
+    pub origin_dir: PathBuf,
+    pub admin: PathBuf,
+    // Dropped last: processes first, then the lab.
+    pub lab: Lab,
+}
+
+impl Cluster {
+    /// Brings up the default topology under `opts.name` and starts the main and participants.
+    pub fn start(opts: &ClusterOptions) -> anyhow::Result<Cluster> {
+        let block = opts.block.parse().with_context(|| format!("block {}", opts.block))?;
+        let topo = Topology::default_topology().with_name(&opts.name).with_block(block);
+        let lab = Lab::up(&topo).with_context(|| format!("bringing up lab {}", opts.name))?;
+        let origin_dir = lab.state_dir().join("origin");
+        std::fs::create_dir_all(&origin_dir)?;
+        let admin = lab.state_dir().join("main.sock");
+        let mut c = Cluster { procs: Vec::new(), origin_dir, admin, lab };
+        c.start_main(&opts.main_args)?;
+        if opts.participants {
+            for p in c.participant_names() {
+                c.start_participant(&p, &[])?;
+            }
+            c.wait_registered(c.participant_names().len())?;
+        }
+        Ok(c)
+    }
+
+    /// Leaves the lab and its servers running after this process exits.
+    pub fn detach(self) {
+        let Cluster { procs, lab, .. } = self;
+        std::mem::forget(procs);
+        lab.keep();
+    }
+
+    pub fn main_node(&self) -> anyhow::Result<String> {
+        Ok(self.lab.nodes_with_role(Role::Main).first().ok_or_else(|| anyhow!("no main node"))?.name.clone())
+    }
+
+    pub fn participant_names(&self) -> Vec<String> {
+        self.lab.nodes_with_role(Role::Participant).iter().map(|n| n.name.clone()).collect()
+    }
+
+    pub fn client_names(&self) -> Vec<String> {
+        self.lab.nodes_with_role(Role::Client).iter().map(|n| n.name.clone()).collect()
+    }
+
+    pub fn addr(&self, node: &str) -> anyhow::Result<Ipv4Addr> {
+        Ok(self.lab.node(node)?.addr)
+    }
+
+    fn spawn(&mut self, node: &str, binary: &str, args: &[String]) -> anyhow::Result<()> {
+        let log = self.lab.state_dir().join(format!("{node}.{binary}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let mut cmd = self.lab.command(node, bin(binary)?)?;
+        cmd.args(args).stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
+        cmd.env("RUST_LOG", std::env::var("BATON_LOG").unwrap_or_else(|_| "info".to_owned()));
+        let child = cmd.spawn().with_context(|| format!("starting {binary} in {node}"))?;
+        self.procs.push(Proc { node: node.to_owned(), name: binary.to_owned(), child, log });
+        Ok(())
+    }
+
+    /// Starts baton-main in the main node.
+    pub fn start_main(&mut self, extra: &[String]) -> anyhow::Result<()> {
+        let node = self.main_node()?;
+        let n = self.lab.node(&node)?.clone();
+        let mut args = vec![
+            "--vip".to_owned(),
+            self.lab.vip().to_string(),
+            "--local-addr".to_owned(),
+            n.addr.to_string(),
+            "--iface".to_owned(),
+            n.iface.clone(),
+            "--origin-dir".to_owned(),
+            self.origin_dir.display().to_string(),
+            "--geoip".to_owned(),
+            self.lab.geoip_path().display().to_string(),
+            "--pin-dir".to_owned(),
+            self.lab.pin_dir().join("main").display().to_string(),
+            "--admin-socket".to_owned(),
+            self.admin.display().to_string(),
+        ];
+        args.extend(extra.iter().cloned());
+        self.spawn(&node, "baton-main", &args)?;
+        // Wait for the admin socket: the main is listening once it answers.
+        let deadline = Instant::now() + REGISTRATION_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.batonctl(&["participant", "list"]).map(|o| o.status.success()).unwrap_or(false) {
+                return Ok(());
+            }
+            self.check_alive()?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("baton-main did not come up; log:\n{}", self.log_tail(&node, "baton-main"))
+    }
+
+    /// Starts baton-participant in `node`.
+    pub fn start_participant(&mut self, node: &str, extra: &[&str]) -> anyhow::Result<()> {
+        let main = self.addr(&self.main_node()?)?;
+        let n = self.lab.node(node)?.clone();
+        let loc = n.location.clone().ok_or_else(|| anyhow!("{node} has no location"))?;
+        let mut args = vec![
+            "--name".to_owned(),
+            node.to_owned(),
+            "--addr".to_owned(),
+            n.addr.to_string(),
+            "--main-addr".to_owned(),
+            main.to_string(),
+            "--vip".to_owned(),
+            self.lab.vip().to_string(),
+            "--lat".to_owned(),
+            loc.lat.to_string(),
+            "--lon".to_owned(),
+            loc.lon.to_string(),
+            "--iface".to_owned(),
+            n.iface.clone(),
+            "--cache-dir".to_owned(),
+            self.lab.state_dir().join(format!("cache-{node}")).display().to_string(),
+            "--pin-dir".to_owned(),
+            self.lab.pin_dir().join(node).display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn(node, "baton-participant", &args)
+    }
+
+    /// Kills (SIGKILL) every process named `binary` in `node`.
+    pub fn kill(&mut self, node: &str, binary: &str) {
+        self.procs.retain_mut(|p| {
+            if p.node == node && p.name == binary {
+                p.kill();
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Stops (SIGTERM) every process named `binary` in `node`.
+    pub fn stop(&mut self, node: &str, binary: &str) {
+        self.procs.retain_mut(|p| {
+            if p.node == node && p.name == binary {
+                p.terminate();
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Fails if a started process has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.procs {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                bail!("{} in {} exited with {status}; log:\n{}", p.name, p.node, tail(&log, 40));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn log_tail(&self, node: &str, binary: &str) -> String {
+        let path = self.lab.state_dir().join(format!("{node}.{binary}.log"));
+        tail(&std::fs::read_to_string(path).unwrap_or_default(), 40)
+    }
+
+    /// Runs batonctl against this cluster's main.
+    pub fn batonctl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(Command::new(bin("batonctl")?).arg("--admin").arg(&self.admin).args(args).output()?)
+    }
+
+    /// The main's participant list as JSON rows.
+    pub fn participants(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = self.batonctl(&["--json", "participant", "list"])?;
+        if !out.status.success() {
+            bail!("batonctl failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        match serde_json::from_slice(&out.stdout)? {
+            serde_json::Value::Array(rows) => Ok(rows),
+            other => bail!("unexpected participant list {other}"),
+        }
+    }
+
+    /// Waits until `n` participants are connected.
+    pub fn wait_registered(&mut self, n: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + REGISTRATION_TIMEOUT;
+        loop {
+            let up = self
+                .participants()
+                .map(|rows| rows.iter().filter(|r| r.get("connected").and_then(|v| v.as_bool()) == Some(true)).count())
+                .unwrap_or(0);
+            if up >= n {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("only {up} of {n} participants registered");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Writes a deterministic pseudo-random object of `size` bytes into the origin; returns its
+    /// SHA-256 in hex.
+    pub fn write_object(&self, rel: &str, size: usize, seed: u64) -> anyhow::Result<String> {
+        let path = self.origin_dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let data = pseudo_random(size, seed);
+        std::fs::write(&path, &data)?;
+        Ok(hex::encode(sha2::Sha256::digest(&data)))
+    }
+
+    /// URL of an object through the VIP.
+    pub fn vip_url(&self, rel: &str) -> String {
+        format!("http://{}/{rel}", self.lab.vip())
+    }
+
+    /// Runs a command in a node and returns its output (whatever the exit status).
+    pub fn exec(&self, node: &str, argv: &[&str]) -> anyhow::Result<Output> {
+        let mut cmd = self.lab.command(node, argv[0])?;
+        Ok(cmd.args(&argv[1..]).stdin(Stdio::null()).output()?)
+    }
+
+    /// Runs `f` on a thread that has entered `node`'s network namespace (raw sockets from a
+    /// client's point of view).
+    pub fn in_node<T: Send + 'static>(&self, node: &str, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+        let ns = self.lab.node(node)?.ns.clone();
+        let handle = std::thread::spawn(move || -> anyhow::Result<T> {
+            let file = std::fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("opening netns {ns}"))?;
+            // SAFETY: setns on this thread only, with a namespace file we hold open.
+            let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                bail!("setns {ns}: {}", std::io::Error::last_os_error());
+            }
+            Ok(f())
+        });
+        handle.join().map_err(|_| anyhow!("thread in {node} panicked"))?
+    }
+
+    /// Starts a packet capture of TCP port 80 on a node's interface.
+    pub fn capture(&self, node: &str) -> anyhow::Result<Capture> {
+        let file = self.lab.state_dir().join(format!("{node}-{}.pcap", unique()));
+        let iface = self.lab.node(node)?.iface.clone();
+        let mut cmd = self.lab.command(node, "tcpdump")?;
+        cmd.args(["-i", &iface, "-n", "-s", "128", "-U", "-w"]).arg(&file).arg("tcp port 80");
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().context("starting tcpdump")?;
+        let mut cap = Capture { child: Some(child), file };
+        cap.wait_ready()?;
+        Ok(cap)
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Deterministic bytes (xorshift64*), so expected digests never depend on a file on disk.
+pub fn pseudo_random(size: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(size + 8);
+    while out.len() < size {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(size);
+    out
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// A running tcpdump.
+#[derive(Debug)]
+pub struct Capture {
+    child: Option<Child>,
+    file: PathBuf,
+}
+
+/// One captured packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet {
+    pub src: Ipv4Addr,
+    pub src_port: u16,
+    pub dst: Ipv4Addr,
+    pub dst_port: u16,
+    pub rst: bool,
+}
+
+impl Capture {
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        // tcpdump announces "listening on" on stderr once the capture is armed.
+        let child = self.child.as_mut().ok_or_else(|| anyhow!("capture already stopped"))?;
+        let mut stderr = child.stderr.take().ok_or_else(|| anyhow!("no tcpdump stderr"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            let mut seen = Vec::new();
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(12).any(|w| w == b"listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10)).map_err(|_| anyhow!("tcpdump did not start"))
+    }
+
+    /// Stops the capture and returns its packets.
+    pub fn finish(mut self) -> anyhow::Result<Vec<Packet>> {
+        if let Some(mut child) = self.child.take() {
+            std::thread::sleep(Duration::from_millis(200));
+            // SAFETY: signalling our own child; SIGINT makes tcpdump flush and exit.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let _ = child.wait();
+        }
+        let data = std::fs::read(&self.file).with_context(|| format!("reading {}", self.file.display()))?;
+        let _ = std::fs::remove_file(&self.file);
+        parse_pcap(&data)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Parses a classic pcap file of Ethernet frames into IPv4/TCP packet summaries.
+pub fn parse_pcap(data: &[u8]) -> anyhow::Result<Vec<Packet>> {
+    if data.len() < 24 {
+        bail!("pcap shorter than its header");
+    }
+    let magic = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+    let le = match magic {
+        0xa1b2_c3d4 | 0xa1b2_3c4d => true,
+        0xd4c3_b2a1 | 0x4d3c_b2a1 => false,
+        _ => bail!("not a pcap file"),
+    };
+    let rd32 = |b: &[u8]| {
+        let a = [b[0], b[1], b[2], b[3]];
+        if le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
+    };
+    let mut out = Vec::new();
+    let mut off = 24;
+    while off + 16 <= data.len() {
+        let incl = rd32(&data[off + 8..off + 12]) as usize;
+        let start = off + 16;
+        let end = start + incl;
+        if end > data.len() {
+            break;
+        }
+        if let Ok(p) = etherparse::SlicedPacket::from_ethernet(&data[start..end]) {
+            if let (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Tcp(tcp))) = (&p.net, &p.transport) {
+                out.push(Packet {
+                    src: ip.header().source_addr(),
+                    dst: ip.header().destination_addr(),
+                    src_port: tcp.source_port(),
+                    dst_port: tcp.destination_port(),
+                    rst: tcp.rst(),
+                });
+            }
+        }
+        off = end;
+    }
+    Ok(out)
+}
+
+/// Result of one curl download.
+#[derive(Debug, Clone)]
+pub struct Download {
+    pub exit: i32,
+    pub sha256: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub headers: BTreeMap<String, String>,
+    pub stderr: String,
+}
+
+impl Download {
+    pub fn served_by(&self) -> Option<&str> {
+        self.headers.get("x-served-by").map(String::as_str)
+    }
+}
+
+/// Downloads `url` with curl in `client` into a file, returning digest, size, time and headers.
+pub fn curl_download(cluster: &Cluster, client: &str, url: &str, extra: &[&str]) -> anyhow::Result<Download> {
+    let dir = cluster.lab.state_dir();
+    let id = unique();
+    let body = dir.join(format!("dl-{client}-{id}.bin"));
+    let hdrs = dir.join(format!("dl-{client}-{id}.hdr"));
+    let (b, h) = (body.display().to_string(), hdrs.display().to_string());
+    let mut argv = vec!["curl", "-sS", "--max-time", "120", "-o", &b, "-D", &h, "-w", "%{size_download} %{time_total}"];
+    argv.extend_from_slice(extra);
+    argv.push(url);
+    let out = cluster.exec(client, &argv)?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut it = stdout.split_whitespace();
+    let bytes = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let seconds = it.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let sha256 = if body.exists() { sha256_file(&body)? } else { String::new() };
+    let headers = std::fs::read_to_string(&hdrs)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())))
+        .collect();
+    let _ = std::fs::remove_file(&body);
+    let _ = std::fs::remove_file(&hdrs);
+    Ok(Download { exit: out.status.code().unwrap_or(-1), sha256, bytes, seconds, headers, stderr: String::from_utf8_lossy(&out.stderr).to_string() })
+}
