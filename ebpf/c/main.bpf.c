@@ -1,0 +1,259 @@
+/* SPDX-License-Identifier: MIT OR GPL-2.0 */
+/*
+ * Main ingress program: runs on the main server's interface before the
+ * kernel stack sees a packet.
+ *
+ * For a TCP segment of a flow in baton_flows it records what the client last
+ * acknowledged, then either drops it (FROZEN: the connection is being moved,
+ * the client will retransmit) or encapsulates it toward the participant that
+ * now owns the connection (FORWARD) and sends it out. Everything else passes
+ * untouched. A packet of a flow in the map is never passed up: the kernel
+ * has no socket for it any more and would answer with a reset.
+ *
+ * Two entry points with the same logic: baton_main_tc (tc/tcx ingress) and
+ * baton_main_xdp (XDP).
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+
+#include "baton_consts.h"
+#include "baton_structs.h"
+#include "encap_helpers.h"
+#include "main_maps.h"
+#include "pckt_parsing.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+enum main_action {
+	MAIN_ACT_PASS,
+	MAIN_ACT_DROP,
+	MAIN_ACT_FORWARD,
+};
+
+/* Record what this client segment tells about the connection. The program
+ * may run on several CPUs for one flow at once; counters are atomic, the
+ * observation fields are last-writer-wins. */
+static __always_inline void flow_observe(struct flow_value *fv, const struct packet_info *pi)
+{
+	__u8 flags = pi->tcp_flags & (TCPF_BYTE_FIN | TCPF_BYTE_RST);
+
+	if (pi->tcp_flags & TCPF_BYTE_ACK) {
+		fv->last_ack = pi->ack_seq;
+		fv->last_window = pi->window;
+	}
+	if (pi->has_tsecr) {
+		fv->last_tsecr = pi->tsecr;
+		fv->has_tsecr = 1;
+	}
+	if ((fv->tcp_flags_seen & flags) != flags)
+		fv->tcp_flags_seen |= flags;
+	fv->last_seen_ns = bpf_ktime_get_ns();
+	__sync_fetch_and_add(&fv->packets, 1);
+	__sync_fetch_and_add(&fv->bytes, pi->l3_len);
+}
+
+/* Decide what to do with a frame; fills *reason for PASS/DROP and
+ * *participant for FORWARD. */
+static __always_inline int main_classify(void *data, void *data_end, __u64 pkt_len,
+					 struct packet_info *pi, __be32 *participant,
+					 __u32 *reason)
+{
+	struct flow_value *fv;
+
+	switch (parse_client_segment(data, data_end, pkt_len, pi)) {
+	case PARSE_OK:
+		break;
+	case PARSE_NOT_IPV4:
+		*reason = MAIN_PASS_NOT_IPV4;
+		return MAIN_ACT_PASS;
+	case PARSE_FRAGMENT:
+		*reason = MAIN_PASS_FRAGMENT;
+		return MAIN_ACT_PASS;
+	case PARSE_NOT_TCP:
+		*reason = MAIN_PASS_NOT_TCP;
+		return MAIN_ACT_PASS;
+	default:
+		*reason = MAIN_PASS_MALFORMED;
+		return MAIN_ACT_PASS;
+	}
+
+	fv = bpf_map_lookup_elem(&baton_flows, &pi->key);
+	if (!fv) {
+		*reason = MAIN_PASS_NO_FLOW;
+		return MAIN_ACT_PASS;
+	}
+	flow_observe(fv, pi);
+
+	if (fv->state == FLOW_FROZEN) {
+		*reason = MAIN_DROP_FROZEN;
+		return MAIN_ACT_DROP;
+	}
+	if (fv->state == FLOW_FORWARD && fv->participant_addr != 0) {
+		*participant = fv->participant_addr;
+		return MAIN_ACT_FORWARD;
+	}
+	*reason = MAIN_DROP_BAD_STATE;
+	return MAIN_ACT_DROP;
+}
+
+static __always_inline struct main_config *main_config(void)
+{
+	__u32 key = 0;
+	struct main_config *cfg = bpf_map_lookup_elem(&baton_main_cfg, &key);
+
+	if (!cfg || cfg->local_addr == 0)
+		return NULL;
+	return cfg;
+}
+
+static __always_inline void fib_prepare(struct bpf_fib_lookup *fib, __be32 src, __be32 dst,
+					__u8 tos, __u8 proto, __u16 tot_len, __u32 ifindex)
+{
+	fib->family = AF_INET;
+	fib->tos = tos;
+	fib->l4_protocol = proto;
+	fib->tot_len = tot_len;
+	fib->ipv4_src = src;
+	fib->ipv4_dst = dst;
+	fib->ifindex = ifindex;
+}
+
+/* Linearise the headers of a non-linear skb so direct packet access can see
+ * them (a no-op for the usual, already linear, frame). */
+static __always_inline void tc_pull_headers(struct __sk_buff *skb)
+{
+	__u32 linear = skb->data_end - skb->data;
+	__u32 want = skb->len < MAX_HEADERS_LEN ? skb->len : MAX_HEADERS_LEN;
+
+	if (linear < want)
+		bpf_skb_pull_data(skb, want);
+}
+
+/* Encapsulate first, then route: when routing fails the packet has already
+ * been rewritten, which is what BPF_PROG_TEST_RUN shows. */
+static __always_inline int main_forward_tc(struct __sk_buff *skb, const struct packet_info *pi,
+					   __be32 participant)
+{
+	struct main_config *cfg = main_config();
+	struct outer_headers outer = {};
+	struct bpf_fib_lookup fib = {};
+	__u8 macs[2 * ETH_ALEN];
+	__u32 encap;
+	int rc;
+
+	if (!cfg) {
+		main_count(MAIN_DROP_ENCAP_FAILED);
+		return TC_ACT_SHOT;
+	}
+	encap = cfg->encap;
+	if (!build_outer_headers(cfg->local_addr, encap, cfg->gue_port, pi, participant, &outer) ||
+	    tc_push_outer(skb, &outer, encap)) {
+		main_count(MAIN_DROP_ENCAP_FAILED);
+		return TC_ACT_SHOT;
+	}
+
+	/* tot_len 0: the kernel checks the MTU against the skb itself, which
+	 * is right for GSO packets too. */
+	fib_prepare(&fib, outer.ip.saddr, participant, outer.ip.tos, outer.ip.protocol, 0,
+		    skb->ifindex);
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		__builtin_memcpy(macs, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(macs + ETH_ALEN, fib.smac, ETH_ALEN);
+		if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0)) {
+			main_count(MAIN_DROP_ENCAP_FAILED);
+			return TC_ACT_SHOT;
+		}
+		main_count(MAIN_FORWARD_OK);
+		return bpf_redirect(fib.ifindex, 0);
+	}
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		main_count(MAIN_FORWARD_NEIGH);
+		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+	}
+	main_count(rc == BPF_FIB_LKUP_RET_FRAG_NEEDED ? MAIN_DROP_FRAG_NEEDED : MAIN_DROP_FIB_FAILED);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int main_forward_xdp(struct xdp_md *ctx, const struct packet_info *pi,
+					    __be32 participant)
+{
+	struct main_config *cfg = main_config();
+	struct outer_headers outer = {};
+	struct bpf_fib_lookup fib = {};
+	struct ethhdr *eth;
+	void *data_end;
+	__u32 encap, hdr_len;
+	int rc;
+
+	if (!cfg) {
+		main_count(MAIN_DROP_ENCAP_FAILED);
+		return XDP_DROP;
+	}
+	encap = cfg->encap;
+	hdr_len = build_outer_headers(cfg->local_addr, encap, cfg->gue_port, pi, participant, &outer);
+	if (!hdr_len || xdp_push_outer(ctx, &outer, encap)) {
+		main_count(MAIN_DROP_ENCAP_FAILED);
+		return XDP_DROP;
+	}
+
+	fib_prepare(&fib, outer.ip.saddr, participant, outer.ip.tos, outer.ip.protocol,
+		    pi->l3_len + hdr_len, ctx->ingress_ifindex);
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+		if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+			main_count(MAIN_DROP_NO_NEIGH);
+		else if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+			main_count(MAIN_DROP_FRAG_NEEDED);
+		else
+			main_count(MAIN_DROP_FIB_FAILED);
+		return XDP_DROP;
+	}
+
+	eth = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if ((void *)(eth + 1) > data_end) {
+		main_count(MAIN_DROP_ENCAP_FAILED);
+		return XDP_DROP;
+	}
+	eth_set_macs(eth, &fib);
+	main_count(MAIN_FORWARD_OK);
+	if (fib.ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+SEC("tc")
+int baton_main_tc(struct __sk_buff *skb)
+{
+	struct packet_info pi = {};
+	__be32 participant = 0;
+	__u32 reason = MAIN_PASS_MALFORMED;
+	int action;
+
+	tc_pull_headers(skb);
+	action = main_classify((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, &pi,
+			       &participant, &reason);
+	if (action == MAIN_ACT_FORWARD)
+		return main_forward_tc(skb, &pi, participant);
+	main_count(reason);
+	return action == MAIN_ACT_DROP ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+SEC("xdp")
+int baton_main_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct packet_info pi = {};
+	__be32 participant = 0;
+	__u32 reason = MAIN_PASS_MALFORMED;
+	int action;
+
+	action = main_classify(data, data_end, data_end - data, &pi, &participant, &reason);
+	if (action == MAIN_ACT_FORWARD)
+		return main_forward_xdp(ctx, &pi, participant);
+	main_count(reason);
+	return action == MAIN_ACT_DROP ? XDP_DROP : XDP_PASS;
+}

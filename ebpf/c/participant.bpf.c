@@ -1,0 +1,151 @@
+/* SPDX-License-Identifier: MIT OR GPL-2.0 */
+/*
+ * Participant ingress program: removes the outer header the main added and
+ * lets the client's original segment go up the stack, where its destination
+ * (the VIP, held on lo) reaches the restored socket.
+ *
+ * Only encapsulated packets whose outer source is this participant's main are
+ * accepted; other encapsulated packets are dropped and counted, so nobody
+ * else can inject segments into handed-off connections. IPIP is always
+ * recognised; UDP to the GUE port only when GUE is configured. Everything
+ * that is not encapsulated passes untouched.
+ *
+ * Entry points: baton_participant_tc (tc/tcx ingress) and
+ * baton_participant_xdp (XDP), same logic.
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+
+#include "baton_consts.h"
+#include "baton_structs.h"
+#include "encap_helpers.h"
+#include "participant_maps.h"
+#include "pckt_parsing.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+enum part_action {
+	PART_ACT_PASS,
+	PART_ACT_DROP,
+	PART_ACT_DECAP,
+};
+
+/* Decide what to do with a frame. For DECAP, *outer_len is the number of
+ * bytes after the Ethernet header to remove; otherwise *reason is set. */
+static __always_inline int part_classify(void *data, void *data_end, __u64 pkt_len,
+					 __u32 *outer_len, __u32 *reason)
+{
+	__u32 key = 0, ihl_len, hdr_len;
+	struct participant_config *cfg;
+	struct iphdr *iph;
+	struct udphdr *udp;
+	int ret;
+
+	ret = parse_eth_ipv4(data, data_end, pkt_len, &iph, &ihl_len);
+	if (ret == PARSE_NOT_IPV4) {
+		*reason = PART_PASS_NOT_IPV4;
+		return PART_ACT_PASS;
+	}
+	if (ret != PARSE_OK) {
+		*reason = PART_PASS_MALFORMED;
+		return PART_ACT_PASS;
+	}
+	cfg = bpf_map_lookup_elem(&baton_part_cfg, &key);
+	if (!cfg) {
+		*reason = PART_PASS_NOT_ENCAP;
+		return PART_ACT_PASS;
+	}
+
+	if (iph->protocol == IPPROTO_IPIP) {
+		hdr_len = ihl_len;
+	} else if (iph->protocol == IPPROTO_UDP && cfg->encap == ENCAP_GUE &&
+		   !(iph->frag_off & bpf_htons(IP_OFFSET_MASK))) {
+		udp = (void *)iph + ihl_len;
+		if ((void *)(udp + 1) > data_end) {
+			*reason = PART_PASS_MALFORMED;
+			return PART_ACT_PASS;
+		}
+		if (udp->dest != cfg->gue_port) {
+			*reason = PART_PASS_NOT_ENCAP;
+			return PART_ACT_PASS;
+		}
+		hdr_len = ihl_len + sizeof(struct udphdr);
+	} else {
+		*reason = PART_PASS_NOT_ENCAP;
+		return PART_ACT_PASS;
+	}
+
+	if (iph->saddr != cfg->main_addr) {
+		*reason = PART_DROP_BAD_SOURCE;
+		return PART_ACT_DROP;
+	}
+	if (ipv4_is_fragment(iph)) {
+		*reason = PART_DROP_FRAGMENT;
+		return PART_ACT_DROP;
+	}
+	if (inner_ipv4_valid(iph, hdr_len, data_end)) {
+		*reason = PART_DROP_MALFORMED;
+		return PART_ACT_DROP;
+	}
+	*outer_len = hdr_len;
+	return PART_ACT_DECAP;
+}
+
+SEC("tc")
+int baton_participant_tc(struct __sk_buff *skb)
+{
+	__u32 reason = PART_PASS_MALFORMED, outer_len = 0;
+	__s32 diff;
+	int action;
+
+	action = part_classify((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len,
+			       &outer_len, &reason);
+	if (action != PART_ACT_DECAP) {
+		part_count(reason);
+		return action == PART_ACT_DROP ? TC_ACT_SHOT : TC_ACT_OK;
+	}
+
+	/* gso_size stays: removing the outer header does not change the
+	 * payload carried per segment. Kernels before 6.3 lack the decap
+	 * flag; retry without it. */
+	diff = -(__s32)outer_len;
+	if (bpf_skb_adjust_room(skb, diff, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_FIXED_GSO | BATON_ADJ_ROOM_DECAP_L3_IPV4) &&
+	    bpf_skb_adjust_room(skb, diff, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO)) {
+		part_count(PART_DROP_DECAP_FAILED);
+		return TC_ACT_SHOT;
+	}
+	part_count(PART_DECAP_OK);
+	return TC_ACT_OK;
+}
+
+SEC("xdp")
+int baton_participant_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 reason = PART_PASS_MALFORMED, outer_len = 0;
+	int action;
+
+	action = part_classify(data, data_end, data_end - data, &outer_len, &reason);
+	if (action != PART_ACT_DECAP) {
+		part_count(reason);
+		return action == PART_ACT_DROP ? XDP_DROP : XDP_PASS;
+	}
+
+	/* Move the Ethernet header forward over the outer headers, then cut
+	 * the head. outer_len >= 20 > ETH_HLEN: no overlap. */
+	if (outer_len > 60 + sizeof(struct udphdr) ||
+	    data + outer_len + sizeof(struct ethhdr) > data_end) {
+		part_count(PART_DROP_DECAP_FAILED);
+		return XDP_DROP;
+	}
+	__builtin_memcpy(data + outer_len, data, sizeof(struct ethhdr));
+	if (bpf_xdp_adjust_head(ctx, (int)outer_len)) {
+		part_count(PART_DROP_DECAP_FAILED);
+		return XDP_DROP;
+	}
+	part_count(PART_DECAP_OK);
+	return XDP_PASS;
+}

@@ -1,0 +1,490 @@
+//! Rust mirrors of the structures and constants the BPF programs share with
+//! userspace (`c/baton_structs.h`, `c/baton_consts.h`).
+//!
+//! Layouts are asserted at compile time; fields that the C keeps in network
+//! byte order are stored here as byte arrays, so they can only be read and
+//! written through accessors that take and return `std::net` types. This
+//! module must never hold logic beyond these conversions, and a layout here
+//! must never change without the same change in the C headers.
+
+use std::fmt;
+use std::mem::{offset_of, size_of};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// Capacity of the `baton_flows` map (`FLOW_MAP_MAX_ENTRIES` in C): the most
+/// connections one main can have handed off at once. 64k concurrent handed-off
+/// downloads is beyond one host's egress; the map costs a few MiB.
+pub const FLOW_MAP_MAX_ENTRIES: u32 = 65_536;
+
+/// Raw `flow_value.state` of a frozen flow (`FLOW_FROZEN`).
+const FLOW_FROZEN: u32 = 1;
+/// Raw `flow_value.state` of a forwarded flow (`FLOW_FORWARD`).
+const FLOW_FORWARD: u32 = 2;
+/// Raw config value for IPIP (`ENCAP_IPIP`).
+const ENCAP_IPIP: u32 = 0;
+/// Raw config value for GUE (`ENCAP_GUE`).
+const ENCAP_GUE: u32 = 1;
+/// FIN bit as recorded in `tcp_flags_seen`.
+const TCP_FIN: u8 = 0x01;
+/// RST bit as recorded in `tcp_flags_seen`.
+const TCP_RST: u8 = 0x04;
+/// GUE source ports are `GUE_SPORT_BASE | (hash & GUE_SPORT_MASK)`: the
+/// IANA dynamic range, 14 bits of per-flow entropy for ECMP.
+const GUE_SPORT_BASE: u16 = 0xc000;
+/// See [`GUE_SPORT_BASE`].
+const GUE_SPORT_MASK: u32 = 0x3fff;
+
+/// How the main encapsulates client segments toward a participant.
+///
+/// `Gue` is IPv4 + UDP to `port` followed directly by the inner IPv4 packet
+/// (GUE "variant 1", the framing of Linux `fou ... ipproto 4`); the UDP source
+/// port is a hash of the flow ([`FlowKey::gue_source_port`]) and the UDP
+/// checksum is 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encap {
+    /// Outer IPv4 header with protocol 4.
+    Ipip,
+    /// Outer IPv4 + UDP to `port`.
+    Gue {
+        /// UDP destination port on the participant.
+        port: u16,
+    },
+}
+
+impl Encap {
+    fn raw(self) -> (u32, [u8; 2]) {
+        match self {
+            Encap::Ipip => (ENCAP_IPIP, [0; 2]),
+            Encap::Gue { port } => (ENCAP_GUE, port.to_be_bytes()),
+        }
+    }
+}
+
+/// A client connection to the VIP, as seen in the client's packets
+/// (`struct flow_key`; all fields in network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    client_addr: [u8; 4],
+    vip_addr: [u8; 4],
+    client_port: [u8; 2],
+    vip_port: [u8; 2],
+}
+
+impl FlowKey {
+    /// The flow of segments from `client` to `vip`.
+    pub fn new(client: SocketAddrV4, vip: SocketAddrV4) -> Self {
+        Self {
+            client_addr: client.ip().octets(),
+            vip_addr: vip.ip().octets(),
+            client_port: client.port().to_be_bytes(),
+            vip_port: vip.port().to_be_bytes(),
+        }
+    }
+
+    /// The client's address and port.
+    pub fn client(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::from(self.client_addr), u16::from_be_bytes(self.client_port))
+    }
+
+    /// The VIP address and port the client talks to.
+    pub fn vip(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::from(self.vip_addr), u16::from_be_bytes(self.vip_port))
+    }
+
+    /// The UDP source port the main uses for this flow with [`Encap::Gue`]
+    /// (the same function as `flow_hash` in `c/encap_helpers.h`).
+    pub fn gue_source_port(&self) -> u16 {
+        // The C loads the network-order fields as native words.
+        let client = u32::from_ne_bytes(self.client_addr);
+        let vip = u32::from_ne_bytes(self.vip_addr);
+        let ports = (u32::from(u16::from_ne_bytes(self.client_port)) << 16)
+            | u32::from(u16::from_ne_bytes(self.vip_port));
+        let mut h = client ^ vip.rotate_left(13) ^ ports;
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x7feb_352d);
+        h ^= h >> 15;
+        h = h.wrapping_mul(0x846c_a68b);
+        h ^= h >> 16;
+        // Masked to 14 bits, so the cast cannot truncate.
+        GUE_SPORT_BASE | (h & GUE_SPORT_MASK) as u16
+    }
+}
+
+impl fmt::Debug for FlowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}->{}", self.client(), self.vip())
+    }
+}
+
+impl fmt::Display for FlowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}->{}", self.client(), self.vip())
+    }
+}
+
+/// What the main does with a flow's packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlowState {
+    /// The connection is being moved: its packets are dropped (the client
+    /// retransmits), never passed to the local stack.
+    Frozen,
+    /// The connection lives on a participant: packets are encapsulated to it.
+    Forward,
+}
+
+/// Per-flow state (`struct flow_value`). The main sets the state and the
+/// participant; the program keeps the observations current.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    state: u32,
+    participant_addr: [u8; 4],
+    last_ack: u32,
+    last_tsecr: u32,
+    last_window: u16,
+    tcp_flags_seen: u8,
+    has_tsecr: u8,
+    pad: u32,
+    last_seen_ns: u64,
+    packets: u64,
+    bytes: u64,
+}
+
+impl FlowValue {
+    /// A frozen flow with no observations yet.
+    pub fn frozen() -> Self {
+        Self { state: FLOW_FROZEN, ..Self::default() }
+    }
+
+    /// A flow forwarded to `participant`, with no observations yet.
+    pub fn forward(participant: Ipv4Addr) -> Self {
+        Self::default().with_forward(participant)
+    }
+
+    /// This value with the state set to forward to `participant`; the
+    /// observations are kept.
+    pub fn with_forward(self, participant: Ipv4Addr) -> Self {
+        Self { state: FLOW_FORWARD, participant_addr: participant.octets(), ..self }
+    }
+
+    /// The state, or `None` when the raw value is not one this build knows.
+    pub fn state(&self) -> Option<FlowState> {
+        match self.state {
+            FLOW_FROZEN => Some(FlowState::Frozen),
+            FLOW_FORWARD => Some(FlowState::Forward),
+            _ => None,
+        }
+    }
+
+    /// The raw state as stored in the map.
+    pub fn raw_state(&self) -> u32 {
+        self.state
+    }
+
+    /// The participant packets are sent to (meaningful when forwarding;
+    /// `0.0.0.0` otherwise).
+    pub fn participant(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.participant_addr)
+    }
+
+    /// ACK number of the latest client segment with ACK set: the client's
+    /// next expected byte (0 until one is seen).
+    pub fn last_ack(&self) -> u32 {
+        self.last_ack
+    }
+
+    /// Raw (unscaled) window field of the latest client segment with ACK set.
+    pub fn last_window(&self) -> u16 {
+        self.last_window
+    }
+
+    /// TSecr of the latest client segment that carried timestamps.
+    pub fn last_tsecr(&self) -> Option<u32> {
+        (self.has_tsecr != 0).then_some(self.last_tsecr)
+    }
+
+    /// The client sent a FIN.
+    pub fn fin_seen(&self) -> bool {
+        self.tcp_flags_seen & TCP_FIN != 0
+    }
+
+    /// The client sent a RST.
+    pub fn rst_seen(&self) -> bool {
+        self.tcp_flags_seen & TCP_RST != 0
+    }
+
+    /// `CLOCK_MONOTONIC` nanoseconds of the latest packet (0 if none); compare
+    /// with [`monotonic_now_ns`].
+    pub fn last_seen_ns(&self) -> u64 {
+        self.last_seen_ns
+    }
+
+    /// Client packets seen for this flow.
+    pub fn packets(&self) -> u64 {
+        self.packets
+    }
+
+    /// Client bytes seen for this flow (IPv4 total lengths).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl fmt::Debug for FlowValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlowValue")
+            .field("state", &self.state())
+            .field("participant", &self.participant())
+            .field("last_ack", &self.last_ack)
+            .field("last_window", &self.last_window)
+            .field("last_tsecr", &self.last_tsecr())
+            .field("fin_seen", &self.fin_seen())
+            .field("rst_seen", &self.rst_seen())
+            .field("last_seen_ns", &self.last_seen_ns)
+            .field("packets", &self.packets)
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock of
+/// [`FlowValue::last_seen_ns`].
+pub fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC
+    // is always available on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Configuration of the main program (`struct main_config`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MainConfig {
+    local_addr: [u8; 4],
+    encap: u32,
+    gue_port: [u8; 2],
+    pad: u16,
+}
+
+impl MainConfig {
+    /// Outer source `local_addr`, encapsulation `encap`.
+    pub fn new(local_addr: Ipv4Addr, encap: Encap) -> Self {
+        let (encap, gue_port) = encap.raw();
+        Self { local_addr: local_addr.octets(), encap, gue_port, pad: 0 }
+    }
+}
+
+/// Configuration of the participant program (`struct participant_config`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParticipantConfig {
+    main_addr: [u8; 4],
+    encap: u32,
+    gue_port: [u8; 2],
+    pad: u16,
+}
+
+impl ParticipantConfig {
+    /// Accept encapsulated packets from `main_addr` only.
+    pub fn new(main_addr: Ipv4Addr, encap: Encap) -> Self {
+        let (encap, gue_port) = encap.raw();
+        Self { main_addr: main_addr.octets(), encap, gue_port, pad: 0 }
+    }
+}
+
+// SAFETY: plain #[repr(C)] data with every padding byte an explicit field,
+// so every bit pattern is valid and no byte is uninitialised.
+unsafe impl aya::Pod for FlowKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FlowValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MainConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ParticipantConfig {}
+
+const _: () = assert!(size_of::<FlowKey>() == 12);
+const _: () = assert!(offset_of!(FlowKey, vip_addr) == 4);
+const _: () = assert!(offset_of!(FlowKey, client_port) == 8);
+const _: () = assert!(offset_of!(FlowKey, vip_port) == 10);
+const _: () = assert!(size_of::<FlowValue>() == 48);
+const _: () = assert!(offset_of!(FlowValue, participant_addr) == 4);
+const _: () = assert!(offset_of!(FlowValue, last_ack) == 8);
+const _: () = assert!(offset_of!(FlowValue, last_tsecr) == 12);
+const _: () = assert!(offset_of!(FlowValue, last_window) == 16);
+const _: () = assert!(offset_of!(FlowValue, tcp_flags_seen) == 18);
+const _: () = assert!(offset_of!(FlowValue, has_tsecr) == 19);
+const _: () = assert!(offset_of!(FlowValue, last_seen_ns) == 24);
+const _: () = assert!(offset_of!(FlowValue, packets) == 32);
+const _: () = assert!(offset_of!(FlowValue, bytes) == 40);
+const _: () = assert!(size_of::<MainConfig>() == 12);
+const _: () = assert!(offset_of!(MainConfig, encap) == 4);
+const _: () = assert!(offset_of!(MainConfig, gue_port) == 8);
+const _: () = assert!(size_of::<ParticipantConfig>() == 12);
+const _: () = assert!(offset_of!(ParticipantConfig, encap) == 4);
+const _: () = assert!(offset_of!(ParticipantConfig, gue_port) == 8);
+
+macro_rules! counters {
+    (
+        $(#[$meta:meta])*
+        $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+ }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u32)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// Every counter, in map index order.
+            pub const ALL: &'static [$name] = &[ $( $name::$variant, )+ ];
+
+            /// Stable snake_case name, for metrics.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )+
+                }
+            }
+
+            /// Index in the counters map.
+            pub fn index(self) -> u32 {
+                self as u32
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+counters! {
+    /// Why the main program passed, dropped or forwarded a packet
+    /// (`enum main_counter`, same order).
+    MainCounter {
+        /// Not Ethernet + IPv4: passed.
+        PassNotIpv4 = "pass_not_ipv4",
+        /// IPv4 but not TCP: passed.
+        PassNotTcp = "pass_not_tcp",
+        /// IPv4 fragment: passed.
+        PassFragment = "pass_fragment",
+        /// Truncated or inconsistent headers: passed (the kernel discards them).
+        PassMalformed = "pass_malformed",
+        /// TCP, not a handed-off flow: passed.
+        PassNoFlow = "pass_no_flow",
+        /// Frozen flow: dropped.
+        DropFrozen = "drop_frozen",
+        /// Encapsulated and sent (redirect or XDP_TX).
+        ForwardOk = "forward_ok",
+        /// Encapsulated and handed to the kernel's neighbour resolution (tc).
+        ForwardNeigh = "forward_neigh",
+        /// Not configured, or the kernel refused to add the outer header: dropped.
+        DropEncapFailed = "drop_encap_failed",
+        /// No route to the participant (or forwarding disabled on the interface): dropped.
+        DropFibFailed = "drop_fib_failed",
+        /// Encapsulated packet larger than the route MTU: dropped.
+        DropFragNeeded = "drop_frag_needed",
+        /// XDP only: the participant's next hop has no resolved neighbour entry: dropped.
+        DropNoNeigh = "drop_no_neigh",
+        /// Flow entry with an unknown state or no participant: dropped.
+        DropBadState = "drop_bad_state",
+    }
+}
+
+counters! {
+    /// Why the participant program passed, dropped or decapsulated a packet
+    /// (`enum part_counter`, same order).
+    ParticipantCounter {
+        /// Not Ethernet + IPv4: passed.
+        PassNotIpv4 = "pass_not_ipv4",
+        /// Outer IPv4 header broken: passed (the kernel discards it).
+        PassMalformed = "pass_malformed",
+        /// Not encapsulated: passed.
+        PassNotEncap = "pass_not_encap",
+        /// Decapsulated; the inner packet went up the stack.
+        DecapOk = "decap_ok",
+        /// Encapsulated, but not from our main: dropped.
+        DropBadSource = "drop_bad_source",
+        /// Encapsulated from our main, inner packet broken: dropped.
+        DropMalformed = "drop_malformed",
+        /// Encapsulated from our main, outer packet fragmented: dropped.
+        DropFragment = "drop_fragment",
+        /// The kernel refused to remove the outer header: dropped.
+        DropDecapFailed = "drop_decap_failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_key_round_trips_and_is_network_order() {
+        let client = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), 40_000);
+        let vip = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 80);
+        let key = FlowKey::new(client, vip);
+        assert_eq!(key.client(), client);
+        assert_eq!(key.vip(), vip);
+        assert_eq!(key.client_addr, [198, 51, 100, 7]);
+        assert_eq!(key.client_port, [0x9c, 0x40]);
+        assert_eq!(key.vip_port, [0, 80]);
+        assert_eq!(key.to_string(), "198.51.100.7:40000->203.0.113.10:80");
+    }
+
+    #[test]
+    fn gue_source_port_is_in_the_dynamic_range_and_varies() {
+        let vip = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 80);
+        let ports: std::collections::HashSet<u16> = (1..200u16)
+            .map(|p| FlowKey::new(SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), p), vip).gue_source_port())
+            .collect();
+        assert!(ports.iter().all(|p| *p >= 0xc000));
+        assert!(ports.len() > 150, "only {} distinct ports", ports.len());
+    }
+
+    #[test]
+    fn flow_value_constructors() {
+        let frozen = FlowValue::frozen();
+        assert_eq!(frozen.state(), Some(FlowState::Frozen));
+        assert_eq!(frozen.raw_state(), 1);
+        assert_eq!(frozen.last_tsecr(), None);
+        let p = Ipv4Addr::new(198, 18, 0, 2);
+        let fwd = FlowValue { last_ack: 5, has_tsecr: 1, last_tsecr: 9, ..frozen }.with_forward(p);
+        assert_eq!(fwd.state(), Some(FlowState::Forward));
+        assert_eq!(fwd.raw_state(), 2);
+        assert_eq!(fwd.participant(), p);
+        assert_eq!(fwd.last_ack(), 5);
+        assert_eq!(fwd.last_tsecr(), Some(9));
+        assert_eq!(FlowValue::forward(p).last_ack(), 0);
+    }
+
+    #[test]
+    fn config_bytes() {
+        let cfg = MainConfig::new(Ipv4Addr::new(198, 18, 0, 1), Encap::Gue { port: 6080 });
+        assert_eq!(cfg.local_addr, [198, 18, 0, 1]);
+        assert_eq!(cfg.encap, 1);
+        assert_eq!(cfg.gue_port, [0x17, 0xc0]);
+        let cfg = ParticipantConfig::new(Ipv4Addr::new(198, 18, 0, 1), Encap::Ipip);
+        assert_eq!(cfg.encap, 0);
+        assert_eq!(cfg.gue_port, [0, 0]);
+    }
+
+    #[test]
+    fn counter_names_are_unique_and_indexes_dense() {
+        for (i, c) in MainCounter::ALL.iter().enumerate() {
+            assert_eq!(c.index() as usize, i);
+        }
+        for (i, c) in ParticipantCounter::ALL.iter().enumerate() {
+            assert_eq!(c.index() as usize, i);
+        }
+        let names: std::collections::HashSet<_> = MainCounter::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(names.len(), MainCounter::ALL.len());
+        assert_eq!(MainCounter::ALL.len(), 13);
+        assert_eq!(ParticipantCounter::ALL.len(), 8);
+        assert_eq!(MainCounter::DropFrozen.index(), 5);
+        assert_eq!(ParticipantCounter::DropBadSource.index(), 4);
+    }
+}
