@@ -224,7 +224,8 @@ static __always_inline int main_forward_xdp(struct xdp_md *ctx, const struct pac
 	return bpf_redirect(fib.ifindex, 0);
 }
 
-SEC("tc")
+/* "classifier", not "tc": aya 0.13 only knows the older section name. */
+SEC("classifier")
 int baton_main_tc(struct __sk_buff *skb)
 {
 	struct packet_info pi = {};

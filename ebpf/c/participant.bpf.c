@@ -92,7 +92,8 @@ static __always_inline int part_classify(void *data, void *data_end, __u64 pkt_l
 	return PART_ACT_DECAP;
 }
 
-SEC("tc")
+/* "classifier", not "tc": aya 0.13 only knows the older section name. */
+SEC("classifier")
 int baton_participant_tc(struct __sk_buff *skb)
 {
 	__u32 reason = PART_PASS_MALFORMED, outer_len = 0;

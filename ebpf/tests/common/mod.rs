@@ -1,0 +1,202 @@
+//! Shared harness of the data-plane tests: root/bpffs checks, a fresh network
+//! namespace per test (RAII), a private pin directory per test (RAII), the
+//! lab addresses, and frame builders.
+//!
+//! Every test enters its own network namespace on its own thread, so tests
+//! can run in parallel and never touch the host's interfaces. Pin directories
+//! live under /sys/fs/bpf and are removed when the guard drops.
+
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+#![allow(clippy::unwrap_used, reason = "test harness: a failed setup step must panic")]
+
+pub mod frames;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
+
+/// `BPF_FS_MAGIC`.
+const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
+/// Where bpffs is (or gets) mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Returns false (after a loud message) when the tests cannot run because
+/// we are not root; panics instead when CI=true, so CI never skips silently.
+pub fn have_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        ensure_bpffs();
+        return true;
+    }
+    let why = "needs root: it loads BPF programs (CAP_BPF, CAP_NET_ADMIN), mounts bpffs and creates network namespaces";
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} {why}; refusing to skip because CI=true");
+    }
+    eprintln!("\n!!!!!!!! SKIPPED {test}: {why}. Run `sudo -E cargo test -p baton-ebpf`. !!!!!!!!\n");
+    false
+}
+
+/// Skips (or, under CI=true, fails) the calling test when not root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !common::have_root(module_path!()) {
+            return;
+        }
+    };
+}
+
+fn is_bpffs(path: &str) -> bool {
+    let c_path = std::ffi::CString::new(path).unwrap();
+    // SAFETY: statfs fills a zeroed struct we own from a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
+    #[allow(clippy::unnecessary_cast, reason = "f_type's width differs between targets")]
+    let f_type = st.f_type as u32;
+    rc == 0 && f_type == BPF_FS_MAGIC
+}
+
+/// Mounts bpffs on /sys/fs/bpf when it is not there yet.
+pub fn ensure_bpffs() {
+    static MOUNT: Once = Once::new();
+    MOUNT.call_once(|| {
+        if is_bpffs(BPFFS) {
+            return;
+        }
+        std::fs::create_dir_all(BPFFS).unwrap();
+        let src = std::ffi::CString::new("bpf").unwrap();
+        let target = std::ffi::CString::new(BPFFS).unwrap();
+        // SAFETY: valid C strings, no data argument.
+        let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+        assert!(
+            rc == 0 || is_bpffs(BPFFS),
+            "mount -t bpf bpf {BPFFS} failed: {}",
+            std::io::Error::last_os_error()
+        );
+    });
+}
+
+/// The calling thread lives in a fresh network namespace until this drops.
+pub struct NetNs {
+    original: File,
+}
+
+impl NetNs {
+    pub fn new() -> Self {
+        let original = File::open("/proc/thread-self/ns/net").unwrap();
+        // SAFETY: unshare only affects the calling thread's namespaces.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+        ip(&["link", "set", "lo", "up"]);
+        NetNs { original }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // SAFETY: the fd is a network namespace we opened.
+        let rc = unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 && !std::thread::panicking() {
+            panic!("setns back to the original namespace: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+/// A private directory under /sys/fs/bpf, removed with everything pinned in it.
+pub struct PinDir {
+    pub path: PathBuf,
+}
+
+impl PinDir {
+    pub fn new() -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let path = Path::new(BPFFS).join(format!(
+            "baton-ebpf-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        PinDir { path }
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Runs `ip args...` in the calling thread's namespace; panics on failure.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Writes a sysctl of the calling thread's network namespace.
+pub fn sysctl(path: &str, value: &str) {
+    std::fs::write(Path::new("/proc/sys").join(path), value).unwrap();
+}
+
+pub fn ifindex(name: &str) -> u32 {
+    let c_name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C string.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    assert_ne!(index, 0, "no interface {name}");
+    index
+}
+
+/// The lab of the main-program tests, inside the current namespace:
+///
+/// ```text
+/// bt0 02:..:01 198.18.0.1/24  <-veth->  bt1 02:..:02   (participant 198.18.0.2, static neighbour)
+/// bt2 02:..:03 198.18.1.1/24  <-veth->  bt3 02:..:04   (participant 198.18.1.2, static neighbour)
+/// 198.18.0.3: on bt0's subnet, no neighbour entry
+/// 198.19.255.1: no route
+/// ```
+pub mod lab {
+    use std::net::Ipv4Addr;
+
+    pub const MAIN_IFACE: &str = "bt0";
+    pub const OTHER_IFACE: &str = "bt2";
+    pub const LOCAL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    pub const LOCAL_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    pub const PARTICIPANT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    pub const PARTICIPANT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+    pub const OTHER_LOCAL_MAC: [u8; 6] = [2, 0, 0, 0, 0, 3];
+    pub const OTHER_PARTICIPANT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+    pub const OTHER_PARTICIPANT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 4];
+    pub const NO_NEIGH_PARTICIPANT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+    pub const UNROUTABLE_PARTICIPANT: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 1);
+    /// The client-side router's MAC, source of the test frames.
+    pub const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xaa];
+
+    fn mac(m: [u8; 6]) -> String {
+        m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    }
+
+    /// Builds the lab in the current (fresh) namespace.
+    pub fn build() {
+        use super::{ip, sysctl};
+        ip(&["link", "add", "bt0", "address", &mac(LOCAL_MAC), "type", "veth", "peer", "name", "bt1", "address", &mac(PARTICIPANT_MAC)]);
+        ip(&["link", "add", "bt2", "address", &mac(OTHER_LOCAL_MAC), "type", "veth", "peer", "name", "bt3", "address", &mac(OTHER_PARTICIPANT_MAC)]);
+        ip(&["addr", "add", "198.18.0.1/24", "dev", "bt0"]);
+        ip(&["addr", "add", "198.18.1.1/24", "dev", "bt2"]);
+        for dev in ["bt0", "bt1", "bt2", "bt3"] {
+            ip(&["link", "set", dev, "up"]);
+        }
+        ip(&["neigh", "replace", "198.18.0.2", "lladdr", &mac(PARTICIPANT_MAC), "dev", "bt0", "nud", "permanent"]);
+        ip(&["neigh", "replace", "198.18.1.2", "lladdr", &mac(OTHER_PARTICIPANT_MAC), "dev", "bt2", "nud", "permanent"]);
+        sysctl("net/ipv4/conf/all/forwarding", "1");
+        sysctl("net/ipv4/conf/bt0/forwarding", "1");
+        sysctl("net/ipv4/conf/bt2/forwarding", "1");
+    }
+}

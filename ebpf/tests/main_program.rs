@@ -1,0 +1,687 @@
+//! Packet fixtures for the main program, run through BPF_PROG_TEST_RUN on the
+//! really loaded and attached program (Katran `lib/testing` style): each
+//! fixture is a description, an input frame, the flow-map setup, the expected
+//! verdict, the expected output bytes, the one counter that must move, and
+//! (for flows in the map) the observations the program must record.
+//!
+//! The table runs for tc and XDP, each with IPIP and GUE, in a fresh network
+//! namespace with a small routed lab (see `common::lab`), so the FIB lookup
+//! really succeeds, misses a neighbour, or finds no route.
+
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+
+use aya::maps::{HashMap, MapData};
+use baton_ebpf::{
+    monotonic_now_ns, AttachMode, Encap, FlowKey, MainCounter, MainDataplane, MainOptions, Verdict,
+};
+use common::frames::{self, eth, hex, ipv4_checksum_ok, Tcp, CLIENT, GUE_PORT, VIP};
+use common::{lab, NetNs, PinDir};
+
+/// How a fixture prepares the flow map (the map is emptied first).
+#[derive(Clone, Copy, Debug)]
+enum Setup {
+    Frozen,
+    Forward(Ipv4Addr),
+    /// An entry with this raw state value (not one userspace writes).
+    RawState(u32),
+}
+
+/// What must come out.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// Passed up, bytes unchanged, this counter +1.
+    Pass(MainCounter),
+    /// Dropped, bytes unchanged, this counter +1.
+    Drop(MainCounter),
+    /// Encapsulated and sent: Ethernet rewritten from the FIB result.
+    Forward { participant: Ipv4Addr, src_mac: [u8; 6], dst_mac: [u8; 6], same_iface: bool },
+    /// Encapsulated; next hop not resolved: tc hands the packet to
+    /// bpf_redirect_neigh (Ethernet untouched), XDP drops it.
+    NoNeigh { participant: Ipv4Addr },
+    /// Encapsulated, then dropped for want of a route.
+    NoRoute { participant: Ipv4Addr },
+}
+
+/// The observations the flow entry must hold after the run.
+#[derive(Clone, Copy, Debug, Default)]
+struct Observed {
+    last_ack: u32,
+    last_window: u16,
+    last_tsecr: Option<u32>,
+    fin: bool,
+    rst: bool,
+    bytes: u64,
+}
+
+struct Fixture {
+    description: &'static str,
+    frame: Vec<u8>,
+    setup: Vec<(FlowKey, Setup)>,
+    expect: Expect,
+    observed: Option<Observed>,
+}
+
+fn key() -> FlowKey {
+    FlowKey::new(CLIENT, VIP)
+}
+
+fn forward_to(p: Ipv4Addr) -> Vec<(FlowKey, Setup)> {
+    vec![(key(), Setup::Forward(p))]
+}
+
+fn frozen() -> Vec<(FlowKey, Setup)> {
+    vec![(key(), Setup::Frozen)]
+}
+
+fn same_iface() -> Expect {
+    Expect::Forward {
+        participant: lab::PARTICIPANT,
+        src_mac: lab::LOCAL_MAC,
+        dst_mac: lab::PARTICIPANT_MAC,
+        same_iface: true,
+    }
+}
+
+/// The default segment's observations.
+fn default_observed(t: &Tcp) -> Observed {
+    Observed {
+        last_ack: 2_000_000,
+        last_window: 501,
+        last_tsecr: Some(222_222),
+        bytes: (t.frame().len() - 14) as u64,
+        ..Observed::default()
+    }
+}
+
+/// Returns `frame` with `f` applied.
+fn mutate(mut frame: Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    f(&mut frame);
+    frame
+}
+
+fn fixtures() -> Vec<Fixture> {
+    let plain = Tcp::default();
+    let with_payload = Tcp { payload: b"GET /next HTTP/1.1\r\n\r\n".to_vec(), ..Tcp::default() };
+    let ip_options = Tcp { ip_options: vec![1, 1, 1, 0], payload: b"data".to_vec(), ..Tcp::default() };
+    let tos_no_df = Tcp { dscp: 10, ecn: 1, df: false, ip_id: 0xbeef, ..Tcp::default() };
+    let fin = Tcp { fin: true, ack: Some(7_000), window: 0, timestamps: Some((5, 6)), ..Tcp::default() };
+    let rst_no_ack = Tcp { rst: true, ack: None, timestamps: None, ..Tcp::default() };
+    // NOP NOP SACK(2 blocks) NOP NOP TS(1, 0xdeadbeef)
+    let mut sack_then_ts = vec![1, 1, 5, 18];
+    sack_then_ts.extend_from_slice(&[0; 16]);
+    sack_then_ts.extend_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef]);
+    let sack_then_ts = Tcp { raw_options: Some(sack_then_ts), ..Tcp::default() };
+    let no_ts = Tcp { timestamps: None, ..Tcp::default() };
+    // An option of length 0 or 1 stops the walk before the timestamps (with
+    // length 1, stepping one byte would land on a NOP and then a valid TS).
+    let zero_len_option = Tcp { raw_options: Some(vec![30, 0, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]), ..Tcp::default() };
+    let one_len_option = Tcp { raw_options: Some(vec![30, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]), ..Tcp::default() };
+    // EOL ends the options; the timestamp after it is not an option.
+    let after_eol = Tcp { raw_options: Some(vec![0, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]), ..Tcp::default() };
+    // A timestamp option that runs past the TCP header into the payload.
+    let ts_past_header = Tcp {
+        raw_options: Some(vec![1, 1, 1, 1, 1, 1, 1, 1, 8, 10, 0, 0]),
+        payload: vec![0, 1, 0xaa, 0xbb, 0xcc, 0xdd],
+        ..Tcp::default()
+    };
+    // A timestamp option with a wrong length is not a timestamp.
+    let bad_ts_len = Tcp { raw_options: Some(vec![8, 8, 0, 0, 0, 1, 0, 0]), ..Tcp::default() };
+    let other_port = Tcp { src: SocketAddrV4::new(*CLIENT.ip(), 40_001), ..Tcp::default() };
+    let reverse = Tcp { src: VIP, dst: CLIENT, ..Tcp::default() };
+    let more_fragments = Tcp { mf: true, ..Tcp::default() };
+    let offset_fragment = Tcp { frag_offset: 8, df: false, ..Tcp::default() };
+
+    vec![
+        Fixture {
+            description: "forward flow, participant on the ingress interface",
+            frame: plain.frame(),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: same_iface(),
+            observed: Some(default_observed(&plain)),
+        },
+        Fixture {
+            description: "forward flow, participant behind another interface",
+            frame: plain.frame(),
+            setup: forward_to(lab::OTHER_PARTICIPANT),
+            expect: Expect::Forward {
+                participant: lab::OTHER_PARTICIPANT,
+                src_mac: lab::OTHER_LOCAL_MAC,
+                dst_mac: lab::OTHER_PARTICIPANT_MAC,
+                same_iface: false,
+            },
+            observed: Some(default_observed(&plain)),
+        },
+        Fixture {
+            description: "forward flow, segment with payload",
+            frame: with_payload.frame(),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: same_iface(),
+            observed: Some(default_observed(&with_payload)),
+        },
+        Fixture {
+            description: "forward flow, inner IPv4 header with options",
+            frame: ip_options.frame(),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: same_iface(),
+            observed: Some(default_observed(&ip_options)),
+        },
+        Fixture {
+            description: "forward flow, TOS/ECN and IP id copied, DF clear",
+            frame: tos_no_df.frame(),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: same_iface(),
+            observed: Some(default_observed(&tos_no_df)),
+        },
+        Fixture {
+            description: "forward flow, Ethernet padding after the IPv4 packet",
+            frame: mutate(plain.frame(), |f| f.extend_from_slice(&[0; 6])),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: same_iface(),
+            observed: Some(default_observed(&plain)),
+        },
+        Fixture {
+            description: "forward flow, participant without a neighbour entry",
+            frame: plain.frame(),
+            setup: forward_to(lab::NO_NEIGH_PARTICIPANT),
+            expect: Expect::NoNeigh { participant: lab::NO_NEIGH_PARTICIPANT },
+            observed: Some(default_observed(&plain)),
+        },
+        Fixture {
+            description: "forward flow, participant without a route",
+            frame: plain.frame(),
+            setup: forward_to(lab::UNROUTABLE_PARTICIPANT),
+            expect: Expect::NoRoute { participant: lab::UNROUTABLE_PARTICIPANT },
+            observed: Some(default_observed(&plain)),
+        },
+        Fixture {
+            description: "frozen flow: dropped, ACK/window/TSecr recorded",
+            frame: plain.frame(),
+            setup: frozen(),
+            expect: Expect::Drop(MainCounter::DropFrozen),
+            observed: Some(default_observed(&plain)),
+        },
+        Fixture {
+            description: "frozen flow, FIN with zero window",
+            frame: fin.frame(),
+            setup: frozen(),
+            expect: Expect::Drop(MainCounter::DropFrozen),
+            observed: Some(Observed {
+                last_ack: 7_000,
+                last_window: 0,
+                last_tsecr: Some(6),
+                fin: true,
+                bytes: (fin.frame().len() - 14) as u64,
+                ..Observed::default()
+            }),
+        },
+        Fixture {
+            description: "frozen flow, RST without ACK: ACK and window not recorded",
+            frame: rst_no_ack.frame(),
+            setup: frozen(),
+            expect: Expect::Drop(MainCounter::DropFrozen),
+            observed: Some(Observed { rst: true, bytes: 40, ..Observed::default() }),
+        },
+        Fixture {
+            description: "frozen flow, timestamps after SACK blocks",
+            frame: sack_then_ts.frame(),
+            setup: frozen(),
+            expect: Expect::Drop(MainCounter::DropFrozen),
+            observed: Some(Observed {
+                last_tsecr: Some(0xdead_beef),
+                ..default_observed(&sack_then_ts)
+            }),
+        },
+        Fixture {
+            description: "frozen flow, no timestamps",
+            frame: no_ts.frame(),
+            setup: frozen(),
+            expect: Expect::Drop(MainCounter::DropFrozen),
+            observed: Some(Observed { last_tsecr: None, ..default_observed(&no_ts) }),
+        },
+        Fixture {
+            description: "frozen flow, option of length 0 stops the option walk",
+            frame: zero_len_option.frame(),
+            setup: frozen(),
+            expect: Expect::Drop(MainCounter::DropFrozen),
+            observed: Some(Observed { last_tsecr: None, ..default_observed(&zero_len_option) }),
+        },
+        Fixture {
+            description: "frozen flow, option of length 1 stops the option walk",
+            frame: one_len_option.frame(),
+            setup: frozen(),
+            expect: Expect::Drop(MainCounter::DropFrozen),
+            observed: Some(Observed { last_tsecr: None, ..default_observed(&one_len_option) }),
+        },
+        Fixture {
+            description: "frozen flow, timestamps after EOL are ignored",
+            frame: after_eol.frame(),
+            setup: frozen(),
+            expect: Expect::Drop(MainCounter::DropFrozen),
+            observed: Some(Observed { last_tsecr: None, ..default_observed(&after_eol) }),
+        },
+        Fixture {
+            description: "frozen flow, timestamp option running past the header is ignored",
+            frame: ts_past_header.frame(),
+            setup: frozen(),
+            expect: Expect::Drop(MainCounter::DropFrozen),
+            observed: Some(Observed { last_tsecr: None, ..default_observed(&ts_past_header) }),
+        },
+        Fixture {
+            description: "frozen flow, timestamp option with a wrong length is ignored",
+            frame: bad_ts_len.frame(),
+            setup: frozen(),
+            expect: Expect::Drop(MainCounter::DropFrozen),
+            observed: Some(Observed { last_tsecr: None, ..default_observed(&bad_ts_len) }),
+        },
+        Fixture {
+            description: "flow entry with an unknown state: dropped, never passed",
+            frame: plain.frame(),
+            setup: vec![(key(), Setup::RawState(7))],
+            expect: Expect::Drop(MainCounter::DropBadState),
+            observed: None,
+        },
+        Fixture {
+            description: "unknown flow (other client port) next to a forwarded one",
+            frame: other_port.frame(),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassNoFlow),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "reverse direction (VIP -> client) is a different flow",
+            frame: reverse.frame(),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassNoFlow),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "empty map, TCP to the VIP",
+            frame: plain.frame(),
+            setup: vec![],
+            expect: Expect::Pass(MainCounter::PassNoFlow),
+            observed: None,
+        },
+        Fixture {
+            description: "UDP between the flow's addresses and ports",
+            frame: frames::udp_frame(CLIENT, VIP, b"not tcp"),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassNotTcp),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "ICMP echo to the VIP",
+            frame: frames::icmp_echo_frame(*CLIENT.ip(), *VIP.ip()),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassNotTcp),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "TCP over IPv6",
+            frame: frames::ipv6_tcp_frame(),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassNotIpv4),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "ARP request",
+            frame: frames::arp_frame(),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassNotIpv4),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "first fragment (MF) of a forwarded flow's segment",
+            frame: more_fragments.frame(),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassFragment),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "non-first fragment (offset 64) of a forwarded flow's segment",
+            frame: offset_fragment.frame(),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassFragment),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "IPv4 ihl 4",
+            frame: mutate(plain.frame(), |f| f[14] = 0x44),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassMalformed),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "IPv4 EtherType carrying version 6",
+            frame: mutate(plain.frame(), |f| f[14] = 0x65),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassMalformed),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "IPv4 ihl 15 (options longer than the frame's headers)",
+            frame: mutate(plain.frame(), |f| f[14] = 0x4f),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassMalformed),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "IPv4 total length beyond the frame",
+            frame: mutate(plain.frame(), |f| f[16..18].copy_from_slice(&200u16.to_be_bytes())),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassMalformed),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "IPv4 total length shorter than the IPv4 header",
+            frame: mutate(plain.frame(), |f| f[16..18].copy_from_slice(&19u16.to_be_bytes())),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassMalformed),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "IPv4 total length cuts into the TCP header",
+            frame: mutate(plain.frame(), |f| f[16..18].copy_from_slice(&30u16.to_be_bytes())),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassMalformed),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "TCP data offset 4",
+            frame: mutate(plain.frame(), |f| f[46] = 0x40),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassMalformed),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "TCP data offset 15 beyond the IPv4 total length",
+            frame: mutate(plain.frame(), |f| f[46] = 0xf0),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassMalformed),
+            observed: Some(Observed::default()),
+        },
+    ]
+}
+
+/// Direct access to the pinned flow map, for entries the API refuses to write.
+fn raw_flows(pin_dir: &Path) -> HashMap<MapData, [u8; 12], [u8; 48]> {
+    HashMap::try_from(aya::maps::Map::HashMap(MapData::from_pin(pin_dir.join("baton_flows")).unwrap())).unwrap()
+}
+
+fn key_bytes(key: &FlowKey) -> [u8; 12] {
+    let (c, v) = (key.client(), key.vip());
+    let mut out = [0u8; 12];
+    out[0..4].copy_from_slice(&c.ip().octets());
+    out[4..8].copy_from_slice(&v.ip().octets());
+    out[8..10].copy_from_slice(&c.port().to_be_bytes());
+    out[10..12].copy_from_slice(&v.port().to_be_bytes());
+    out
+}
+
+/// The inner packet with the outer headers expected for `encap`.
+fn encapsulated(inner: &[u8], encap: Encap, participant: Ipv4Addr) -> Vec<u8> {
+    match encap {
+        Encap::Ipip => frames::ipip(inner, lab::LOCAL, participant),
+        Encap::Gue { port } => frames::gue(inner, lab::LOCAL, participant, key().gue_source_port(), port),
+    }
+}
+
+/// (verdict, output, counter) the fixture must produce in `mode`.
+fn expected(fx: &Fixture, mode: AttachMode, encap: Encap) -> (Verdict, Vec<u8>, MainCounter) {
+    let input = &fx.frame;
+    let with_eth = |eth_hdr: &[u8], participant| {
+        let mut out = eth_hdr.to_vec();
+        // The inner packet is the IPv4 packet by its total length; trailing
+        // Ethernet padding stays behind it.
+        let tot_len = usize::from(u16::from_be_bytes([input[16], input[17]]));
+        out.extend(encapsulated(&input[14..14 + tot_len], encap, participant));
+        out.extend_from_slice(&input[14 + tot_len..]);
+        out
+    };
+    match fx.expect {
+        Expect::Pass(c) => (Verdict::Pass, input.clone(), c),
+        Expect::Drop(c) => (Verdict::Drop, input.clone(), c),
+        Expect::Forward { participant, src_mac, dst_mac, same_iface } => {
+            let verdict = match (mode, same_iface) {
+                (AttachMode::Tc, _) => Verdict::Redirect,
+                (AttachMode::Xdp, true) => Verdict::Tx,
+                (AttachMode::Xdp, false) => Verdict::Redirect,
+            };
+            (verdict, with_eth(&eth(dst_mac, src_mac, 0x0800), participant), MainCounter::ForwardOk)
+        }
+        Expect::NoNeigh { participant } => {
+            let (verdict, counter) = match mode {
+                AttachMode::Tc => (Verdict::Redirect, MainCounter::ForwardNeigh),
+                AttachMode::Xdp => (Verdict::Drop, MainCounter::DropNoNeigh),
+            };
+            (verdict, with_eth(&input[..14], participant), counter)
+        }
+        Expect::NoRoute { participant } => {
+            (Verdict::Drop, with_eth(&input[..14], participant), MainCounter::DropFibFailed)
+        }
+    }
+}
+
+fn counter_map(dp: &MainDataplane) -> std::collections::BTreeMap<MainCounter, u64> {
+    dp.counters().unwrap().into_iter().collect()
+}
+
+fn clear_flows(dp: &MainDataplane) {
+    for (k, _) in dp.flows().unwrap() {
+        dp.remove(&k).unwrap();
+    }
+    assert!(dp.flows().unwrap().is_empty());
+}
+
+fn run_table(mode: AttachMode, encap: Encap) {
+    let _ns = NetNs::new();
+    lab::build();
+    let pin = PinDir::new();
+    let dp = MainDataplane::load(&MainOptions {
+        iface: lab::MAIN_IFACE.into(),
+        mode,
+        pin_dir: pin.path.clone(),
+        local_addr: lab::LOCAL,
+        encap,
+    })
+    .unwrap();
+    let mut raw = raw_flows(&pin.path);
+
+    let table = fixtures();
+    for fx in &table {
+        let ctx = format!("[{mode:?} {encap:?}] {}", fx.description);
+        clear_flows(&dp);
+        for (k, setup) in &fx.setup {
+            match setup {
+                Setup::Frozen => dp.freeze(k).unwrap(),
+                Setup::Forward(p) => dp.forward(k, *p).unwrap(),
+                Setup::RawState(state) => {
+                    let mut value = [0u8; 48];
+                    value[0..4].copy_from_slice(&state.to_ne_bytes());
+                    value[4..8].copy_from_slice(&lab::PARTICIPANT.octets());
+                    raw.insert(key_bytes(k), value, 0).unwrap();
+                }
+            }
+        }
+
+        let before = counter_map(&dp);
+        let t0 = monotonic_now_ns();
+        let out = dp.test_run(&fx.frame).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let t1 = monotonic_now_ns();
+        let after = counter_map(&dp);
+
+        let (verdict, bytes, counter) = expected(fx, mode, encap);
+        assert_eq!(out.verdict, verdict, "{ctx}: verdict (retval {})", out.retval);
+        assert_eq!(
+            out.data,
+            bytes,
+            "{ctx}: output bytes\n got      {}\n expected {}\n input    {}",
+            hex(&out.data),
+            hex(&bytes),
+            hex(&fx.frame)
+        );
+        if bytes.len() != fx.frame.len() {
+            assert!(ipv4_checksum_ok(&out.data[14..34]), "{ctx}: outer IPv4 checksum");
+        }
+        for c in MainCounter::ALL {
+            let delta = after[c] - before[c];
+            let want = u64::from(*c == counter);
+            assert_eq!(delta, want, "{ctx}: counter {} moved by {delta}, expected {want}", c.name());
+        }
+
+        if let Some(obs) = fx.observed {
+            let value = dp.get(&key()).unwrap().unwrap_or_else(|| panic!("{ctx}: flow entry vanished"));
+            let seen = obs.bytes != 0;
+            assert_eq!(value.packets(), u64::from(seen), "{ctx}: packets");
+            assert_eq!(value.bytes(), obs.bytes, "{ctx}: bytes");
+            assert_eq!(value.last_ack(), obs.last_ack, "{ctx}: last_ack");
+            assert_eq!(value.last_window(), obs.last_window, "{ctx}: last_window");
+            assert_eq!(value.last_tsecr(), obs.last_tsecr, "{ctx}: last_tsecr");
+            assert_eq!(value.fin_seen(), obs.fin, "{ctx}: fin");
+            assert_eq!(value.rst_seen(), obs.rst, "{ctx}: rst");
+            if seen {
+                assert!((t0..=t1).contains(&value.last_seen_ns()), "{ctx}: last_seen_ns {} not in [{t0}, {t1}]", value.last_seen_ns());
+            } else {
+                assert_eq!(value.last_seen_ns(), 0, "{ctx}: last_seen_ns of an untouched flow");
+            }
+        }
+    }
+}
+
+#[test]
+fn fixtures_tc_ipip() {
+    require_root!();
+    run_table(AttachMode::Tc, Encap::Ipip);
+}
+
+#[test]
+fn fixtures_tc_gue() {
+    require_root!();
+    run_table(AttachMode::Tc, Encap::Gue { port: GUE_PORT });
+}
+
+#[test]
+fn fixtures_xdp_ipip() {
+    require_root!();
+    run_table(AttachMode::Xdp, Encap::Ipip);
+}
+
+#[test]
+fn fixtures_xdp_gue() {
+    require_root!();
+    run_table(AttachMode::Xdp, Encap::Gue { port: GUE_PORT });
+}
+
+/// Every prefix of a forwarded flow's frame (with options and payload) that
+/// is shorter than the frame passes untouched as malformed; only the whole
+/// frame is forwarded. Prefixes the kernel refuses to test-run (shorter than
+/// an Ethernet header; for tc, shorter than Ethernet + IPv4 header) must be
+/// refused with EINVAL, never run.
+fn truncation(mode: AttachMode) {
+    let _ns = NetNs::new();
+    lab::build();
+    let pin = PinDir::new();
+    for encap in [Encap::Ipip, Encap::Gue { port: GUE_PORT }] {
+        let dp = MainDataplane::load(&MainOptions {
+            iface: lab::MAIN_IFACE.into(),
+            mode,
+            pin_dir: pin.path.clone(),
+            local_addr: lab::LOCAL,
+            encap,
+        })
+        .unwrap();
+        let segment = Tcp { payload: b"0123456789".to_vec(), ..Tcp::default() };
+        let frame = segment.frame();
+        assert_eq!(segment.headers_len(), 14 + 20 + 32);
+        clear_flows(&dp);
+        dp.forward(&key(), lab::PARTICIPANT).unwrap();
+        let kernel_minimum = match mode {
+            AttachMode::Tc => 14 + 20,
+            AttachMode::Xdp => 14,
+        };
+
+        for len in 0..frame.len() {
+            let ctx = format!("[{mode:?} {encap:?}] prefix of {len} bytes");
+            let input = &frame[..len];
+            let before = counter_map(&dp);
+            match dp.test_run(input) {
+                Err(baton_ebpf::DataplaneError::TestRun { source, .. }) if len < kernel_minimum => {
+                    assert_eq!(source.raw_os_error(), Some(libc::EINVAL), "{ctx}");
+                    continue;
+                }
+                Err(e) => panic!("{ctx}: {e}"),
+                Ok(out) => {
+                    assert!(len >= kernel_minimum, "{ctx}: the kernel ran a frame it should refuse");
+                    assert_eq!(out.verdict, Verdict::Pass, "{ctx}");
+                    assert_eq!(out.data, input, "{ctx}: output changed");
+                }
+            }
+            let after = counter_map(&dp);
+            for c in MainCounter::ALL {
+                let want = u64::from(*c == MainCounter::PassMalformed);
+                assert_eq!(after[c] - before[c], want, "{ctx}: counter {}", c.name());
+            }
+        }
+        let value = dp.get(&key()).unwrap().unwrap();
+        assert_eq!(value.packets(), 0, "a truncated frame was counted for the flow");
+
+        let out = dp.test_run(&frame).unwrap();
+        let mut want = eth(lab::PARTICIPANT_MAC, lab::LOCAL_MAC, 0x0800);
+        want.extend(encapsulated(&frame[14..], encap, lab::PARTICIPANT));
+        assert_eq!(out.data, want, "[{mode:?} {encap:?}] whole frame");
+        assert_eq!(dp.get(&key()).unwrap().unwrap().packets(), 1);
+    }
+}
+
+#[test]
+fn truncated_frames_tc() {
+    require_root!();
+    truncation(AttachMode::Tc);
+}
+
+#[test]
+fn truncated_frames_xdp() {
+    require_root!();
+    truncation(AttachMode::Xdp);
+}
+
+/// GUE source ports: the same flow always gets the same port, and it is the
+/// one FlowKey::gue_source_port() predicts (the C and Rust hashes agree for
+/// many flows, not just the fixture's).
+#[test]
+fn gue_source_port_matches_rust_mirror() {
+    require_root!();
+    let _ns = NetNs::new();
+    lab::build();
+    let pin = PinDir::new();
+    let dp = MainDataplane::load(&MainOptions {
+        iface: lab::MAIN_IFACE.into(),
+        mode: AttachMode::Xdp,
+        pin_dir: pin.path.clone(),
+        local_addr: lab::LOCAL,
+        encap: Encap::Gue { port: GUE_PORT },
+    })
+    .unwrap();
+    let mut ports = std::collections::HashSet::new();
+    for i in 0..64u16 {
+        let client = SocketAddrV4::new(Ipv4Addr::new(198, 18, 100 + (i % 3) as u8, 7 + i as u8), 30_000 + i * 7);
+        let k = FlowKey::new(client, VIP);
+        dp.forward(&k, lab::PARTICIPANT).unwrap();
+        let frame = Tcp { src: client, ..Tcp::default() }.frame();
+        for _ in 0..2 {
+            let out = dp.test_run(&frame).unwrap();
+            assert_eq!(out.verdict, Verdict::Tx);
+            let sport = u16::from_be_bytes([out.data[34], out.data[35]]);
+            assert_eq!(sport, k.gue_source_port(), "flow {k}");
+            assert!(sport >= 0xc000, "flow {k}: port {sport}");
+            assert_eq!(u16::from_be_bytes([out.data[36], out.data[37]]), GUE_PORT);
+        }
+        ports.insert(k.gue_source_port());
+        dp.remove(&k).unwrap();
+    }
+    assert!(ports.len() > 48, "only {} distinct ports for 64 flows", ports.len());
+}
