@@ -21,6 +21,13 @@ pub enum AttachMode {
     /// tc ingress (tcx on kernels >= 6.6, clsact otherwise).
     Tc,
     /// XDP (native when the driver supports it, generic otherwise).
+    ///
+    /// Faster, with limits the tc mode does not have: XDP cannot resolve a
+    /// neighbour, so a participant whose next hop has no ARP entry is dropped
+    /// (counted) until the kernel learns it; and frames lose the skb's
+    /// checksum-offload state, so packets from a local veth peer that left
+    /// their checksum to offload arrive corrupt. In network-namespace labs,
+    /// use [`AttachMode::Tc`] (or turn off TX checksum offload on the peers).
     Xdp,
 }
 

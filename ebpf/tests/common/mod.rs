@@ -200,3 +200,76 @@ pub mod lab {
         sysctl("net/ipv4/conf/bt2/forwarding", "1");
     }
 }
+
+/// A named network namespace (`ip netns add`), deleted on drop. Used when a
+/// test needs more than one namespace (the thread's own stays the "main").
+pub struct NamedNs {
+    pub name: String,
+}
+
+impl NamedNs {
+    pub fn new(tag: &str) -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!("baton-ebpf-{}-{}-{tag}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        NamedNs { name }
+    }
+
+    /// `ip -n <ns> args...`.
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+
+    /// Runs `f` on this thread inside the namespace (sockets created in `f`
+    /// stay in it), then returns to the thread's namespace.
+    pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        let original = File::open("/proc/thread-self/ns/net").unwrap();
+        let target = File::open(Path::new("/run/netns").join(&self.name)).unwrap();
+        // SAFETY: both fds are network namespaces.
+        assert_eq!(unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let result = f();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::setns(original.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        result
+    }
+}
+
+impl Drop for NamedNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Turns off TX checksum offload on `iface` in the current namespace (what
+/// `ethtool -K iface tx off` does), so the packets it sends carry complete
+/// checksums. Needed when an XDP program forwards packets that a local veth
+/// peer sent: XDP frames lose the skb's "checksum still to be filled in"
+/// state, a real wire never has it.
+pub fn disable_tx_checksum(iface: &str) {
+    /// `SIOCETHTOOL`.
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    /// `ETHTOOL_STXCSUM`.
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        data: *mut EthtoolValue,
+        pad: [u8; 16],
+    }
+    let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: 0 };
+    let mut req = IfReq { name: [0; 16], data: &mut value, pad: [0; 16] };
+    req.name[..iface.len()].copy_from_slice(iface.as_bytes());
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a live ethtool_value.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &mut req as *mut IfReq) };
+    assert_eq!(rc, 0, "SIOCETHTOOL on {iface}: {}", std::io::Error::last_os_error());
+}
