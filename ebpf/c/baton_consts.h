@@ -90,6 +90,9 @@ enum main_counter {
 	MAIN_DROP_FRAG_NEEDED,	 /* encapsulated packet exceeds the route MTU */
 	MAIN_DROP_NO_NEIGH,	 /* XDP: next hop not resolved yet */
 	MAIN_DROP_BAD_STATE,	 /* flow entry with an unknown state */
+	MAIN_ICMP_TO_PARTICIPANT, /* ICMP unreachable about a forwarded flow,
+				   * sent to its participant (counted in
+				   * addition to the forwarding outcome) */
 	MAIN_COUNTER_MAX,
 };
 

@@ -10,6 +10,11 @@
  * untouched. A packet of a flow in the map is never passed up: the kernel
  * has no socket for it any more and would answer with a reset.
  *
+ * An ICMP destination-unreachable about a segment a participant sent from
+ * the VIP (a router's "fragmentation needed") arrives here, at the VIP; for a
+ * forwarded flow it is encapsulated to that participant like the client's
+ * segments, so path MTU discovery works for handed-off connections.
+ *
  * Two entry points with the same logic: baton_main_tc (tc/tcx ingress) and
  * baton_main_xdp (XDP).
  */
@@ -64,6 +69,17 @@ static __always_inline int main_classify(void *data, void *data_end, __u64 pkt_l
 	switch (parse_client_segment(data, data_end, pkt_len, pi)) {
 	case PARSE_OK:
 		break;
+	case PARSE_ICMP:
+		/* Not a client segment: nothing to observe. Only a forwarded
+		 * flow's participant can use it; otherwise the kernel may. */
+		fv = bpf_map_lookup_elem(&baton_flows, &pi->key);
+		if (fv && fv->state == FLOW_FORWARD && fv->participant_addr != 0) {
+			main_count(MAIN_ICMP_TO_PARTICIPANT);
+			*participant = fv->participant_addr;
+			return MAIN_ACT_FORWARD;
+		}
+		*reason = MAIN_PASS_NOT_TCP;
+		return MAIN_ACT_PASS;
 	case PARSE_NOT_IPV4:
 		*reason = MAIN_PASS_NOT_IPV4;
 		return MAIN_ACT_PASS;

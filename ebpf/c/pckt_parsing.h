@@ -11,6 +11,7 @@
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/icmp.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/tcp.h>
@@ -27,6 +28,7 @@ enum parse_result {
 	PARSE_MALFORMED,  /* truncated or inconsistent header */
 	PARSE_FRAGMENT,	  /* IPv4 fragment */
 	PARSE_NOT_TCP,	  /* IPv4, protocol is not TCP */
+	PARSE_ICMP,	  /* ICMP unreachable about a TCP segment the VIP sent */
 };
 
 /* What the main program needs from a client's TCP segment. */
@@ -130,8 +132,51 @@ static __always_inline int parse_tcp_tsecr(void *opts, __u32 opt_len, void *data
 }
 
 /*
- * Parse a client's TCP segment (Ethernet + IPv4 + TCP) into *pi.
- * Returns PARSE_OK or the reason the packet is not one.
+ * An ICMP destination-unreachable (e.g. "fragmentation needed") about a TCP
+ * segment sent from the VIP (by a participant, with the VIP as source) to a
+ * client. Fills pi->key with that connection's flow key (client -> VIP) and
+ * the fields needed to encapsulate the ICMP packet itself. iph is a complete
+ * IPv4 header of tot_len bytes, all inside the packet.
+ * Returns PARSE_ICMP, or PARSE_NOT_TCP for any other or truncated ICMP.
+ */
+static __always_inline int parse_icmp_about_flow(struct iphdr *iph, __u32 ihl_len, __u32 tot_len,
+						 void *data_end, struct packet_info *pi)
+{
+	struct icmphdr *icmp = (void *)iph + ihl_len;
+	struct iphdr *orig;
+	__u32 orig_ihl_len;
+	__be16 *ports;
+
+	if ((void *)(icmp + 1) > data_end || icmp->type != ICMP_DEST_UNREACH)
+		return PARSE_NOT_TCP;
+	orig = (void *)(icmp + 1);
+	if ((void *)(orig + 1) > data_end)
+		return PARSE_NOT_TCP;
+	if (orig->version != 4 || orig->ihl < IPV4_MIN_IHL || orig->protocol != IPPROTO_TCP)
+		return PARSE_NOT_TCP;
+	orig_ihl_len = orig->ihl * 4;
+	/* The quoted segment's ports: the first 4 bytes after its IPv4 header. */
+	if (ihl_len + sizeof(*icmp) + orig_ihl_len + 4 > tot_len)
+		return PARSE_NOT_TCP;
+	ports = (void *)orig + orig_ihl_len;
+	if ((void *)(ports + 2) > data_end)
+		return PARSE_NOT_TCP;
+
+	pi->key.client_addr = orig->daddr;
+	pi->key.vip_addr = orig->saddr;
+	pi->key.client_port = ports[1];
+	pi->key.vip_port = ports[0];
+	pi->l3_len = tot_len;
+	pi->ip_id = iph->id;
+	pi->frag_off = iph->frag_off;
+	pi->tos = iph->tos;
+	return PARSE_ICMP;
+}
+
+/*
+ * Parse a client's TCP segment (Ethernet + IPv4 + TCP) into *pi, or an ICMP
+ * unreachable about one of the VIP's segments (PARSE_ICMP).
+ * Returns PARSE_OK, PARSE_ICMP or the reason the packet is neither.
  */
 static __always_inline int parse_client_segment(void *data, void *data_end, __u64 pkt_len,
 						struct packet_info *pi)
@@ -147,10 +192,12 @@ static __always_inline int parse_client_segment(void *data, void *data_end, __u6
 		return ret;
 	if (ipv4_is_fragment(iph))
 		return PARSE_FRAGMENT;
+	tot_len = bpf_ntohs(iph->tot_len);
+	if (iph->protocol == IPPROTO_ICMP)
+		return parse_icmp_about_flow(iph, ihl_len, tot_len, data_end, pi);
 	if (iph->protocol != IPPROTO_TCP)
 		return PARSE_NOT_TCP;
 
-	tot_len = bpf_ntohs(iph->tot_len);
 	tcp = (void *)iph + ihl_len;
 	if ((void *)(tcp + 1) > data_end)
 		return PARSE_MALFORMED;

@@ -392,6 +392,10 @@ counters! {
         DropNoNeigh = "drop_no_neigh",
         /// Flow entry with an unknown state or no participant: dropped.
         DropBadState = "drop_bad_state",
+        /// ICMP unreachable (e.g. fragmentation needed) about a forwarded
+        /// flow, sent on to its participant; counted in addition to the
+        /// forwarding outcome.
+        IcmpToParticipant = "icmp_to_participant",
     }
 }
 
@@ -482,7 +486,7 @@ mod tests {
         }
         let names: std::collections::HashSet<_> = MainCounter::ALL.iter().map(|c| c.name()).collect();
         assert_eq!(names.len(), MainCounter::ALL.len());
-        assert_eq!(MainCounter::ALL.len(), 13);
+        assert_eq!(MainCounter::ALL.len(), 14);
         assert_eq!(ParticipantCounter::ALL.len(), 8);
         assert_eq!(MainCounter::DropFrozen.index(), 5);
         assert_eq!(ParticipantCounter::DropBadSource.index(), 4);

@@ -13,7 +13,9 @@
 //!
 //! The main holds the VIP but has no socket on the port: any client segment
 //! its kernel saw would be answered with a reset, so a working connection
-//! proves every segment went through the programs.
+//! proves every segment went through the programs. A router's "fragmentation
+//! needed" about the participant's segments reaches the VIP on the main and
+//! must end up lowering the participant's path MTU.
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
@@ -28,7 +30,7 @@ use baton_ebpf::{
     AttachMode, Encap, FlowKey, FlowState, MainCounter, MainDataplane, MainOptions, ParticipantCounter,
     ParticipantDataplane, ParticipantOptions,
 };
-use common::{ip, sysctl, NamedNs, NetNs, PinDir};
+use common::{frames, ip, sysctl, NamedNs, NetNs, PinDir};
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 8080);
 const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 10, 2), 41_000);
@@ -36,9 +38,14 @@ const MAIN_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 20, 1);
 const PARTICIPANT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 20, 2);
 /// Longest wait for anything that should happen.
 const PATIENCE: Duration = Duration::from_secs(10);
+const M0_MAC: [u8; 6] = [2, 0, 0, 0, 0x10, 1];
+const C0_MAC: [u8; 6] = [2, 0, 0, 0, 0x10, 2];
 
 fn build(client: &NamedNs, part: &NamedNs) {
-    ip(&["link", "add", "m0", "type", "veth", "peer", "name", "c0", "netns", &client.name]);
+    ip(&[
+        "link", "add", "m0", "address", "02:00:00:00:10:01", "type", "veth", "peer", "name", "c0", "address",
+        "02:00:00:00:10:02", "netns", &client.name,
+    ]);
     ip(&["link", "add", "m1", "type", "veth", "peer", "name", "p0", "netns", &part.name]);
     client.ip(&["link", "add", "c1", "type", "veth", "peer", "name", "p1", "netns", &part.name]);
 
@@ -226,6 +233,27 @@ fn handoff(mode: AttachMode, encap: Encap) {
     assert_eq!(&buf, b"MOVING");
     assert!(start.elapsed() < PATIENCE);
     assert_eq!(exchange(&mut stream, "still here"), "STILL HERE");
+
+    // A router between the participant and the client says 1280 bytes fit.
+    // It quotes the participant's next segment: sequence = the client's
+    // latest ACK, which the main's program recorded.
+    let next_seq = main.get(&key).unwrap().unwrap().last_ack();
+    let quoted = frames::Tcp { src: VIP, dst: CLIENT, seq: next_seq, payload: vec![0; 1448], ..frames::Tcp::default() };
+    let icmp = frames::frag_needed_frame(Ipv4Addr::new(198, 18, 10, 254), &quoted.ipv4_packet(), 1280);
+    let mut frame = frames::eth(M0_MAC, C0_MAC, 0x0800);
+    frame.extend_from_slice(&icmp[14..]);
+    client.enter(|| common::send_frame("c0", &frame));
+    let start = Instant::now();
+    loop {
+        let out = std::process::Command::new("ip").args(["-n", &part.name, "route", "get", "198.18.10.2"]).output().unwrap();
+        let route = String::from_utf8_lossy(&out.stdout).to_string();
+        if route.contains("mtu 1280") {
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE, "participant path MTU not lowered: {route}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(main_counter(&main, MainCounter::IcmpToParticipant), 1);
 
     drop(stream);
     server.join().unwrap();

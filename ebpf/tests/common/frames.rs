@@ -239,3 +239,31 @@ pub fn ipv4_checksum_ok(header: &[u8]) -> bool {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
 }
+
+/// An ICMP message (type, code, 4 bytes of rest-of-header) from `router` to
+/// `to`, quoting `quoted`, as it arrives at the main.
+pub fn icmp_frame(router: Ipv4Addr, to: Ipv4Addr, icmp_type: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    let mut body = vec![icmp_type, code, 0, 0];
+    body.extend_from_slice(&rest);
+    body.extend_from_slice(quoted);
+    if body.len() % 2 == 1 {
+        body.push(0);
+    }
+    let mut sum: u32 = body.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    body.truncate(8 + quoted.len());
+    body[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let mut out = eth(lab::LOCAL_MAC, lab::ROUTER_MAC, 0x0800);
+    out.extend(ipv4_packet(router, to, 1, &body));
+    out
+}
+
+/// ICMP "fragmentation needed" (next-hop MTU `mtu`) about the first bytes
+/// (IPv4 header + 8) of `packet`, which the VIP sent.
+pub fn frag_needed_frame(router: Ipv4Addr, packet: &[u8], mtu: u16) -> Vec<u8> {
+    let ihl = usize::from(packet[0] & 0x0f) * 4;
+    let [hi, lo] = mtu.to_be_bytes();
+    icmp_frame(router, Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]), 3, 4, [0, 0, hi, lo], &packet[..ihl + 8])
+}

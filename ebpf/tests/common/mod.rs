@@ -12,7 +12,7 @@
 pub mod frames;
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -272,4 +272,32 @@ pub fn disable_tx_checksum(iface: &str) {
     // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a live ethtool_value.
     let rc = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &mut req as *mut IfReq) };
     assert_eq!(rc, 0, "SIOCETHTOOL on {iface}: {}", std::io::Error::last_os_error());
+}
+
+/// Sends one raw Ethernet frame out of `iface` (current namespace).
+pub fn send_frame(iface: &str, frame: &[u8]) {
+    let ifindex = ifindex(iface);
+    // SAFETY: plain socket(2); closed below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+    // SAFETY: we own fd.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = ifindex as i32;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+    // SAFETY: valid buffer and address of the stated sizes.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(sent, frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
 }
