@@ -45,6 +45,8 @@ enum Expect {
     NoNeigh { participant: Ipv4Addr },
     /// Encapsulated, then dropped for want of a route.
     NoRoute { participant: Ipv4Addr },
+    /// Encapsulated, then dropped: larger than the egress MTU.
+    TooBig { participant: Ipv4Addr },
     /// An ICMP unreachable sent on to the participant on the ingress
     /// interface: as `Forward`, and the ICMP counter moves too.
     IcmpToParticipant,
@@ -109,6 +111,9 @@ fn mutate(mut frame: Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 
 fn fixtures() -> Vec<Fixture> {
     let plain = Tcp::default();
+    // Fits bt2's MTU by itself, not with the outer header.
+    let just_fits = Tcp { payload: vec![1; usize::from(lab::BT2_MTU) - 52 - 28], ..Tcp::default() };
+    let too_big = Tcp { payload: vec![1; usize::from(lab::BT2_MTU) - 52], ..Tcp::default() };
     let with_payload = Tcp { payload: b"GET /next HTTP/1.1\r\n\r\n".to_vec(), ..Tcp::default() };
     let ip_options = Tcp { ip_options: vec![1, 1, 1, 0], payload: b"data".to_vec(), ..Tcp::default() };
     let tos_no_df = Tcp { dscp: 10, ecn: 1, df: false, ip_id: 0xbeef, ..Tcp::default() };
@@ -198,6 +203,25 @@ fn fixtures() -> Vec<Fixture> {
             setup: forward_to(lab::PARTICIPANT),
             expect: same_iface(),
             observed: Some(default_observed(&plain)),
+        },
+        Fixture {
+            description: "forward flow, largest segment that fits the egress MTU encapsulated",
+            frame: just_fits.frame(),
+            setup: forward_to(lab::OTHER_PARTICIPANT),
+            expect: Expect::Forward {
+                participant: lab::OTHER_PARTICIPANT,
+                src_mac: lab::OTHER_LOCAL_MAC,
+                dst_mac: lab::OTHER_PARTICIPANT_MAC,
+                same_iface: false,
+            },
+            observed: Some(default_observed(&just_fits)),
+        },
+        Fixture {
+            description: "forward flow, segment too big for the egress MTU once encapsulated",
+            frame: too_big.frame(),
+            setup: forward_to(lab::OTHER_PARTICIPANT),
+            expect: Expect::TooBig { participant: lab::OTHER_PARTICIPANT },
+            observed: Some(default_observed(&too_big)),
         },
         Fixture {
             description: "forward flow, participant without a neighbour entry",
@@ -535,6 +559,9 @@ fn expected(fx: &Fixture, mode: AttachMode, encap: Encap) -> (Verdict, Vec<u8>, 
         }
         Expect::NoRoute { participant } => {
             (Verdict::Drop, with_eth(&input[..14], participant), vec![MainCounter::DropFibFailed])
+        }
+        Expect::TooBig { participant } => {
+            (Verdict::Drop, with_eth(&input[..14], participant), vec![MainCounter::DropFragNeeded])
         }
     }
 }

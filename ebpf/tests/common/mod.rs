@@ -35,7 +35,13 @@ pub fn have_root(test: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test} {why}; refusing to skip because CI=true");
     }
-    eprintln!("\n!!!!!!!! SKIPPED {test}: {why}. Run `sudo -E cargo test -p baton-ebpf`. !!!!!!!!\n");
+    // Straight to the terminal: the test harness captures eprintln! of
+    // passing tests, and a skip must not go unnoticed.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!! SKIPPED {test}: {why}. Run `sudo -E cargo test -p baton-ebpf`. !!!!!!!!\n"
+    );
     false
 }
 
@@ -159,6 +165,7 @@ pub fn ifindex(name: &str) -> u32 {
 /// ```text
 /// bt0 02:..:01 198.18.0.1/24  <-veth->  bt1 02:..:02   (participant 198.18.0.2, static neighbour)
 /// bt2 02:..:03 198.18.1.1/24  <-veth->  bt3 02:..:04   (participant 198.18.1.2, static neighbour)
+/// bt2 has MTU 1280 (BT2_MTU)
 /// 198.18.0.3: on bt0's subnet, no neighbour entry
 /// 198.19.255.1: no route
 /// ```
@@ -176,6 +183,8 @@ pub mod lab {
     pub const OTHER_PARTICIPANT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 4];
     pub const NO_NEIGH_PARTICIPANT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
     pub const UNROUTABLE_PARTICIPANT: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 1);
+    /// MTU of bt2, toward OTHER_PARTICIPANT.
+    pub const BT2_MTU: u16 = 1280;
     /// The client-side router's MAC, source of the test frames.
     pub const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xaa];
 
@@ -193,6 +202,7 @@ pub mod lab {
         for dev in ["bt0", "bt1", "bt2", "bt3"] {
             ip(&["link", "set", dev, "up"]);
         }
+        ip(&["link", "set", "bt2", "mtu", &BT2_MTU.to_string()]);
         ip(&["neigh", "replace", "198.18.0.2", "lladdr", &mac(PARTICIPANT_MAC), "dev", "bt0", "nud", "permanent"]);
         ip(&["neigh", "replace", "198.18.1.2", "lladdr", &mac(OTHER_PARTICIPANT_MAC), "dev", "bt2", "nud", "permanent"]);
         sysctl("net/ipv4/conf/all/forwarding", "1");
