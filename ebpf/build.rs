@@ -13,7 +13,8 @@ use anyhow::{bail, Context, Result};
 const LIBBPF_HELPERS: &str = "/usr/include/bpf/bpf_helpers.h";
 
 fn main() -> Result<()> {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?);
     let c_dir = manifest_dir.join("c");
     let clang = std::env::var("BATON_CLANG").unwrap_or_else(|_| "clang".to_owned());
@@ -24,10 +25,15 @@ fn main() -> Result<()> {
     check_toolchain(&clang)?;
 
     let mut sources = Vec::new();
-    for entry in std::fs::read_dir(&c_dir).with_context(|| format!("reading {}", c_dir.display()))? {
+    for entry in
+        std::fs::read_dir(&c_dir).with_context(|| format!("reading {}", c_dir.display()))?
+    {
         let path = entry?.path();
         println!("cargo:rerun-if-changed={}", path.display());
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if name.ends_with(".bpf.c") {
             sources.push(path);
         }
@@ -63,11 +69,29 @@ fn check_toolchain(clang: &str) -> Result<()> {
     Ok(())
 }
 
-fn compile(clang: &str, source: &Path, include: &Path, multiarch: &str, out_dir: &Path) -> Result<()> {
-    let file_name = source.file_name().and_then(|n| n.to_str()).context("source file name")?;
+fn compile(
+    clang: &str,
+    source: &Path,
+    include: &Path,
+    multiarch: &str,
+    out_dir: &Path,
+) -> Result<()> {
+    let file_name = source
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("source file name")?;
     let object = out_dir.join(file_name.trim_end_matches(".c").to_owned() + ".o");
     let output = Command::new(clang)
-        .args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Wextra", "-Wno-unused-parameter"])
+        .args([
+            "-O2",
+            "-g",
+            "-target",
+            "bpf",
+            "-mcpu=v3",
+            "-Wall",
+            "-Wextra",
+            "-Wno-unused-parameter",
+        ])
         .arg("-I")
         .arg(include)
         .arg("-I")

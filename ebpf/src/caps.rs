@@ -22,8 +22,11 @@ const BPF_MAP_TYPE_ARRAY: u32 = 2;
 /// and that the kernel lets it create a BPF map.
 pub fn check_capabilities() -> Result<(), DataplaneError> {
     let path = Path::new("/proc/self/status");
-    let status = std::fs::read_to_string(path)
-        .map_err(|source| DataplaneError::ReadCapabilities { path: path.to_owned(), source })?;
+    let status =
+        std::fs::read_to_string(path).map_err(|source| DataplaneError::ReadCapabilities {
+            path: path.to_owned(),
+            source,
+        })?;
     let effective = status
         .lines()
         .find_map(|line| line.strip_prefix("CapEff:"))
@@ -39,7 +42,9 @@ pub fn check_capabilities() -> Result<(), DataplaneError> {
         missing.push("CAP_NET_ADMIN");
     }
     if !missing.is_empty() {
-        return Err(DataplaneError::MissingCapabilities { missing: missing.join(", ") });
+        return Err(DataplaneError::MissingCapabilities {
+            missing: missing.join(", "),
+        });
     }
     probe_map_create().map_err(|source| DataplaneError::BpfUnavailable { source })
 }
@@ -56,7 +61,13 @@ fn probe_map_create() -> std::io::Result<()> {
         max_entries: u32,
         rest: [u32; 12],
     }
-    let attr = MapCreateAttr { map_type: BPF_MAP_TYPE_ARRAY, key_size: 4, value_size: 4, max_entries: 1, rest: [0; 12] };
+    let attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        rest: [0; 12],
+    };
     // SAFETY: bpf(2) reads size_of::<MapCreateAttr>() bytes from a valid,
     // initialised struct we own.
     let fd = unsafe {
@@ -70,7 +81,8 @@ fn probe_map_create() -> std::io::Result<()> {
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let fd = i32::try_from(fd).map_err(|_| std::io::Error::other("bpf(2) returned an invalid fd"))?;
+    let fd =
+        i32::try_from(fd).map_err(|_| std::io::Error::other("bpf(2) returned an invalid fd"))?;
     // SAFETY: the kernel just returned this fd to us; OwnedFd closes it.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
     Ok(())

@@ -149,10 +149,16 @@ pub enum DataplaneError {
 
 impl DataplaneError {
     pub(crate) fn map(map: &'static str, source: aya::maps::MapError) -> Self {
-        Self::Map { map, source: Box::new(source) }
+        Self::Map {
+            map,
+            source: Box::new(source),
+        }
     }
 
     pub(crate) fn program(program: &'static str, source: aya::programs::ProgramError) -> Self {
-        Self::Program { program, source: Box::new(source) }
+        Self::Program {
+            program,
+            source: Box::new(source),
+        }
     }
 }

@@ -26,11 +26,12 @@ pub use main_dataplane::{MainDataplane, MainOptions};
 pub use participant_dataplane::{ParticipantDataplane, ParticipantOptions};
 pub use program::AttachMode;
 pub use test_run::{
-    TestRunOutput, Verdict, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+    TestRunOutput, Verdict, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS,
+    XDP_REDIRECT, XDP_TX,
 };
 pub use types::{
-    monotonic_now_ns, Encap, FlowKey, FlowState, FlowValue, MainConfig, MainCounter, ParticipantConfig,
-    ParticipantCounter, FLOW_MAP_MAX_ENTRIES,
+    monotonic_now_ns, Encap, FlowKey, FlowState, FlowValue, MainConfig, MainCounter,
+    ParticipantConfig, ParticipantCounter, FLOW_MAP_MAX_ENTRIES,
 };
 
 /// The data planes are shared between tokio tasks.

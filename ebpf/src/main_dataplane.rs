@@ -93,15 +93,21 @@ impl MainDataplane {
         warn_if_forwarding_disabled(&opts.iface);
         let mut loaded = MAIN_OBJECT.load(&opts.pin_dir, opts.mode)?;
 
-        let mut config: aya::maps::Array<MapData, MainConfig> =
-            loaded.take_map(CONFIG_MAP)?.try_into().map_err(|e| DataplaneError::map(CONFIG_MAP, e))?;
+        let mut config: aya::maps::Array<MapData, MainConfig> = loaded
+            .take_map(CONFIG_MAP)?
+            .try_into()
+            .map_err(|e| DataplaneError::map(CONFIG_MAP, e))?;
         config
             .set(0, MainConfig::new(opts.local_addr, opts.encap), 0)
             .map_err(|e| DataplaneError::map(CONFIG_MAP, e))?;
-        let flows: HashMap<MapData, FlowKey, FlowValue> =
-            loaded.take_map(FLOWS_MAP)?.try_into().map_err(|e| DataplaneError::map(FLOWS_MAP, e))?;
-        let stats: PerCpuArray<MapData, u64> =
-            loaded.take_map(STATS_MAP)?.try_into().map_err(|e| DataplaneError::map(STATS_MAP, e))?;
+        let flows: HashMap<MapData, FlowKey, FlowValue> = loaded
+            .take_map(FLOWS_MAP)?
+            .try_into()
+            .map_err(|e| DataplaneError::map(FLOWS_MAP, e))?;
+        let stats: PerCpuArray<MapData, u64> = loaded
+            .take_map(STATS_MAP)?
+            .try_into()
+            .map_err(|e| DataplaneError::map(STATS_MAP, e))?;
         if stats.len() as usize != MainCounter::ALL.len() {
             return Err(DataplaneError::CounterCountMismatch {
                 map: STATS_MAP,
@@ -111,14 +117,21 @@ impl MainDataplane {
         }
 
         loaded.attach(&opts.iface)?;
-        Ok(Self { loaded, flows: Mutex::new(flows), stats: Mutex::new(stats), _config: config })
+        Ok(Self {
+            loaded,
+            flows: Mutex::new(flows),
+            stats: Mutex::new(stats),
+            _config: config,
+        })
     }
 
     /// Marks a flow frozen: its packets are dropped from now on. Overwrites
     /// any existing entry and clears its observations.
     pub fn freeze(&self, key: &FlowKey) -> Result<(), DataplaneError> {
         let mut flows = self.flows.lock().map_err(|_| DataplaneError::Poisoned)?;
-        flows.insert(key, FlowValue::frozen(), 0).map_err(|e| DataplaneError::map(FLOWS_MAP, e))
+        flows
+            .insert(key, FlowValue::frozen(), 0)
+            .map_err(|e| DataplaneError::map(FLOWS_MAP, e))
     }
 
     /// Points a flow at `participant`. Observations of an existing entry are
@@ -131,7 +144,9 @@ impl MainDataplane {
             Err(MapError::KeyNotFound) => FlowValue::default(),
             Err(e) => return Err(DataplaneError::map(FLOWS_MAP, e)),
         };
-        flows.insert(key, current.with_forward(participant), 0).map_err(|e| DataplaneError::map(FLOWS_MAP, e))
+        flows
+            .insert(key, current.with_forward(participant), 0)
+            .map_err(|e| DataplaneError::map(FLOWS_MAP, e))
     }
 
     /// Forgets a flow; its packets go to the local stack again. Absent is fine.
@@ -157,7 +172,10 @@ impl MainDataplane {
     /// Every flow in the map (entries removed during the walk are skipped).
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, DataplaneError> {
         let flows = self.flows.lock().map_err(|_| DataplaneError::Poisoned)?;
-        flows.iter().collect::<Result<Vec<_>, _>>().map_err(|e| DataplaneError::map(FLOWS_MAP, e))
+        flows
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| DataplaneError::map(FLOWS_MAP, e))
     }
 
     /// Every counter, summed over CPUs, in [`MainCounter::ALL`] order.
@@ -166,8 +184,13 @@ impl MainDataplane {
         MainCounter::ALL
             .iter()
             .map(|&counter| {
-                let per_cpu = stats.get(&counter.index(), 0).map_err(|e| DataplaneError::map(STATS_MAP, e))?;
-                Ok((counter, per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v))))
+                let per_cpu = stats
+                    .get(&counter.index(), 0)
+                    .map_err(|e| DataplaneError::map(STATS_MAP, e))?;
+                Ok((
+                    counter,
+                    per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)),
+                ))
             })
             .collect()
     }

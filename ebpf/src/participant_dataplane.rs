@@ -77,13 +77,17 @@ impl ParticipantDataplane {
         crate::program::ifindex(&opts.iface)?;
         let mut loaded = PARTICIPANT_OBJECT.load(&opts.pin_dir, opts.mode)?;
 
-        let mut config: aya::maps::Array<MapData, ParticipantConfig> =
-            loaded.take_map(CONFIG_MAP)?.try_into().map_err(|e| DataplaneError::map(CONFIG_MAP, e))?;
+        let mut config: aya::maps::Array<MapData, ParticipantConfig> = loaded
+            .take_map(CONFIG_MAP)?
+            .try_into()
+            .map_err(|e| DataplaneError::map(CONFIG_MAP, e))?;
         config
             .set(0, ParticipantConfig::new(opts.main_addr, opts.encap), 0)
             .map_err(|e| DataplaneError::map(CONFIG_MAP, e))?;
-        let stats: PerCpuArray<MapData, u64> =
-            loaded.take_map(STATS_MAP)?.try_into().map_err(|e| DataplaneError::map(STATS_MAP, e))?;
+        let stats: PerCpuArray<MapData, u64> = loaded
+            .take_map(STATS_MAP)?
+            .try_into()
+            .map_err(|e| DataplaneError::map(STATS_MAP, e))?;
         if stats.len() as usize != ParticipantCounter::ALL.len() {
             return Err(DataplaneError::CounterCountMismatch {
                 map: STATS_MAP,
@@ -93,7 +97,11 @@ impl ParticipantDataplane {
         }
 
         loaded.attach(&opts.iface)?;
-        Ok(Self { loaded, stats: Mutex::new(stats), _config: config })
+        Ok(Self {
+            loaded,
+            stats: Mutex::new(stats),
+            _config: config,
+        })
     }
 
     /// Every counter, summed over CPUs, in [`ParticipantCounter::ALL`] order.
@@ -102,8 +110,13 @@ impl ParticipantDataplane {
         ParticipantCounter::ALL
             .iter()
             .map(|&counter| {
-                let per_cpu = stats.get(&counter.index(), 0).map_err(|e| DataplaneError::map(STATS_MAP, e))?;
-                Ok((counter, per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v))))
+                let per_cpu = stats
+                    .get(&counter.index(), 0)
+                    .map_err(|e| DataplaneError::map(STATS_MAP, e))?;
+                Ok((
+                    counter,
+                    per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)),
+                ))
             })
             .collect()
     }

@@ -16,27 +16,40 @@ const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 
 /// Creates `path` if needed and checks that it is on a bpf filesystem.
 pub(crate) fn prepare_pin_dir(path: &Path) -> Result<(), DataplaneError> {
-    std::fs::create_dir_all(path).map_err(|source| DataplaneError::PinDir { path: path.to_owned(), source })?;
+    std::fs::create_dir_all(path).map_err(|source| DataplaneError::PinDir {
+        path: path.to_owned(),
+        source,
+    })?;
     if !is_bpffs(path)? {
-        return Err(DataplaneError::NotBpffs { path: path.to_owned() });
+        return Err(DataplaneError::NotBpffs {
+            path: path.to_owned(),
+        });
     }
     Ok(())
 }
 
 fn is_bpffs(path: &Path) -> Result<bool, DataplaneError> {
     use std::os::unix::ffi::OsStrExt as _;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| DataplaneError::PinDir {
-        path: path.to_owned(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| {
+        DataplaneError::PinDir {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        }
     })?;
     // SAFETY: statfs fills the zeroed struct we own from a valid C string.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: see above.
     if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
-        return Err(DataplaneError::PinDir { path: path.to_owned(), source: std::io::Error::last_os_error() });
+        return Err(DataplaneError::PinDir {
+            path: path.to_owned(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     // f_type's integer type differs between libc targets; the magic fits 32 bits.
-    #[allow(clippy::unnecessary_cast, reason = "f_type is i64 on x86_64 but u32 or i32 on other targets")]
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type is i64 on x86_64 but u32 or i32 on other targets"
+    )]
     Ok(st.f_type as u32 == BPF_FS_MAGIC)
 }
 
@@ -72,7 +85,10 @@ pub(crate) fn check_pinned(dir: &Path, expected: &ExpectedMap) -> Result<(), Dat
         return Err(DataplaneError::PinnedMapMismatch { path, detail });
     }
     tracing::warn!(map = expected.name, path = %path.display(), %detail, "replacing stale pinned map");
-    std::fs::remove_file(&path).map_err(|source| DataplaneError::RemoveStalePin { path: PathBuf::from(&path), source })
+    std::fs::remove_file(&path).map_err(|source| DataplaneError::RemoveStalePin {
+        path: PathBuf::from(&path),
+        source,
+    })
 }
 
 fn mismatch(info: &MapInfo, expected: &ExpectedMap) -> Option<String> {
@@ -83,13 +99,25 @@ fn mismatch(info: &MapInfo, expected: &ExpectedMap) -> Option<String> {
         Err(e) => diffs.push(format!("unknown type: {e}")),
     }
     if info.key_size() != expected.key_size {
-        diffs.push(format!("key size {}, expected {}", info.key_size(), expected.key_size));
+        diffs.push(format!(
+            "key size {}, expected {}",
+            info.key_size(),
+            expected.key_size
+        ));
     }
     if info.value_size() != expected.value_size {
-        diffs.push(format!("value size {}, expected {}", info.value_size(), expected.value_size));
+        diffs.push(format!(
+            "value size {}, expected {}",
+            info.value_size(),
+            expected.value_size
+        ));
     }
     if info.max_entries() != expected.max_entries {
-        diffs.push(format!("max entries {}, expected {}", info.max_entries(), expected.max_entries));
+        diffs.push(format!(
+            "max entries {}, expected {}",
+            info.max_entries(),
+            expected.max_entries
+        ));
     }
     (!diffs.is_empty()).then(|| diffs.join(", "))
 }

@@ -51,7 +51,11 @@ impl ObjectSpec {
 
     /// Checks the pin directory and loads the object's maps (reusing pinned
     /// ones) and the entry point for `mode` into the kernel, unattached.
-    pub(crate) fn load(&'static self, pin_dir: &Path, mode: AttachMode) -> Result<Loaded, DataplaneError> {
+    pub(crate) fn load(
+        &'static self,
+        pin_dir: &Path,
+        mode: AttachMode,
+    ) -> Result<Loaded, DataplaneError> {
         prepare_pin_dir(pin_dir)?;
         for expected in self.pinned {
             check_pinned(pin_dir, expected)?;
@@ -59,24 +63,39 @@ impl ObjectSpec {
         let mut ebpf = EbpfLoader::new()
             .map_pin_path(pin_dir)
             .load(self.bytes)
-            .map_err(|source| DataplaneError::LoadObject { object: self.name, source: Box::new(source) })?;
+            .map_err(|source| DataplaneError::LoadObject {
+                object: self.name,
+                source: Box::new(source),
+            })?;
         let program = self.program(mode);
-        let prog = ebpf.program_mut(program).ok_or(DataplaneError::MissingFromObject {
-            what: "program",
-            name: program,
-            object: self.name,
-        })?;
+        let prog = ebpf
+            .program_mut(program)
+            .ok_or(DataplaneError::MissingFromObject {
+                what: "program",
+                name: program,
+                object: self.name,
+            })?;
         match mode {
             AttachMode::Tc => {
-                let p: &mut SchedClassifier = prog.try_into().map_err(|e| DataplaneError::program(program, e))?;
+                let p: &mut SchedClassifier = prog
+                    .try_into()
+                    .map_err(|e| DataplaneError::program(program, e))?;
                 p.load().map_err(|e| DataplaneError::program(program, e))?;
             }
             AttachMode::Xdp => {
-                let p: &mut Xdp = prog.try_into().map_err(|e| DataplaneError::program(program, e))?;
+                let p: &mut Xdp = prog
+                    .try_into()
+                    .map_err(|e| DataplaneError::program(program, e))?;
                 p.load().map_err(|e| DataplaneError::program(program, e))?;
             }
         }
-        Ok(Loaded { ebpf: Mutex::new(ebpf), object: self, program, mode, attached: None })
+        Ok(Loaded {
+            ebpf: Mutex::new(ebpf),
+            object: self,
+            program,
+            mode,
+            attached: None,
+        })
     }
 }
 
@@ -93,11 +112,15 @@ pub(crate) struct Loaded {
 
 /// The index of `iface` in this thread's network namespace.
 pub(crate) fn ifindex(iface: &str) -> Result<u32, DataplaneError> {
-    let c_name = std::ffi::CString::new(iface).map_err(|_| DataplaneError::NoSuchInterface { iface: iface.to_owned() })?;
+    let c_name = std::ffi::CString::new(iface).map_err(|_| DataplaneError::NoSuchInterface {
+        iface: iface.to_owned(),
+    })?;
     // SAFETY: if_nametoindex reads a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
     if index == 0 {
-        return Err(DataplaneError::NoSuchInterface { iface: iface.to_owned() });
+        return Err(DataplaneError::NoSuchInterface {
+            iface: iface.to_owned(),
+        });
     }
     Ok(index)
 }
@@ -107,32 +130,52 @@ impl Loaded {
     /// keeps its own reference, so this must only happen after load.
     pub(crate) fn take_map(&self, name: &'static str) -> Result<aya::maps::Map, DataplaneError> {
         let mut ebpf = self.ebpf.lock().map_err(|_| DataplaneError::Poisoned)?;
-        ebpf.take_map(name).ok_or(DataplaneError::MissingFromObject { what: "map", name, object: self.object.name })
+        ebpf.take_map(name)
+            .ok_or(DataplaneError::MissingFromObject {
+                what: "map",
+                name,
+                object: self.object.name,
+            })
     }
 
     /// Attaches the loaded entry point to the ingress of `iface`.
     pub(crate) fn attach(&mut self, iface: &str) -> Result<(), DataplaneError> {
         let index = ifindex(iface)?;
         let program = self.program;
-        let attach_err = |e| DataplaneError::Attach { program, iface: iface.to_owned(), source: Box::new(e) };
+        let attach_err = |e| DataplaneError::Attach {
+            program,
+            iface: iface.to_owned(),
+            source: Box::new(e),
+        };
         let mut ebpf = self.ebpf.lock().map_err(|_| DataplaneError::Poisoned)?;
-        let prog = ebpf.program_mut(program).ok_or(DataplaneError::MissingFromObject {
-            what: "program",
-            name: program,
-            object: self.object.name,
-        })?;
+        let prog = ebpf
+            .program_mut(program)
+            .ok_or(DataplaneError::MissingFromObject {
+                what: "program",
+                name: program,
+                object: self.object.name,
+            })?;
         match self.mode {
             AttachMode::Tc => {
                 match tc::qdisc_add_clsact(iface) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(source) => return Err(DataplaneError::Qdisc { iface: iface.to_owned(), source }),
+                    Err(source) => {
+                        return Err(DataplaneError::Qdisc {
+                            iface: iface.to_owned(),
+                            source,
+                        })
+                    }
                 }
-                let p: &mut SchedClassifier = prog.try_into().map_err(|e| DataplaneError::program(program, e))?;
+                let p: &mut SchedClassifier = prog
+                    .try_into()
+                    .map_err(|e| DataplaneError::program(program, e))?;
                 p.attach(iface, TcAttachType::Ingress).map_err(attach_err)?;
             }
             AttachMode::Xdp => {
-                let p: &mut Xdp = prog.try_into().map_err(|e| DataplaneError::program(program, e))?;
+                let p: &mut Xdp = prog
+                    .try_into()
+                    .map_err(|e| DataplaneError::program(program, e))?;
                 p.attach(iface, XdpFlags::default()).map_err(attach_err)?;
             }
         }
@@ -148,35 +191,53 @@ impl Loaded {
 
     /// Interface name and index, once attached.
     pub(crate) fn attached(&self) -> Option<(&str, u32)> {
-        self.attached.as_ref().map(|(name, index)| (name.as_str(), *index))
+        self.attached
+            .as_ref()
+            .map(|(name, index)| (name.as_str(), *index))
     }
 
     /// Runs `frame` through the program as if it arrived on `ifindex`.
-    pub(crate) fn test_run(&self, frame: &[u8], ifindex: u32) -> Result<TestRunOutput, DataplaneError> {
+    pub(crate) fn test_run(
+        &self,
+        frame: &[u8],
+        ifindex: u32,
+    ) -> Result<TestRunOutput, DataplaneError> {
         let program = self.program;
         let ebpf = self.ebpf.lock().map_err(|_| DataplaneError::Poisoned)?;
-        let prog = ebpf.program(program).ok_or(DataplaneError::MissingFromObject {
-            what: "program",
-            name: program,
-            object: self.object.name,
-        })?;
+        let prog = ebpf
+            .program(program)
+            .ok_or(DataplaneError::MissingFromObject {
+                what: "program",
+                name: program,
+                object: self.object.name,
+            })?;
         let run_err = |source| DataplaneError::TestRun { program, source };
         let (retval, data) = match self.mode {
             AttachMode::Tc => {
-                let p: &SchedClassifier = prog.try_into().map_err(|e| DataplaneError::program(program, e))?;
+                let p: &SchedClassifier = prog
+                    .try_into()
+                    .map_err(|e| DataplaneError::program(program, e))?;
                 let fd = p.fd().map_err(|e| DataplaneError::program(program, e))?;
-                test_run::run(std::os::fd::AsFd::as_fd(fd), Hook::Tc, frame, ifindex).map_err(run_err)?
+                test_run::run(std::os::fd::AsFd::as_fd(fd), Hook::Tc, frame, ifindex)
+                    .map_err(run_err)?
             }
             AttachMode::Xdp => {
-                let p: &Xdp = prog.try_into().map_err(|e| DataplaneError::program(program, e))?;
+                let p: &Xdp = prog
+                    .try_into()
+                    .map_err(|e| DataplaneError::program(program, e))?;
                 let fd = p.fd().map_err(|e| DataplaneError::program(program, e))?;
-                test_run::run(std::os::fd::AsFd::as_fd(fd), Hook::Xdp, frame, ifindex).map_err(run_err)?
+                test_run::run(std::os::fd::AsFd::as_fd(fd), Hook::Xdp, frame, ifindex)
+                    .map_err(run_err)?
             }
         };
         let verdict = match self.mode {
             AttachMode::Tc => Verdict::from_tc(retval),
             AttachMode::Xdp => Verdict::from_xdp(retval),
         };
-        Ok(TestRunOutput { verdict, retval, data })
+        Ok(TestRunOutput {
+            verdict,
+            retval,
+            data,
+        })
     }
 }

@@ -130,18 +130,33 @@ struct XdpMd {
 
 /// Runs `frame` once through the program `fd` as if it arrived on
 /// `ifindex` (0: no device context; tc then uses the loopback device).
-pub(crate) fn run(fd: BorrowedFd<'_>, hook: Hook, frame: &[u8], ifindex: u32) -> io::Result<(u32, Vec<u8>)> {
+pub(crate) fn run(
+    fd: BorrowedFd<'_>,
+    hook: Hook,
+    frame: &[u8],
+    ifindex: u32,
+) -> io::Result<(u32, Vec<u8>)> {
     let mut out = vec![0u8; frame.len() + OUTPUT_HEADROOM];
-    let size_in = u32::try_from(frame.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let size_in =
+        u32::try_from(frame.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut skb_ctx = [0u32; SKB_CTX_WORDS];
     skb_ctx[SKB_INGRESS_IFINDEX] = ifindex;
     skb_ctx[SKB_IFINDEX] = ifindex;
-    let xdp_ctx = XdpMd { data: 0, data_end: size_in, data_meta: 0, ingress_ifindex: ifindex, rx_queue_index: 0, egress_ifindex: 0 };
+    let xdp_ctx = XdpMd {
+        data: 0,
+        data_end: size_in,
+        data_meta: 0,
+        ingress_ifindex: ifindex,
+        rx_queue_index: 0,
+        egress_ifindex: 0,
+    };
 
     let mut attr = TestRunAttr {
-        prog_fd: u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        prog_fd: u32::try_from(fd.as_raw_fd())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
         data_size_in: size_in,
-        data_size_out: u32::try_from(out.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        data_size_out: u32::try_from(out.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
         data_in: frame.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
         repeat: 1,

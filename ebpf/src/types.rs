@@ -84,12 +84,18 @@ impl FlowKey {
 
     /// The client's address and port.
     pub fn client(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::from(self.client_addr), u16::from_be_bytes(self.client_port))
+        SocketAddrV4::new(
+            Ipv4Addr::from(self.client_addr),
+            u16::from_be_bytes(self.client_port),
+        )
     }
 
     /// The VIP address and port the client talks to.
     pub fn vip(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::from(self.vip_addr), u16::from_be_bytes(self.vip_port))
+        SocketAddrV4::new(
+            Ipv4Addr::from(self.vip_addr),
+            u16::from_be_bytes(self.vip_port),
+        )
     }
 
     /// The UDP source port the main uses for this flow with [`Encap::Gue`]
@@ -154,7 +160,10 @@ pub struct FlowValue {
 impl FlowValue {
     /// A frozen flow with no observations yet.
     pub fn frozen() -> Self {
-        Self { state: FLOW_FROZEN, ..Self::default() }
+        Self {
+            state: FLOW_FROZEN,
+            ..Self::default()
+        }
     }
 
     /// A flow forwarded to `participant`, with no observations yet.
@@ -165,7 +174,11 @@ impl FlowValue {
     /// This value with the state set to forward to `participant`; the
     /// observations are kept.
     pub fn with_forward(self, participant: Ipv4Addr) -> Self {
-        Self { state: FLOW_FORWARD, participant_addr: participant.octets(), ..self }
+        Self {
+            state: FLOW_FORWARD,
+            participant_addr: participant.octets(),
+            ..self
+        }
     }
 
     /// The state, or `None` when the raw value is not one this build knows.
@@ -251,7 +264,10 @@ impl fmt::Debug for FlowValue {
 /// `CLOCK_MONOTONIC` now, in nanoseconds: the clock of
 /// [`FlowValue::last_seen_ns`].
 pub fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC
     // is always available on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
@@ -272,7 +288,12 @@ impl MainConfig {
     /// Outer source `local_addr`, encapsulation `encap`.
     pub fn new(local_addr: Ipv4Addr, encap: Encap) -> Self {
         let (encap, gue_port) = encap.raw();
-        Self { local_addr: local_addr.octets(), encap, gue_port, pad: 0 }
+        Self {
+            local_addr: local_addr.octets(),
+            encap,
+            gue_port,
+            pad: 0,
+        }
     }
 }
 
@@ -290,7 +311,12 @@ impl ParticipantConfig {
     /// Accept encapsulated packets from `main_addr` only.
     pub fn new(main_addr: Ipv4Addr, encap: Encap) -> Self {
         let (encap, gue_port) = encap.raw();
-        Self { main_addr: main_addr.octets(), encap, gue_port, pad: 0 }
+        Self {
+            main_addr: main_addr.octets(),
+            encap,
+            gue_port,
+            pad: 0,
+        }
     }
 }
 
@@ -443,7 +469,10 @@ mod tests {
     fn gue_source_port_is_in_the_dynamic_range_and_varies() {
         let vip = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 80);
         let ports: std::collections::HashSet<u16> = (1..200u16)
-            .map(|p| FlowKey::new(SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), p), vip).gue_source_port())
+            .map(|p| {
+                FlowKey::new(SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), p), vip)
+                    .gue_source_port()
+            })
             .collect();
         assert!(ports.iter().all(|p| *p >= 0xc000));
         assert!(ports.len() > 150, "only {} distinct ports", ports.len());
@@ -456,7 +485,13 @@ mod tests {
         assert_eq!(frozen.raw_state(), 1);
         assert_eq!(frozen.last_tsecr(), None);
         let p = Ipv4Addr::new(198, 18, 0, 2);
-        let fwd = FlowValue { last_ack: 5, has_tsecr: 1, last_tsecr: 9, ..frozen }.with_forward(p);
+        let fwd = FlowValue {
+            last_ack: 5,
+            has_tsecr: 1,
+            last_tsecr: 9,
+            ..frozen
+        }
+        .with_forward(p);
         assert_eq!(fwd.state(), Some(FlowState::Forward));
         assert_eq!(fwd.raw_state(), 2);
         assert_eq!(fwd.participant(), p);
@@ -484,7 +519,8 @@ mod tests {
         for (i, c) in ParticipantCounter::ALL.iter().enumerate() {
             assert_eq!(c.index() as usize, i);
         }
-        let names: std::collections::HashSet<_> = MainCounter::ALL.iter().map(|c| c.name()).collect();
+        let names: std::collections::HashSet<_> =
+            MainCounter::ALL.iter().map(|c| c.name()).collect();
         assert_eq!(names.len(), MainCounter::ALL.len());
         assert_eq!(MainCounter::ALL.len(), 14);
         assert_eq!(ParticipantCounter::ALL.len(), 8);

@@ -27,8 +27,8 @@ use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
 use baton_ebpf::{
-    AttachMode, Encap, FlowKey, FlowState, MainCounter, MainDataplane, MainOptions, ParticipantCounter,
-    ParticipantDataplane, ParticipantOptions,
+    AttachMode, Encap, FlowKey, FlowState, MainCounter, MainDataplane, MainOptions,
+    ParticipantCounter, ParticipantDataplane, ParticipantOptions,
 };
 use common::{frames, ip, sysctl, NamedNs, NetNs, PinDir};
 
@@ -43,11 +43,27 @@ const C0_MAC: [u8; 6] = [2, 0, 0, 0, 0x10, 2];
 
 fn build(client: &NamedNs, part: &NamedNs) {
     ip(&[
-        "link", "add", "m0", "address", "02:00:00:00:10:01", "type", "veth", "peer", "name", "c0", "address",
-        "02:00:00:00:10:02", "netns", &client.name,
+        "link",
+        "add",
+        "m0",
+        "address",
+        "02:00:00:00:10:01",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "c0",
+        "address",
+        "02:00:00:00:10:02",
+        "netns",
+        &client.name,
     ]);
-    ip(&["link", "add", "m1", "type", "veth", "peer", "name", "p0", "netns", &part.name]);
-    client.ip(&["link", "add", "c1", "type", "veth", "peer", "name", "p1", "netns", &part.name]);
+    ip(&[
+        "link", "add", "m1", "type", "veth", "peer", "name", "p0", "netns", &part.name,
+    ]);
+    client.ip(&[
+        "link", "add", "c1", "type", "veth", "peer", "name", "p1", "netns", &part.name,
+    ]);
 
     ip(&["addr", "add", "198.18.10.1/24", "dev", "m0"]);
     ip(&["addr", "add", "198.18.20.1/24", "dev", "m1"]);
@@ -62,7 +78,15 @@ fn build(client: &NamedNs, part: &NamedNs) {
     client.ip(&["addr", "add", "198.18.30.2/24", "dev", "c1"]);
     client.ip(&["link", "set", "c0", "up"]);
     client.ip(&["link", "set", "c1", "up"]);
-    client.ip(&["route", "add", "203.0.113.10/32", "via", "198.18.10.1", "dev", "c0"]);
+    client.ip(&[
+        "route",
+        "add",
+        "203.0.113.10/32",
+        "via",
+        "198.18.10.1",
+        "dev",
+        "c0",
+    ]);
     client.enter(|| {
         sysctl("net/ipv4/conf/all/rp_filter", "0");
         sysctl("net/ipv4/conf/c1/rp_filter", "0");
@@ -73,7 +97,15 @@ fn build(client: &NamedNs, part: &NamedNs) {
     part.ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"]);
     part.ip(&["link", "set", "p0", "up"]);
     part.ip(&["link", "set", "p1", "up"]);
-    part.ip(&["route", "add", "198.18.10.0/24", "via", "198.18.30.2", "dev", "p1"]);
+    part.ip(&[
+        "route",
+        "add",
+        "198.18.10.0/24",
+        "via",
+        "198.18.30.2",
+        "dev",
+        "p1",
+    ]);
     part.enter(|| {
         sysctl("net/ipv4/conf/all/rp_filter", "0");
         sysctl("net/ipv4/conf/p0/rp_filter", "0");
@@ -91,18 +123,38 @@ fn connect_from_client() -> std::io::Result<TcpStream> {
     let sockaddr = |a: SocketAddrV4| libc::sockaddr_in {
         sin_family: libc::AF_INET as u16,
         sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
         sin_zero: [0; 8],
     };
     let one: libc::c_int = 1;
-    let timeout = libc::timeval { tv_sec: PATIENCE.as_secs() as libc::time_t, tv_usec: 0 };
+    let timeout = libc::timeval {
+        tv_sec: PATIENCE.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: valid fd and option buffers of the stated sizes.
     unsafe {
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one as *const _ as *const _, 4);
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &timeout as *const _ as *const _, std::mem::size_of::<libc::timeval>() as u32);
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const _,
+            4,
+        );
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &timeout as *const _ as *const _,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
         let local = sockaddr(CLIENT);
-        assert_eq!(libc::bind(fd, &local as *const _ as *const libc::sockaddr, len), 0);
+        assert_eq!(
+            libc::bind(fd, &local as *const _ as *const libc::sockaddr, len),
+            0
+        );
         let remote = sockaddr(VIP);
         if libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) != 0 {
             return Err(std::io::Error::last_os_error());
@@ -119,28 +171,46 @@ fn resolve_neighbour(addr: Ipv4Addr) {
     let start = Instant::now();
     loop {
         let _ = socket.send_to(b"arp", SocketAddrV4::new(addr, 9));
-        let out = std::process::Command::new("ip").args(["neigh", "show", &addr.to_string()]).output().unwrap();
+        let out = std::process::Command::new("ip")
+            .args(["neigh", "show", &addr.to_string()])
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         if text.contains("REACHABLE") || text.contains("STALE") {
             return;
         }
-        assert!(start.elapsed() < PATIENCE, "neighbour {addr} not resolved: {text}");
+        assert!(
+            start.elapsed() < PATIENCE,
+            "neighbour {addr} not resolved: {text}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn main_counter(dp: &MainDataplane, c: MainCounter) -> u64 {
-    dp.counters().unwrap().into_iter().find(|(k, _)| *k == c).unwrap().1
+    dp.counters()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| *k == c)
+        .unwrap()
+        .1
 }
 
 fn part_counter(dp: &ParticipantDataplane, c: ParticipantCounter) -> u64 {
-    dp.counters().unwrap().into_iter().find(|(k, _)| *k == c).unwrap().1
+    dp.counters()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| *k == c)
+        .unwrap()
+        .1
 }
 
 fn exchange(stream: &mut TcpStream, msg: &str) -> String {
     stream.write_all(msg.as_bytes()).unwrap();
     let mut buf = vec![0u8; msg.len()];
-    stream.read_exact(&mut buf).unwrap_or_else(|e| panic!("no answer to {msg:?}: {e}"));
+    stream
+        .read_exact(&mut buf)
+        .unwrap_or_else(|e| panic!("no answer to {msg:?}: {e}"));
     String::from_utf8(buf).unwrap()
 }
 
@@ -207,23 +277,40 @@ fn handoff(mode: AttachMode, encap: Encap) {
     assert_eq!(exchange(&mut stream, "hello baton"), "HELLO BATON");
 
     let v = main.get(&key).unwrap().unwrap();
-    assert!(v.packets() >= 3, "SYN, ACK and data went through the main: {v:?}");
+    assert!(
+        v.packets() >= 3,
+        "SYN, ACK and data went through the main: {v:?}"
+    );
     assert_ne!(v.last_ack(), 0, "{v:?}");
-    assert!(v.last_tsecr().is_some(), "Linux clients send timestamps: {v:?}");
+    assert!(
+        v.last_tsecr().is_some(),
+        "Linux clients send timestamps: {v:?}"
+    );
     assert!(part_counter(&participant, ParticipantCounter::DecapOk) >= 3);
-    assert_eq!(part_counter(&participant, ParticipantCounter::DropBadSource), 0);
+    assert_eq!(
+        part_counter(&participant, ParticipantCounter::DropBadSource),
+        0
+    );
 
     // Freeze: the client's data is dropped (and observed), never answered.
     main.freeze(&key).unwrap();
-    stream.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
     stream.write_all(b"moving").unwrap();
     let mut buf = [0u8; 6];
     let err = stream.read_exact(&mut buf).unwrap_err();
-    assert!(matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut), "{err:?}");
+    assert!(
+        matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{err:?}"
+    );
     assert!(main_counter(&main, MainCounter::DropFrozen) >= 1);
     let frozen = main.get(&key).unwrap().unwrap();
     assert_eq!(frozen.state(), Some(FlowState::Frozen));
-    assert!(frozen.packets() >= 1, "the frozen flow's segments are observed");
+    assert!(
+        frozen.packets() >= 1,
+        "the frozen flow's segments are observed"
+    );
 
     // Forward again: the client's retransmission gets through.
     main.forward(&key, PARTICIPANT_ADDR).unwrap();
@@ -238,26 +325,40 @@ fn handoff(mode: AttachMode, encap: Encap) {
     // It quotes the participant's next segment: sequence = the client's
     // latest ACK, which the main's program recorded.
     let next_seq = main.get(&key).unwrap().unwrap().last_ack();
-    let quoted = frames::Tcp { src: VIP, dst: CLIENT, seq: next_seq, payload: vec![0; 1448], ..frames::Tcp::default() };
-    let icmp = frames::frag_needed_frame(Ipv4Addr::new(198, 18, 10, 254), &quoted.ipv4_packet(), 1280);
+    let quoted = frames::Tcp {
+        src: VIP,
+        dst: CLIENT,
+        seq: next_seq,
+        payload: vec![0; 1448],
+        ..frames::Tcp::default()
+    };
+    let icmp =
+        frames::frag_needed_frame(Ipv4Addr::new(198, 18, 10, 254), &quoted.ipv4_packet(), 1280);
     let mut frame = frames::eth(M0_MAC, C0_MAC, 0x0800);
     frame.extend_from_slice(&icmp[14..]);
     client.enter(|| common::send_frame("c0", &frame));
     let start = Instant::now();
     loop {
-        let out = std::process::Command::new("ip").args(["-n", &part.name, "route", "get", "198.18.10.2"]).output().unwrap();
+        let out = std::process::Command::new("ip")
+            .args(["-n", &part.name, "route", "get", "198.18.10.2"])
+            .output()
+            .unwrap();
         let route = String::from_utf8_lossy(&out.stdout).to_string();
         if route.contains("mtu 1280") {
             break;
         }
-        assert!(start.elapsed() < PATIENCE, "participant path MTU not lowered: {route}");
+        assert!(
+            start.elapsed() < PATIENCE,
+            "participant path MTU not lowered: {route}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(main_counter(&main, MainCounter::IcmpToParticipant), 1);
 
     drop(stream);
     server.join().unwrap();
-    let forwarded = main_counter(&main, MainCounter::ForwardOk) + main_counter(&main, MainCounter::ForwardNeigh);
+    let forwarded = main_counter(&main, MainCounter::ForwardOk)
+        + main_counter(&main, MainCounter::ForwardNeigh);
     assert!(forwarded >= 6, "forwarded {forwarded}");
 }
 

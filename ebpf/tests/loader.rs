@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use baton_ebpf::{
-    check_capabilities, AttachMode, DataplaneError, Encap, FlowKey, FlowState, MainCounter, MainDataplane,
-    MainOptions, ParticipantDataplane, ParticipantOptions, Verdict,
+    check_capabilities, AttachMode, DataplaneError, Encap, FlowKey, FlowState, MainCounter,
+    MainDataplane, MainOptions, ParticipantDataplane, ParticipantOptions, Verdict,
 };
 use common::frames::{Tcp, CLIENT, VIP};
 use common::{lab, NetNs, PinDir};
@@ -35,7 +35,12 @@ fn key() -> FlowKey {
 }
 
 fn counter(dp: &MainDataplane, c: MainCounter) -> u64 {
-    dp.counters().unwrap().into_iter().find(|(k, _)| *k == c).unwrap().1
+    dp.counters()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| *k == c)
+        .unwrap()
+        .1
 }
 
 /// Creates a BPF map with the given shape and pins it at `path` (raw bpf(2),
@@ -57,17 +62,47 @@ fn pin_raw_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_e
         path_fd: i32,
         pad: u32,
     }
-    let create = Create { map_type, key_size, value_size, max_entries, rest: [0; 12] };
+    let create = Create {
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        rest: [0; 12],
+    };
     // SAFETY: valid attr of the given size.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, &create as *const Create, std::mem::size_of::<Create>() as u32) };
-    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            &create as *const Create,
+            std::mem::size_of::<Create>() as u32,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: the kernel just gave us this fd.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    let pin = Pin { pathname: c_path.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, file_flags: 0, path_fd: 0, pad: 0 };
+    let pin = Pin {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+        path_fd: 0,
+        pad: 0,
+    };
     // SAFETY: valid attr; BPF_OBJ_PIN = 6.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, &pin as *const Pin, std::mem::size_of::<Pin>() as u32) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            6,
+            &pin as *const Pin,
+            std::mem::size_of::<Pin>() as u32,
+        )
+    };
     assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
 }
 
@@ -97,45 +132,77 @@ fn flow_api_semantics() {
     let out = dp.test_run(&Tcp::default().frame()).unwrap();
     assert_eq!(out.verdict, Verdict::Drop);
     let v = dp.get(&key()).unwrap().unwrap();
-    assert_eq!((v.packets(), v.last_ack(), v.last_window(), v.last_tsecr()), (1, 2_000_000, 501, Some(222_222)));
+    assert_eq!(
+        (v.packets(), v.last_ack(), v.last_window(), v.last_tsecr()),
+        (1, 2_000_000, 501, Some(222_222))
+    );
 
     // forward keeps what was observed.
     dp.forward(&key(), lab::PARTICIPANT).unwrap();
     let v = dp.get(&key()).unwrap().unwrap();
     assert_eq!(v.state(), Some(FlowState::Forward));
     assert_eq!(v.participant(), lab::PARTICIPANT);
-    assert_eq!((v.packets(), v.last_ack(), v.last_window(), v.last_tsecr()), (1, 2_000_000, 501, Some(222_222)));
+    assert_eq!(
+        (v.packets(), v.last_ack(), v.last_window(), v.last_tsecr()),
+        (1, 2_000_000, 501, Some(222_222))
+    );
 
     // Later segments keep updating while forwarded.
-    let next = Tcp { ack: Some(2_000_500), window: 700, timestamps: Some((9, 333_333)), ..Tcp::default() };
-    assert_eq!(dp.test_run(&next.frame()).unwrap().verdict, Verdict::Redirect);
+    let next = Tcp {
+        ack: Some(2_000_500),
+        window: 700,
+        timestamps: Some((9, 333_333)),
+        ..Tcp::default()
+    };
+    assert_eq!(
+        dp.test_run(&next.frame()).unwrap().verdict,
+        Verdict::Redirect
+    );
     let v = dp.get(&key()).unwrap().unwrap();
-    assert_eq!((v.packets(), v.last_ack(), v.last_window(), v.last_tsecr()), (2, 2_000_500, 700, Some(333_333)));
+    assert_eq!(
+        (v.packets(), v.last_ack(), v.last_window(), v.last_tsecr()),
+        (2, 2_000_500, 700, Some(333_333))
+    );
 
     // Re-pointing to another participant keeps them too.
     dp.forward(&key(), lab::OTHER_PARTICIPANT).unwrap();
     let v = dp.get(&key()).unwrap().unwrap();
-    assert_eq!((v.participant(), v.packets(), v.last_ack()), (lab::OTHER_PARTICIPANT, 2, 2_000_500));
+    assert_eq!(
+        (v.participant(), v.packets(), v.last_ack()),
+        (lab::OTHER_PARTICIPANT, 2, 2_000_500)
+    );
 
     // freeze starts over.
     dp.freeze(&key()).unwrap();
     let v = dp.get(&key()).unwrap().unwrap();
-    assert_eq!((v.state(), v.packets(), v.last_ack(), v.last_tsecr()), (Some(FlowState::Frozen), 0, 0, None));
+    assert_eq!(
+        (v.state(), v.packets(), v.last_ack(), v.last_tsecr()),
+        (Some(FlowState::Frozen), 0, 0, None)
+    );
 
     // forward on an absent flow creates it.
     let other = FlowKey::new(SocketAddrV4::new(Ipv4Addr::new(198, 18, 100, 8), 1234), VIP);
     dp.forward(&other, lab::PARTICIPANT).unwrap();
-    assert_eq!(dp.get(&other).unwrap().unwrap().state(), Some(FlowState::Forward));
+    assert_eq!(
+        dp.get(&other).unwrap().unwrap().state(),
+        Some(FlowState::Forward)
+    );
 
     dp.remove(&key()).unwrap();
     assert_eq!(dp.get(&key()).unwrap(), None);
-    assert_eq!(dp.test_run(&Tcp::default().frame()).unwrap().verdict, Verdict::Pass);
+    assert_eq!(
+        dp.test_run(&Tcp::default().frame()).unwrap().verdict,
+        Verdict::Pass
+    );
 
     // flows() lists exactly what is there.
     let mut want = BTreeSet::new();
     want.insert(other);
     for i in 0..300u16 {
-        let k = FlowKey::new(SocketAddrV4::new(Ipv4Addr::new(198, 18, 101, (i % 250) as u8), 10_000 + i), VIP);
+        let k = FlowKey::new(
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 101, (i % 250) as u8), 10_000 + i),
+            VIP,
+        );
         if i % 2 == 0 {
             dp.freeze(&k).unwrap();
         } else {
@@ -156,16 +223,29 @@ fn pinned_flows_survive_a_restart_and_a_mode_change() {
     {
         let dp = MainDataplane::load(&options(&pin, AttachMode::Tc)).unwrap();
         dp.forward(&key(), lab::PARTICIPANT).unwrap();
-        assert_eq!(dp.test_run(&Tcp::default().frame()).unwrap().verdict, Verdict::Redirect);
+        assert_eq!(
+            dp.test_run(&Tcp::default().frame()).unwrap().verdict,
+            Verdict::Redirect
+        );
         assert_eq!(counter(&dp, MainCounter::ForwardOk), 1);
     }
     assert!(pin.path.join("baton_flows").exists());
     assert!(pin.path.join("baton_main_stats").exists());
     let dp = MainDataplane::load(&options(&pin, AttachMode::Xdp)).unwrap();
     let v = dp.get(&key()).unwrap().unwrap();
-    assert_eq!((v.state(), v.participant(), v.packets()), (Some(FlowState::Forward), lab::PARTICIPANT, 1));
-    assert_eq!(counter(&dp, MainCounter::ForwardOk), 1, "counters are pinned too");
-    assert_eq!(dp.test_run(&Tcp::default().frame()).unwrap().verdict, Verdict::Tx);
+    assert_eq!(
+        (v.state(), v.participant(), v.packets()),
+        (Some(FlowState::Forward), lab::PARTICIPANT, 1)
+    );
+    assert_eq!(
+        counter(&dp, MainCounter::ForwardOk),
+        1,
+        "counters are pinned too"
+    );
+    assert_eq!(
+        dp.test_run(&Tcp::default().frame()).unwrap().verdict,
+        Verdict::Tx
+    );
     assert_eq!(dp.get(&key()).unwrap().unwrap().packets(), 2);
 }
 
@@ -184,7 +264,10 @@ fn foreign_flow_map_pin_is_refused_and_kept() {
         }
         other => panic!("expected PinnedMapMismatch, got {other:?}"),
     }
-    assert!(pin.path.join("baton_flows").exists(), "the flow map pin must never be removed");
+    assert!(
+        pin.path.join("baton_flows").exists(),
+        "the flow map pin must never be removed"
+    );
 }
 
 #[test]
@@ -208,11 +291,18 @@ fn program_is_detached_on_drop() {
     lab::build();
     let pin = PinDir::new();
     let tc_programs = || {
-        let (_, programs) = SchedClassifier::query_tcx(lab::MAIN_IFACE, TcAttachType::Ingress).unwrap();
-        programs.iter().map(|p| p.name_as_str().unwrap_or("").to_owned()).collect::<Vec<_>>()
+        let (_, programs) =
+            SchedClassifier::query_tcx(lab::MAIN_IFACE, TcAttachType::Ingress).unwrap();
+        programs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
     };
     let xdp_attached = || {
-        let out = std::process::Command::new("ip").args(["-d", "link", "show", "dev", lab::MAIN_IFACE]).output().unwrap();
+        let out = std::process::Command::new("ip")
+            .args(["-d", "link", "show", "dev", lab::MAIN_IFACE])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
     };
 
@@ -252,7 +342,10 @@ fn load_errors_name_the_problem() {
     let mut opts = options(&pin, AttachMode::Tc);
     opts.iface = "nope0".into();
     let err = MainDataplane::load(&opts).unwrap_err();
-    assert!(matches!(&err, DataplaneError::NoSuchInterface { iface } if iface == "nope0"), "{err:?}");
+    assert!(
+        matches!(&err, DataplaneError::NoSuchInterface { iface } if iface == "nope0"),
+        "{err:?}"
+    );
     assert_eq!(err.to_string(), "interface nope0 not found");
 
     let tmp = std::env::temp_dir().join(format!("baton-ebpf-not-bpffs-{}", std::process::id()));
@@ -260,7 +353,10 @@ fn load_errors_name_the_problem() {
     opts.pin_dir = tmp.clone();
     let err = MainDataplane::load(&opts).unwrap_err();
     let _ = std::fs::remove_dir_all(&tmp);
-    assert!(matches!(&err, DataplaneError::NotBpffs { path } if *path == tmp), "{err:?}");
+    assert!(
+        matches!(&err, DataplaneError::NotBpffs { path } if *path == tmp),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -275,7 +371,10 @@ fn shared_between_threads() {
             let dp = Arc::clone(&dp);
             std::thread::spawn(move || {
                 for i in 0..200u16 {
-                    let k = FlowKey::new(SocketAddrV4::new(Ipv4Addr::new(198, 18, 102, t as u8), 20_000 + i), VIP);
+                    let k = FlowKey::new(
+                        SocketAddrV4::new(Ipv4Addr::new(198, 18, 102, t as u8), 20_000 + i),
+                        VIP,
+                    );
                     dp.freeze(&k).unwrap();
                     dp.forward(&k, lab::PARTICIPANT).unwrap();
                     if i % 2 == 1 {
@@ -290,5 +389,7 @@ fn shared_between_threads() {
     }
     let flows = dp.flows().unwrap();
     assert_eq!(flows.len(), 4 * 100);
-    assert!(flows.iter().all(|(k, v)| v.state() == Some(FlowState::Forward) && k.client().port() % 2 == 0));
+    assert!(flows
+        .iter()
+        .all(|(k, v)| v.state() == Some(FlowState::Forward) && k.client().port() % 2 == 0));
 }

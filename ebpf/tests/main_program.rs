@@ -39,7 +39,12 @@ enum Expect {
     /// Dropped, bytes unchanged, this counter +1.
     Drop(MainCounter),
     /// Encapsulated and sent: Ethernet rewritten from the FIB result.
-    Forward { participant: Ipv4Addr, src_mac: [u8; 6], dst_mac: [u8; 6], same_iface: bool },
+    Forward {
+        participant: Ipv4Addr,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        same_iface: bool,
+    },
     /// Encapsulated; next hop not resolved: tc hands the packet to
     /// bpf_redirect_neigh (Ethernet untouched), XDP drops it.
     NoNeigh { participant: Ipv4Addr },
@@ -112,25 +117,70 @@ fn mutate(mut frame: Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 fn fixtures() -> Vec<Fixture> {
     let plain = Tcp::default();
     // Fits bt2's MTU by itself, not with the outer header.
-    let just_fits = Tcp { payload: vec![1; usize::from(lab::BT2_MTU) - 52 - 28], ..Tcp::default() };
-    let too_big = Tcp { payload: vec![1; usize::from(lab::BT2_MTU) - 52], ..Tcp::default() };
-    let with_payload = Tcp { payload: b"GET /next HTTP/1.1\r\n\r\n".to_vec(), ..Tcp::default() };
-    let ip_options = Tcp { ip_options: vec![1, 1, 1, 0], payload: b"data".to_vec(), ..Tcp::default() };
-    let tos_no_df = Tcp { dscp: 10, ecn: 1, df: false, ip_id: 0xbeef, ..Tcp::default() };
-    let fin = Tcp { fin: true, ack: Some(7_000), window: 0, timestamps: Some((5, 6)), ..Tcp::default() };
-    let rst_no_ack = Tcp { rst: true, ack: None, timestamps: None, ..Tcp::default() };
+    let just_fits = Tcp {
+        payload: vec![1; usize::from(lab::BT2_MTU) - 52 - 28],
+        ..Tcp::default()
+    };
+    let too_big = Tcp {
+        payload: vec![1; usize::from(lab::BT2_MTU) - 52],
+        ..Tcp::default()
+    };
+    let with_payload = Tcp {
+        payload: b"GET /next HTTP/1.1\r\n\r\n".to_vec(),
+        ..Tcp::default()
+    };
+    let ip_options = Tcp {
+        ip_options: vec![1, 1, 1, 0],
+        payload: b"data".to_vec(),
+        ..Tcp::default()
+    };
+    let tos_no_df = Tcp {
+        dscp: 10,
+        ecn: 1,
+        df: false,
+        ip_id: 0xbeef,
+        ..Tcp::default()
+    };
+    let fin = Tcp {
+        fin: true,
+        ack: Some(7_000),
+        window: 0,
+        timestamps: Some((5, 6)),
+        ..Tcp::default()
+    };
+    let rst_no_ack = Tcp {
+        rst: true,
+        ack: None,
+        timestamps: None,
+        ..Tcp::default()
+    };
     // NOP NOP SACK(2 blocks) NOP NOP TS(1, 0xdeadbeef)
     let mut sack_then_ts = vec![1, 1, 5, 18];
     sack_then_ts.extend_from_slice(&[0; 16]);
     sack_then_ts.extend_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef]);
-    let sack_then_ts = Tcp { raw_options: Some(sack_then_ts), ..Tcp::default() };
-    let no_ts = Tcp { timestamps: None, ..Tcp::default() };
+    let sack_then_ts = Tcp {
+        raw_options: Some(sack_then_ts),
+        ..Tcp::default()
+    };
+    let no_ts = Tcp {
+        timestamps: None,
+        ..Tcp::default()
+    };
     // An option of length 0 or 1 stops the walk before the timestamps (with
     // length 1, stepping one byte would land on a NOP and then a valid TS).
-    let zero_len_option = Tcp { raw_options: Some(vec![30, 0, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]), ..Tcp::default() };
-    let one_len_option = Tcp { raw_options: Some(vec![30, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]), ..Tcp::default() };
+    let zero_len_option = Tcp {
+        raw_options: Some(vec![30, 0, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]),
+        ..Tcp::default()
+    };
+    let one_len_option = Tcp {
+        raw_options: Some(vec![30, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]),
+        ..Tcp::default()
+    };
     // EOL ends the options; the timestamp after it is not an option.
-    let after_eol = Tcp { raw_options: Some(vec![0, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]), ..Tcp::default() };
+    let after_eol = Tcp {
+        raw_options: Some(vec![0, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]),
+        ..Tcp::default()
+    };
     // A timestamp option that runs past the TCP header into the payload.
     let ts_past_header = Tcp {
         raw_options: Some(vec![1, 1, 1, 1, 1, 1, 1, 1, 8, 10, 0, 0]),
@@ -138,23 +188,54 @@ fn fixtures() -> Vec<Fixture> {
         ..Tcp::default()
     };
     // A timestamp option with a wrong length is not a timestamp.
-    let bad_ts_len = Tcp { raw_options: Some(vec![8, 8, 0, 0, 0, 1, 0, 0]), ..Tcp::default() };
-    let other_port = Tcp { src: SocketAddrV4::new(*CLIENT.ip(), 40_001), ..Tcp::default() };
-    let reverse = Tcp { src: VIP, dst: CLIENT, ..Tcp::default() };
-    let more_fragments = Tcp { mf: true, ..Tcp::default() };
+    let bad_ts_len = Tcp {
+        raw_options: Some(vec![8, 8, 0, 0, 0, 1, 0, 0]),
+        ..Tcp::default()
+    };
+    let other_port = Tcp {
+        src: SocketAddrV4::new(*CLIENT.ip(), 40_001),
+        ..Tcp::default()
+    };
+    let reverse = Tcp {
+        src: VIP,
+        dst: CLIENT,
+        ..Tcp::default()
+    };
+    let more_fragments = Tcp {
+        mf: true,
+        ..Tcp::default()
+    };
     // What a participant sends from the VIP, and ICMP errors about it.
     let router = Ipv4Addr::new(198, 18, 5, 1);
-    let from_vip = Tcp { src: VIP, dst: CLIENT, payload: vec![7; 1400], ..Tcp::default() }.ipv4_packet();
-    let from_vip_other = Tcp { src: VIP, dst: SocketAddrV4::new(*CLIENT.ip(), 40_001), ..Tcp::default() }.ipv4_packet();
+    let from_vip = Tcp {
+        src: VIP,
+        dst: CLIENT,
+        payload: vec![7; 1400],
+        ..Tcp::default()
+    }
+    .ipv4_packet();
+    let from_vip_other = Tcp {
+        src: VIP,
+        dst: SocketAddrV4::new(*CLIENT.ip(), 40_001),
+        ..Tcp::default()
+    }
+    .ipv4_packet();
     let frag_needed = frames::frag_needed_frame(router, &from_vip, 1280);
     let udp_from_vip = mutate(from_vip.clone(), |p| p[9] = 17);
     let time_exceeded = frames::icmp_frame(router, *VIP.ip(), 11, 0, [0; 4], &from_vip[..28]);
     // Ethernet padding keeps the missing port bytes inside the frame: only
     // the IPv4 total length tells they are not part of the message.
-    let ports_cut = mutate(frames::icmp_frame(router, *VIP.ip(), 3, 4, [0, 0, 5, 0], &from_vip[..22]), |f| {
-        f.extend_from_slice(&[0x9c, 0x40, 0x00, 0x50, 0, 0]);
-    });
-    let offset_fragment = Tcp { frag_offset: 8, df: false, ..Tcp::default() };
+    let ports_cut = mutate(
+        frames::icmp_frame(router, *VIP.ip(), 3, 4, [0, 0, 5, 0], &from_vip[..22]),
+        |f| {
+            f.extend_from_slice(&[0x9c, 0x40, 0x00, 0x50, 0, 0]);
+        },
+    );
+    let offset_fragment = Tcp {
+        frag_offset: 8,
+        df: false,
+        ..Tcp::default()
+    };
 
     vec![
         Fixture {
@@ -220,21 +301,27 @@ fn fixtures() -> Vec<Fixture> {
             description: "forward flow, segment too big for the egress MTU once encapsulated",
             frame: too_big.frame(),
             setup: forward_to(lab::OTHER_PARTICIPANT),
-            expect: Expect::TooBig { participant: lab::OTHER_PARTICIPANT },
+            expect: Expect::TooBig {
+                participant: lab::OTHER_PARTICIPANT,
+            },
             observed: Some(default_observed(&too_big)),
         },
         Fixture {
             description: "forward flow, participant without a neighbour entry",
             frame: plain.frame(),
             setup: forward_to(lab::NO_NEIGH_PARTICIPANT),
-            expect: Expect::NoNeigh { participant: lab::NO_NEIGH_PARTICIPANT },
+            expect: Expect::NoNeigh {
+                participant: lab::NO_NEIGH_PARTICIPANT,
+            },
             observed: Some(default_observed(&plain)),
         },
         Fixture {
             description: "forward flow, participant without a route",
             frame: plain.frame(),
             setup: forward_to(lab::UNROUTABLE_PARTICIPANT),
-            expect: Expect::NoRoute { participant: lab::UNROUTABLE_PARTICIPANT },
+            expect: Expect::NoRoute {
+                participant: lab::UNROUTABLE_PARTICIPANT,
+            },
             observed: Some(default_observed(&plain)),
         },
         Fixture {
@@ -263,7 +350,11 @@ fn fixtures() -> Vec<Fixture> {
             frame: rst_no_ack.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
-            observed: Some(Observed { rst: true, bytes: 40, ..Observed::default() }),
+            observed: Some(Observed {
+                rst: true,
+                bytes: 40,
+                ..Observed::default()
+            }),
         },
         Fixture {
             description: "frozen flow, timestamps after SACK blocks",
@@ -280,42 +371,60 @@ fn fixtures() -> Vec<Fixture> {
             frame: no_ts.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
-            observed: Some(Observed { last_tsecr: None, ..default_observed(&no_ts) }),
+            observed: Some(Observed {
+                last_tsecr: None,
+                ..default_observed(&no_ts)
+            }),
         },
         Fixture {
             description: "frozen flow, option of length 0 stops the option walk",
             frame: zero_len_option.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
-            observed: Some(Observed { last_tsecr: None, ..default_observed(&zero_len_option) }),
+            observed: Some(Observed {
+                last_tsecr: None,
+                ..default_observed(&zero_len_option)
+            }),
         },
         Fixture {
             description: "frozen flow, option of length 1 stops the option walk",
             frame: one_len_option.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
-            observed: Some(Observed { last_tsecr: None, ..default_observed(&one_len_option) }),
+            observed: Some(Observed {
+                last_tsecr: None,
+                ..default_observed(&one_len_option)
+            }),
         },
         Fixture {
             description: "frozen flow, timestamps after EOL are ignored",
             frame: after_eol.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
-            observed: Some(Observed { last_tsecr: None, ..default_observed(&after_eol) }),
+            observed: Some(Observed {
+                last_tsecr: None,
+                ..default_observed(&after_eol)
+            }),
         },
         Fixture {
             description: "frozen flow, timestamp option running past the header is ignored",
             frame: ts_past_header.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
-            observed: Some(Observed { last_tsecr: None, ..default_observed(&ts_past_header) }),
+            observed: Some(Observed {
+                last_tsecr: None,
+                ..default_observed(&ts_past_header)
+            }),
         },
         Fixture {
             description: "frozen flow, timestamp option with a wrong length is ignored",
             frame: bad_ts_len.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
-            observed: Some(Observed { last_tsecr: None, ..default_observed(&bad_ts_len) }),
+            observed: Some(Observed {
+                last_tsecr: None,
+                ..default_observed(&bad_ts_len)
+            }),
         },
         Fixture {
             description: "flow entry with an unknown state: dropped, never passed",
@@ -459,21 +568,27 @@ fn fixtures() -> Vec<Fixture> {
         },
         Fixture {
             description: "IPv4 total length beyond the frame",
-            frame: mutate(plain.frame(), |f| f[16..18].copy_from_slice(&200u16.to_be_bytes())),
+            frame: mutate(plain.frame(), |f| {
+                f[16..18].copy_from_slice(&200u16.to_be_bytes())
+            }),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassMalformed),
             observed: Some(Observed::default()),
         },
         Fixture {
             description: "IPv4 total length shorter than the IPv4 header",
-            frame: mutate(plain.frame(), |f| f[16..18].copy_from_slice(&19u16.to_be_bytes())),
+            frame: mutate(plain.frame(), |f| {
+                f[16..18].copy_from_slice(&19u16.to_be_bytes())
+            }),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassMalformed),
             observed: Some(Observed::default()),
         },
         Fixture {
             description: "IPv4 total length cuts into the TCP header",
-            frame: mutate(plain.frame(), |f| f[16..18].copy_from_slice(&30u16.to_be_bytes())),
+            frame: mutate(plain.frame(), |f| {
+                f[16..18].copy_from_slice(&30u16.to_be_bytes())
+            }),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassMalformed),
             observed: Some(Observed::default()),
@@ -497,7 +612,10 @@ fn fixtures() -> Vec<Fixture> {
 
 /// Direct access to the pinned flow map, for entries the API refuses to write.
 fn raw_flows(pin_dir: &Path) -> HashMap<MapData, [u8; 12], [u8; 48]> {
-    HashMap::try_from(aya::maps::Map::HashMap(MapData::from_pin(pin_dir.join("baton_flows")).unwrap())).unwrap()
+    HashMap::try_from(aya::maps::Map::HashMap(
+        MapData::from_pin(pin_dir.join("baton_flows")).unwrap(),
+    ))
+    .unwrap()
 }
 
 fn key_bytes(key: &FlowKey) -> [u8; 12] {
@@ -514,7 +632,13 @@ fn key_bytes(key: &FlowKey) -> [u8; 12] {
 fn encapsulated(inner: &[u8], encap: Encap, participant: Ipv4Addr) -> Vec<u8> {
     match encap {
         Encap::Ipip => frames::ipip(inner, lab::LOCAL, participant),
-        Encap::Gue { port } => frames::gue(inner, lab::LOCAL, participant, key().gue_source_port(), port),
+        Encap::Gue { port } => frames::gue(
+            inner,
+            lab::LOCAL,
+            participant,
+            key().gue_source_port(),
+            port,
+        ),
     }
 }
 
@@ -536,14 +660,21 @@ fn expected(fx: &Fixture, mode: AttachMode, encap: Encap) -> (Verdict, Vec<u8>, 
             (AttachMode::Xdp, true) => Verdict::Tx,
             (AttachMode::Xdp, false) => Verdict::Redirect,
         };
-        (verdict, with_eth(&eth(dst_mac, src_mac, 0x0800), participant), vec![MainCounter::ForwardOk])
+        (
+            verdict,
+            with_eth(&eth(dst_mac, src_mac, 0x0800), participant),
+            vec![MainCounter::ForwardOk],
+        )
     };
     match fx.expect {
         Expect::Pass(c) => (Verdict::Pass, input.clone(), vec![c]),
         Expect::Drop(c) => (Verdict::Drop, input.clone(), vec![c]),
-        Expect::Forward { participant, src_mac, dst_mac, same_iface } => {
-            forward(participant, src_mac, dst_mac, same_iface)
-        }
+        Expect::Forward {
+            participant,
+            src_mac,
+            dst_mac,
+            same_iface,
+        } => forward(participant, src_mac, dst_mac, same_iface),
         Expect::IcmpToParticipant => {
             let (verdict, bytes, mut counters) =
                 forward(lab::PARTICIPANT, lab::LOCAL_MAC, lab::PARTICIPANT_MAC, true);
@@ -557,12 +688,16 @@ fn expected(fx: &Fixture, mode: AttachMode, encap: Encap) -> (Verdict, Vec<u8>, 
             };
             (verdict, with_eth(&input[..14], participant), vec![counter])
         }
-        Expect::NoRoute { participant } => {
-            (Verdict::Drop, with_eth(&input[..14], participant), vec![MainCounter::DropFibFailed])
-        }
-        Expect::TooBig { participant } => {
-            (Verdict::Drop, with_eth(&input[..14], participant), vec![MainCounter::DropFragNeeded])
-        }
+        Expect::NoRoute { participant } => (
+            Verdict::Drop,
+            with_eth(&input[..14], participant),
+            vec![MainCounter::DropFibFailed],
+        ),
+        Expect::TooBig { participant } => (
+            Verdict::Drop,
+            with_eth(&input[..14], participant),
+            vec![MainCounter::DropFragNeeded],
+        ),
     }
 }
 
@@ -610,12 +745,18 @@ fn run_table(mode: AttachMode, encap: Encap) {
 
         let before = counter_map(&dp);
         let t0 = monotonic_now_ns();
-        let out = dp.test_run(&fx.frame).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let out = dp
+            .test_run(&fx.frame)
+            .unwrap_or_else(|e| panic!("{ctx}: {e}"));
         let t1 = monotonic_now_ns();
         let after = counter_map(&dp);
 
         let (verdict, bytes, counters) = expected(fx, mode, encap);
-        assert_eq!(out.verdict, verdict, "{ctx}: verdict (retval {})", out.retval);
+        assert_eq!(
+            out.verdict, verdict,
+            "{ctx}: verdict (retval {})",
+            out.retval
+        );
         assert_eq!(
             out.data,
             bytes,
@@ -625,16 +766,27 @@ fn run_table(mode: AttachMode, encap: Encap) {
             hex(&fx.frame)
         );
         if bytes.len() != fx.frame.len() {
-            assert!(ipv4_checksum_ok(&out.data[14..34]), "{ctx}: outer IPv4 checksum");
+            assert!(
+                ipv4_checksum_ok(&out.data[14..34]),
+                "{ctx}: outer IPv4 checksum"
+            );
         }
         for c in MainCounter::ALL {
             let delta = after[c] - before[c];
             let want = u64::from(counters.contains(c));
-            assert_eq!(delta, want, "{ctx}: counter {} moved by {delta}, expected {want}", c.name());
+            assert_eq!(
+                delta,
+                want,
+                "{ctx}: counter {} moved by {delta}, expected {want}",
+                c.name()
+            );
         }
 
         if let Some(obs) = fx.observed {
-            let value = dp.get(&key()).unwrap().unwrap_or_else(|| panic!("{ctx}: flow entry vanished"));
+            let value = dp
+                .get(&key())
+                .unwrap()
+                .unwrap_or_else(|| panic!("{ctx}: flow entry vanished"));
             let seen = obs.bytes != 0;
             assert_eq!(value.packets(), u64::from(seen), "{ctx}: packets");
             assert_eq!(value.bytes(), obs.bytes, "{ctx}: bytes");
@@ -644,9 +796,17 @@ fn run_table(mode: AttachMode, encap: Encap) {
             assert_eq!(value.fin_seen(), obs.fin, "{ctx}: fin");
             assert_eq!(value.rst_seen(), obs.rst, "{ctx}: rst");
             if seen {
-                assert!((t0..=t1).contains(&value.last_seen_ns()), "{ctx}: last_seen_ns {} not in [{t0}, {t1}]", value.last_seen_ns());
+                assert!(
+                    (t0..=t1).contains(&value.last_seen_ns()),
+                    "{ctx}: last_seen_ns {} not in [{t0}, {t1}]",
+                    value.last_seen_ns()
+                );
             } else {
-                assert_eq!(value.last_seen_ns(), 0, "{ctx}: last_seen_ns of an untouched flow");
+                assert_eq!(
+                    value.last_seen_ns(),
+                    0,
+                    "{ctx}: last_seen_ns of an untouched flow"
+                );
             }
         }
     }
@@ -694,7 +854,10 @@ fn truncation(mode: AttachMode) {
             encap,
         })
         .unwrap();
-        let segment = Tcp { payload: b"0123456789".to_vec(), ..Tcp::default() };
+        let segment = Tcp {
+            payload: b"0123456789".to_vec(),
+            ..Tcp::default()
+        };
         let frame = segment.frame();
         assert_eq!(segment.headers_len(), 14 + 20 + 32);
         clear_flows(&dp);
@@ -715,7 +878,10 @@ fn truncation(mode: AttachMode) {
                 }
                 Err(e) => panic!("{ctx}: {e}"),
                 Ok(out) => {
-                    assert!(len >= kernel_minimum, "{ctx}: the kernel ran a frame it should refuse");
+                    assert!(
+                        len >= kernel_minimum,
+                        "{ctx}: the kernel ran a frame it should refuse"
+                    );
                     assert_eq!(out.verdict, Verdict::Pass, "{ctx}");
                     assert_eq!(out.data, input, "{ctx}: output changed");
                 }
@@ -727,7 +893,11 @@ fn truncation(mode: AttachMode) {
             }
         }
         let value = dp.get(&key()).unwrap().unwrap();
-        assert_eq!(value.packets(), 0, "a truncated frame was counted for the flow");
+        assert_eq!(
+            value.packets(),
+            0,
+            "a truncated frame was counted for the flow"
+        );
 
         let out = dp.test_run(&frame).unwrap();
         let mut want = eth(lab::PARTICIPANT_MAC, lab::LOCAL_MAC, 0x0800);
@@ -768,10 +938,17 @@ fn gue_source_port_matches_rust_mirror() {
     .unwrap();
     let mut ports = std::collections::HashSet::new();
     for i in 0..64u16 {
-        let client = SocketAddrV4::new(Ipv4Addr::new(198, 18, 100 + (i % 3) as u8, 7 + i as u8), 30_000 + i * 7);
+        let client = SocketAddrV4::new(
+            Ipv4Addr::new(198, 18, 100 + (i % 3) as u8, 7 + i as u8),
+            30_000 + i * 7,
+        );
         let k = FlowKey::new(client, VIP);
         dp.forward(&k, lab::PARTICIPANT).unwrap();
-        let frame = Tcp { src: client, ..Tcp::default() }.frame();
+        let frame = Tcp {
+            src: client,
+            ..Tcp::default()
+        }
+        .frame();
         for _ in 0..2 {
             let out = dp.test_run(&frame).unwrap();
             assert_eq!(out.verdict, Verdict::Tx);
@@ -783,5 +960,9 @@ fn gue_source_port_matches_rust_mirror() {
         ports.insert(k.gue_source_port());
         dp.remove(&k).unwrap();
     }
-    assert!(ports.len() > 48, "only {} distinct ports for 64 flows", ports.len());
+    assert!(
+        ports.len() > 48,
+        "only {} distinct ports for 64 flows",
+        ports.len()
+    );
 }

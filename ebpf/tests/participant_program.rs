@@ -10,8 +10,8 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use baton_ebpf::{
-    AttachMode, Encap, FlowKey, MainDataplane, MainOptions, ParticipantCounter, ParticipantDataplane,
-    ParticipantOptions, Verdict,
+    AttachMode, Encap, FlowKey, MainDataplane, MainOptions, ParticipantCounter,
+    ParticipantDataplane, ParticipantOptions, Verdict,
 };
 use common::frames::{self, eth, hex, Tcp, CLIENT, GUE_PORT, VIP};
 use common::{ip, lab, NetNs, PinDir};
@@ -53,7 +53,10 @@ fn fix_csum(bytes: &mut [u8], off: usize) {
     let ihl = usize::from(bytes[off] & 0x0f) * 4;
     bytes[off + 10] = 0;
     bytes[off + 11] = 0;
-    let mut sum: u32 = bytes[off..off + ihl].chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    let mut sum: u32 = bytes[off..off + ihl]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -64,7 +67,12 @@ fn fixtures() -> Vec<Fixture> {
     use Expect::*;
     use ParticipantCounter as C;
     let inner = Tcp::default().ipv4_packet();
-    let inner_big = Tcp { payload: vec![0x5a; 300], ip_options: vec![1, 1, 1, 0], ..Tcp::default() }.ipv4_packet();
+    let inner_big = Tcp {
+        payload: vec![0x5a; 300],
+        ip_options: vec![1, 1, 1, 0],
+        ..Tcp::default()
+    }
+    .ipv4_packet();
     let sport = FlowKey::new(CLIENT, VIP).gue_source_port();
     let ipip_from_main = frame(frames::ipip(&inner, MAIN, ME));
     let gue_from_main = frame(frames::gue(&inner, MAIN, ME, sport, GUE_PORT));
@@ -99,7 +107,9 @@ fn fixtures() -> Vec<Fixture> {
         let tot = u16::from_be_bytes([f[36], f[37]]) + 1;
         f[36..38].copy_from_slice(&tot.to_be_bytes());
     });
-    let outer_too_long = mutate(ipip_from_main.clone(), |f| f[16..18].copy_from_slice(&1000u16.to_be_bytes()));
+    let outer_too_long = mutate(ipip_from_main.clone(), |f| {
+        f[16..18].copy_from_slice(&1000u16.to_be_bytes())
+    });
     let gue_garbage = frame(frames::gue(&[0x60; 40], MAIN, ME, sport, GUE_PORT));
     // GUE whose UDP header is cut by the frame's end.
     let gue_udp_cut = mutate(gue_from_main.clone(), |f| {
@@ -114,14 +124,24 @@ fn fixtures() -> Vec<Fixture> {
     });
 
     vec![
-        Fixture { description: "IPIP from the main", frame: ipip_from_main.clone(), ipip: Decap(20), gue: Decap(20) },
+        Fixture {
+            description: "IPIP from the main",
+            frame: ipip_from_main.clone(),
+            ipip: Decap(20),
+            gue: Decap(20),
+        },
         Fixture {
             description: "IPIP from the main, inner packet with options and payload",
             frame: frame(frames::ipip(&inner_big, MAIN, ME)),
             ipip: Decap(20),
             gue: Decap(20),
         },
-        Fixture { description: "IPIP from the main, outer header with options", frame: outer_options, ipip: Decap(24), gue: Decap(24) },
+        Fixture {
+            description: "IPIP from the main, outer header with options",
+            frame: outer_options,
+            ipip: Decap(24),
+            gue: Decap(24),
+        },
         Fixture {
             description: "IPIP from the main, Ethernet padding after the packet",
             frame: mutate(ipip_from_main.clone(), |f| f.extend_from_slice(&[0; 6])),
@@ -134,11 +154,36 @@ fn fixtures() -> Vec<Fixture> {
             ipip: Drop(C::DropBadSource),
             gue: Drop(C::DropBadSource),
         },
-        Fixture { description: "IPIP fragment from a stranger", frame: stranger_fragment, ipip: Drop(C::DropBadSource), gue: Drop(C::DropBadSource) },
-        Fixture { description: "IPIP from the main, outer MF set", frame: outer_mf, ipip: Drop(C::DropFragment), gue: Drop(C::DropFragment) },
-        Fixture { description: "IPIP from the main, inner header cut", frame: inner_cut, ipip: Drop(C::DropMalformed), gue: Drop(C::DropMalformed) },
-        Fixture { description: "IPIP from the main, inner version 6", frame: inner_v6, ipip: Drop(C::DropMalformed), gue: Drop(C::DropMalformed) },
-        Fixture { description: "IPIP from the main, inner ihl 4", frame: inner_ihl4, ipip: Drop(C::DropMalformed), gue: Drop(C::DropMalformed) },
+        Fixture {
+            description: "IPIP fragment from a stranger",
+            frame: stranger_fragment,
+            ipip: Drop(C::DropBadSource),
+            gue: Drop(C::DropBadSource),
+        },
+        Fixture {
+            description: "IPIP from the main, outer MF set",
+            frame: outer_mf,
+            ipip: Drop(C::DropFragment),
+            gue: Drop(C::DropFragment),
+        },
+        Fixture {
+            description: "IPIP from the main, inner header cut",
+            frame: inner_cut,
+            ipip: Drop(C::DropMalformed),
+            gue: Drop(C::DropMalformed),
+        },
+        Fixture {
+            description: "IPIP from the main, inner version 6",
+            frame: inner_v6,
+            ipip: Drop(C::DropMalformed),
+            gue: Drop(C::DropMalformed),
+        },
+        Fixture {
+            description: "IPIP from the main, inner ihl 4",
+            frame: inner_ihl4,
+            ipip: Drop(C::DropMalformed),
+            gue: Drop(C::DropMalformed),
+        },
         Fixture {
             description: "IPIP from the main, inner total length beyond the outer",
             frame: inner_too_long,
@@ -151,7 +196,12 @@ fn fixtures() -> Vec<Fixture> {
             ipip: Pass(C::PassMalformed),
             gue: Pass(C::PassMalformed),
         },
-        Fixture { description: "GUE from the main", frame: gue_from_main.clone(), ipip: Pass(C::PassNotEncap), gue: Decap(28) },
+        Fixture {
+            description: "GUE from the main",
+            frame: gue_from_main.clone(),
+            ipip: Pass(C::PassNotEncap),
+            gue: Decap(28),
+        },
         Fixture {
             description: "GUE from the main, outer header with options",
             frame: gue_outer_options,
@@ -170,7 +220,12 @@ fn fixtures() -> Vec<Fixture> {
             ipip: Pass(C::PassNotEncap),
             gue: Drop(C::DropMalformed),
         },
-        Fixture { description: "GUE from the main, UDP header cut", frame: gue_udp_cut, ipip: Pass(C::PassNotEncap), gue: Pass(C::PassMalformed) },
+        Fixture {
+            description: "GUE from the main, UDP header cut",
+            frame: gue_udp_cut,
+            ipip: Pass(C::PassNotEncap),
+            gue: Pass(C::PassMalformed),
+        },
         Fixture {
             description: "UDP non-first fragment from the main",
             frame: udp_later_fragment,
@@ -195,8 +250,18 @@ fn fixtures() -> Vec<Fixture> {
             ipip: Pass(C::PassNotEncap),
             gue: Pass(C::PassNotEncap),
         },
-        Fixture { description: "TCP over IPv6", frame: frames::ipv6_tcp_frame(), ipip: Pass(C::PassNotIpv4), gue: Pass(C::PassNotIpv4) },
-        Fixture { description: "ARP request", frame: frames::arp_frame(), ipip: Pass(C::PassNotIpv4), gue: Pass(C::PassNotIpv4) },
+        Fixture {
+            description: "TCP over IPv6",
+            frame: frames::ipv6_tcp_frame(),
+            ipip: Pass(C::PassNotIpv4),
+            gue: Pass(C::PassNotIpv4),
+        },
+        Fixture {
+            description: "ARP request",
+            frame: frames::arp_frame(),
+            ipip: Pass(C::PassNotIpv4),
+            gue: Pass(C::PassNotIpv4),
+        },
     ]
 }
 
@@ -236,10 +301,22 @@ fn run_table(mode: AttachMode, encap: Encap) {
             Expect::Drop(c) => (Verdict::Drop, fx.frame.clone(), c),
         };
         let before = counter_map(&dp);
-        let out = dp.test_run(&fx.frame).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let out = dp
+            .test_run(&fx.frame)
+            .unwrap_or_else(|e| panic!("{ctx}: {e}"));
         let after = counter_map(&dp);
-        assert_eq!(out.verdict, verdict, "{ctx}: verdict (retval {})", out.retval);
-        assert_eq!(out.data, bytes, "{ctx}: output\n got      {}\n expected {}", hex(&out.data), hex(&bytes));
+        assert_eq!(
+            out.verdict, verdict,
+            "{ctx}: verdict (retval {})",
+            out.retval
+        );
+        assert_eq!(
+            out.data,
+            bytes,
+            "{ctx}: output\n got      {}\n expected {}",
+            hex(&out.data),
+            hex(&bytes)
+        );
         for c in ParticipantCounter::ALL {
             let want = u64::from(*c == counter);
             assert_eq!(after[c] - before[c], want, "{ctx}: counter {}", c.name());
@@ -300,17 +377,30 @@ fn round_trip_main_to_participant() {
             .unwrap();
             for port in [40_000u16, 40_001, 55_555] {
                 let client = SocketAddrV4::new(*CLIENT.ip(), port);
-                let segment = Tcp { src: client, payload: vec![port as u8; 100], ..Tcp::default() };
-                main.forward(&FlowKey::new(client, VIP), lab::PARTICIPANT).unwrap();
+                let segment = Tcp {
+                    src: client,
+                    payload: vec![port as u8; 100],
+                    ..Tcp::default()
+                };
+                main.forward(&FlowKey::new(client, VIP), lab::PARTICIPANT)
+                    .unwrap();
                 let sent = main.test_run(&segment.frame()).unwrap();
-                assert!(matches!(sent.verdict, Verdict::Redirect | Verdict::Tx), "{ctx}: {:?}", sent.verdict);
+                assert!(
+                    matches!(sent.verdict, Verdict::Redirect | Verdict::Tx),
+                    "{ctx}: {:?}",
+                    sent.verdict
+                );
                 let received = part.test_run(&sent.data).unwrap();
                 assert_eq!(received.verdict, Verdict::Pass, "{ctx}");
                 let mut want = eth(lab::PARTICIPANT_MAC, lab::LOCAL_MAC, 0x0800);
                 want.extend(segment.ipv4_packet());
                 assert_eq!(received.data, want, "{ctx}: port {port}");
             }
-            let decapped = part.counters().unwrap().into_iter().find(|(c, _)| *c == ParticipantCounter::DecapOk);
+            let decapped = part
+                .counters()
+                .unwrap()
+                .into_iter()
+                .find(|(c, _)| *c == ParticipantCounter::DecapOk);
             assert_eq!(decapped, Some((ParticipantCounter::DecapOk, 3)), "{ctx}");
         }
     }

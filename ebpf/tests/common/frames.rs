@@ -4,8 +4,9 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use etherparse::{
-    EtherType, Ethernet2Header, IcmpEchoHeader, Icmpv4Header, Icmpv4Type, IpFragOffset, IpNumber, Ipv4Dscp,
-    Ipv4Ecn, Ipv4Header, Ipv6FlowLabel, Ipv6Header, TcpHeader, TcpOptionElement, UdpHeader,
+    EtherType, Ethernet2Header, IcmpEchoHeader, Icmpv4Header, Icmpv4Type, IpFragOffset, IpNumber,
+    Ipv4Dscp, Ipv4Ecn, Ipv4Header, Ipv6FlowLabel, Ipv6Header, TcpHeader, TcpOptionElement,
+    UdpHeader,
 };
 
 use super::lab;
@@ -16,7 +17,13 @@ pub const GUE_PORT: u16 = 6080;
 
 /// Ethernet header bytes.
 pub fn eth(dst: [u8; 6], src: [u8; 6], ether_type: u16) -> Vec<u8> {
-    Ethernet2Header { source: src, destination: dst, ether_type: EtherType(ether_type) }.to_bytes().to_vec()
+    Ethernet2Header {
+        source: src,
+        destination: dst,
+        ether_type: EtherType(ether_type),
+    }
+    .to_bytes()
+    .to_vec()
 }
 
 /// A client TCP segment; every field the programs look at is settable.
@@ -84,8 +91,12 @@ impl Tcp {
             }
             tcp.set_options_raw(&raw).unwrap();
         } else if let Some((val, ecr)) = self.timestamps {
-            tcp.set_options(&[TcpOptionElement::Noop, TcpOptionElement::Noop, TcpOptionElement::Timestamp(val, ecr)])
-                .unwrap();
+            tcp.set_options(&[
+                TcpOptionElement::Noop,
+                TcpOptionElement::Noop,
+                TcpOptionElement::Timestamp(val, ecr),
+            ])
+            .unwrap();
         }
         tcp.checksum = tcp.calc_checksum_ipv4(ip, &self.payload).unwrap();
         tcp
@@ -93,7 +104,14 @@ impl Tcp {
 
     /// The IPv4 packet (no Ethernet header).
     pub fn ipv4_packet(&self) -> Vec<u8> {
-        let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, self.src.ip().octets(), self.dst.ip().octets()).unwrap();
+        let mut ip = Ipv4Header::new(
+            0,
+            64,
+            IpNumber::TCP,
+            self.src.ip().octets(),
+            self.dst.ip().octets(),
+        )
+        .unwrap();
         ip.options = self.ip_options.as_slice().try_into().unwrap();
         ip.identification = self.ip_id;
         ip.dont_fragment = self.df;
@@ -127,7 +145,14 @@ impl Tcp {
 
 /// An IPv4 packet with the given protocol and payload.
 pub fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, payload: &[u8]) -> Vec<u8> {
-    let mut ip = Ipv4Header::new(payload.len() as u16, 64, IpNumber(protocol), src.octets(), dst.octets()).unwrap();
+    let mut ip = Ipv4Header::new(
+        payload.len() as u16,
+        64,
+        IpNumber(protocol),
+        src.octets(),
+        dst.octets(),
+    )
+    .unwrap();
     ip.identification = 0x4242;
     ip.header_checksum = ip.calc_header_checksum();
     let mut out = ip.to_bytes().to_vec();
@@ -174,7 +199,9 @@ pub fn ipv6_tcp_frame() -> Vec<u8> {
         next_header: IpNumber::TCP,
         hop_limit: 64,
         source: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
-        destination: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10],
+        destination: [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ],
     };
     let mut out = eth(lab::LOCAL_MAC, lab::ROUTER_MAC, 0x86dd);
     out.extend_from_slice(&ip.to_bytes());
@@ -196,8 +223,21 @@ pub fn arp_frame() -> Vec<u8> {
 
 /// The outer IPv4 header the main must put in front of `inner` (built from
 /// RFC 2003 / the documented rules, not from the program).
-pub fn expected_outer_ipv4(inner: &[u8], protocol: u8, extra: usize, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-    let mut ip = Ipv4Header::new((extra + inner.len()) as u16, 64, IpNumber(protocol), src.octets(), dst.octets()).unwrap();
+pub fn expected_outer_ipv4(
+    inner: &[u8],
+    protocol: u8,
+    extra: usize,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) -> Vec<u8> {
+    let mut ip = Ipv4Header::new(
+        (extra + inner.len()) as u16,
+        64,
+        IpNumber(protocol),
+        src.octets(),
+        dst.octets(),
+    )
+    .unwrap();
     // Fixtures may carry a payload that is not IPv4 at all (participant
     // tests); the main only ever encapsulates real IPv4 packets.
     if let Ok((inner_ip, _)) = Ipv4Header::from_slice(inner) {
@@ -220,7 +260,12 @@ pub fn ipip(inner: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
 /// Outer IPv4 + UDP(sport -> dport, checksum 0) + `inner`.
 pub fn gue(inner: &[u8], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
     let mut out = expected_outer_ipv4(inner, 17, UdpHeader::LEN, src, dst);
-    let udp = UdpHeader { source_port: sport, destination_port: dport, length: (8 + inner.len()) as u16, checksum: 0 };
+    let udp = UdpHeader {
+        source_port: sport,
+        destination_port: dport,
+        length: (8 + inner.len()) as u16,
+        checksum: 0,
+    };
     out.extend_from_slice(&udp.to_bytes());
     out.extend_from_slice(inner);
     out
@@ -229,7 +274,10 @@ pub fn gue(inner: &[u8], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -
 /// RFC 1071 check of an IPv4 header: the one's-complement sum over the
 /// header, checksum included, is 0xffff.
 pub fn ipv4_checksum_ok(header: &[u8]) -> bool {
-    let mut sum: u32 = header.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -237,19 +285,33 @@ pub fn ipv4_checksum_ok(header: &[u8]) -> bool {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// An ICMP message (type, code, 4 bytes of rest-of-header) from `router` to
 /// `to`, quoting `quoted`, as it arrives at the main.
-pub fn icmp_frame(router: Ipv4Addr, to: Ipv4Addr, icmp_type: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+pub fn icmp_frame(
+    router: Ipv4Addr,
+    to: Ipv4Addr,
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> Vec<u8> {
     let mut body = vec![icmp_type, code, 0, 0];
     body.extend_from_slice(&rest);
     body.extend_from_slice(quoted);
     if body.len() % 2 == 1 {
         body.push(0);
     }
-    let mut sum: u32 = body.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    let mut sum: u32 = body
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -265,5 +327,12 @@ pub fn icmp_frame(router: Ipv4Addr, to: Ipv4Addr, icmp_type: u8, code: u8, rest:
 pub fn frag_needed_frame(router: Ipv4Addr, packet: &[u8], mtu: u16) -> Vec<u8> {
     let ihl = usize::from(packet[0] & 0x0f) * 4;
     let [hi, lo] = mtu.to_be_bytes();
-    icmp_frame(router, Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]), 3, 4, [0, 0, hi, lo], &packet[..ihl + 8])
+    icmp_frame(
+        router,
+        Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]),
+        3,
+        4,
+        [0, 0, hi, lo],
+        &packet[..ihl + 8],
+    )
 }

@@ -6,8 +6,14 @@
 //! can run in parallel and never touch the host's interfaces. Pin directories
 //! live under /sys/fs/bpf and are removed when the guard drops.
 
-#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
-#![allow(clippy::unwrap_used, reason = "test harness: a failed setup step must panic")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test harness: a failed setup step must panic"
+)]
 
 pub mod frames;
 
@@ -61,7 +67,10 @@ fn is_bpffs(path: &str) -> bool {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
-    #[allow(clippy::unnecessary_cast, reason = "f_type's width differs between targets")]
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's width differs between targets"
+    )]
     let f_type = st.f_type as u32;
     rc == 0 && f_type == BPF_FS_MAGIC
 }
@@ -77,7 +86,15 @@ pub fn ensure_bpffs() {
         let src = std::ffi::CString::new("bpf").unwrap();
         let target = std::ffi::CString::new(BPFFS).unwrap();
         // SAFETY: valid C strings, no data argument.
-        let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
         assert!(
             rc == 0 || is_bpffs(BPFFS),
             "mount -t bpf bpf {BPFFS} failed: {}",
@@ -96,7 +113,12 @@ impl NetNs {
         let original = File::open("/proc/thread-self/ns/net").unwrap();
         // SAFETY: unshare only affects the calling thread's namespaces.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
         ip(&["link", "set", "lo", "up"]);
         NetNs { original }
     }
@@ -107,7 +129,10 @@ impl Drop for NetNs {
         // SAFETY: the fd is a network namespace we opened.
         let rc = unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
         if rc != 0 && !std::thread::panicking() {
-            panic!("setns back to the original namespace: {}", std::io::Error::last_os_error());
+            panic!(
+                "setns back to the original namespace: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }
@@ -189,22 +214,71 @@ pub mod lab {
     pub const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xaa];
 
     fn mac(m: [u8; 6]) -> String {
-        m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     /// Builds the lab in the current (fresh) namespace.
     pub fn build() {
         use super::{ip, sysctl};
-        ip(&["link", "add", "bt0", "address", &mac(LOCAL_MAC), "type", "veth", "peer", "name", "bt1", "address", &mac(PARTICIPANT_MAC)]);
-        ip(&["link", "add", "bt2", "address", &mac(OTHER_LOCAL_MAC), "type", "veth", "peer", "name", "bt3", "address", &mac(OTHER_PARTICIPANT_MAC)]);
+        ip(&[
+            "link",
+            "add",
+            "bt0",
+            "address",
+            &mac(LOCAL_MAC),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "bt1",
+            "address",
+            &mac(PARTICIPANT_MAC),
+        ]);
+        ip(&[
+            "link",
+            "add",
+            "bt2",
+            "address",
+            &mac(OTHER_LOCAL_MAC),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "bt3",
+            "address",
+            &mac(OTHER_PARTICIPANT_MAC),
+        ]);
         ip(&["addr", "add", "198.18.0.1/24", "dev", "bt0"]);
         ip(&["addr", "add", "198.18.1.1/24", "dev", "bt2"]);
         for dev in ["bt0", "bt1", "bt2", "bt3"] {
             ip(&["link", "set", dev, "up"]);
         }
         ip(&["link", "set", "bt2", "mtu", &BT2_MTU.to_string()]);
-        ip(&["neigh", "replace", "198.18.0.2", "lladdr", &mac(PARTICIPANT_MAC), "dev", "bt0", "nud", "permanent"]);
-        ip(&["neigh", "replace", "198.18.1.2", "lladdr", &mac(OTHER_PARTICIPANT_MAC), "dev", "bt2", "nud", "permanent"]);
+        ip(&[
+            "neigh",
+            "replace",
+            "198.18.0.2",
+            "lladdr",
+            &mac(PARTICIPANT_MAC),
+            "dev",
+            "bt0",
+            "nud",
+            "permanent",
+        ]);
+        ip(&[
+            "neigh",
+            "replace",
+            "198.18.1.2",
+            "lladdr",
+            &mac(OTHER_PARTICIPANT_MAC),
+            "dev",
+            "bt2",
+            "nud",
+            "permanent",
+        ]);
         sysctl("net/ipv4/conf/all/forwarding", "1");
         sysctl("net/ipv4/conf/bt0/forwarding", "1");
         sysctl("net/ipv4/conf/bt2/forwarding", "1");
@@ -220,7 +294,11 @@ pub struct NamedNs {
 impl NamedNs {
     pub fn new(tag: &str) -> Self {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!("baton-ebpf-{}-{}-{tag}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "baton-ebpf-{}-{}-{tag}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         ip(&["netns", "add", &name]);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
@@ -240,17 +318,25 @@ impl NamedNs {
         let original = File::open("/proc/thread-self/ns/net").unwrap();
         let target = File::open(Path::new("/run/netns").join(&self.name)).unwrap();
         // SAFETY: both fds are network namespaces.
-        assert_eq!(unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        assert_eq!(
+            unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
         let result = f();
         // SAFETY: as above.
-        assert_eq!(unsafe { libc::setns(original.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        assert_eq!(
+            unsafe { libc::setns(original.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
         result
     }
 }
 
 impl Drop for NamedNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -275,13 +361,25 @@ pub fn disable_tx_checksum(iface: &str) {
         data: *mut EthtoolValue,
         pad: [u8; 16],
     }
-    let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: 0 };
-    let mut req = IfReq { name: [0; 16], data: &mut value, pad: [0; 16] };
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    let mut req = IfReq {
+        name: [0; 16],
+        data: &mut value,
+        pad: [0; 16],
+    };
     req.name[..iface.len()].copy_from_slice(iface.as_bytes());
     let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
     // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a live ethtool_value.
     let rc = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &mut req as *mut IfReq) };
-    assert_eq!(rc, 0, "SIOCETHTOOL on {iface}: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "SIOCETHTOOL on {iface}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Sends one raw Ethernet frame out of `iface` (current namespace).
@@ -289,7 +387,11 @@ pub fn send_frame(iface: &str, frame: &[u8]) {
     let ifindex = ifindex(iface);
     // SAFETY: plain socket(2); closed below.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-    assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: we own fd.
     let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     // SAFETY: zeroed sockaddr_ll is valid; fields set below.
@@ -309,5 +411,10 @@ pub fn send_frame(iface: &str, frame: &[u8]) {
             std::mem::size_of::<libc::sockaddr_ll>() as u32,
         )
     };
-    assert_eq!(sent, frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        sent,
+        frame.len() as isize,
+        "sendto: {}",
+        std::io::Error::last_os_error()
+    );
 }
