@@ -1,1 +1,79 @@
-//! placeholder
+//! The Baton main server: VIP listener, participant selection, TCP_REPAIR handoff orchestration,
+//! the participant control channel and the admin API.
+//!
+//! Policy (parsing, selection, wire formats) lives in `baton_shared`; this crate wires it to
+//! sockets, the data plane and the registry. It never serves a handed-off connection: once the
+//! flow is FORWARD, the participant owns it.
+
+pub mod admin;
+pub mod control;
+pub mod registry;
+pub mod state;
+pub mod vip;
+
+use std::path::Path;
+use std::time::Duration;
+
+/// `CAP_NET_ADMIN`'s bit in the capability sets.
+const CAP_NET_ADMIN: u32 = 12;
+/// Objects the start-up digest pass looks at, at most (it only warms a cache).
+const PREWARM_MAX_OBJECTS: usize = 10_000;
+
+/// Sets up `tracing` in text or JSON, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Fails with a clear message when the process lacks CAP_NET_ADMIN (needed by TCP_REPAIR).
+pub fn check_net_admin() -> anyhow::Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| anyhow::anyhow!("cannot read CapEff from /proc/self/status"))?;
+    if eff & (1 << CAP_NET_ADMIN) == 0 {
+        anyhow::bail!("CAP_NET_ADMIN is missing (run as root or grant it with setcap)");
+    }
+    Ok(())
+}
+
+/// How long ago the data plane last saw a packet of this flow.
+pub fn idle_for(v: &baton_ebpf::FlowValue) -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec; CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let now = (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64);
+    Duration::from_nanos(now.saturating_sub(v.last_seen_ns()))
+}
+
+/// Relative paths of the regular files below `root` (bounded, symlinks not followed).
+pub fn list_objects(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for entry in rd.flatten() {
+            let Ok(ft) = entry.file_type() else { continue };
+            let path = entry.path();
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_file() {
+                if let Some(rel) = path.strip_prefix(root).ok().and_then(|p| p.to_str()) {
+                    out.push(rel.to_owned());
+                }
+                if out.len() >= PREWARM_MAX_OBJECTS {
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,1 +1,228 @@
-fn main() {}
+//! `baton-main`: the VIP front of a Baton cluster.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use baton_ebpf::{AttachMode, Encap, MainDataplane, MainOptions};
+use baton_io::http::{serve_connection, ServeConfig};
+use baton_io::store::DirStore;
+use baton_main::registry::Registry;
+use baton_main::state::{FlowTable, GeoDb, Metrics, Shared, FLOW_IDLE_LIMIT};
+use baton_main::{admin, control, vip};
+use clap::{Parser, ValueEnum};
+use tracing::{info, warn};
+
+/// Bytes an IPv4 + TCP header takes without options.
+const IPV4_TCP_HEADER_BYTES: u16 = 40;
+/// How often handed-off flows are checked for expiry.
+const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Dataplane {
+    Tc,
+    Xdp,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum EncapKind {
+    Ipip,
+    Gue,
+}
+
+/// The main server: accepts clients on the VIP and hands their connections to participants.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The public address clients connect to (held on this host, e.g. on lo).
+    #[arg(long, default_value = "203.0.113.10")]
+    vip: Ipv4Addr,
+    /// Port of the VIP listener.
+    #[arg(long, default_value_t = 80)]
+    port: u16,
+    /// This host's own address: the source of encapsulated packets and where participants reach
+    /// the control channel and the origin store.
+    #[arg(long)]
+    local_addr: Ipv4Addr,
+    /// Interface on which client packets arrive (the data-plane program attaches here).
+    #[arg(long, default_value = "eth0")]
+    iface: String,
+    /// Data-plane attachment.
+    #[arg(long, value_enum, default_value_t = Dataplane::Tc)]
+    dataplane: Dataplane,
+    /// Encapsulation toward participants.
+    #[arg(long, value_enum, default_value_t = EncapKind::Ipip)]
+    encap: EncapKind,
+    /// UDP port for GUE encapsulation.
+    #[arg(long, default_value_t = 6080)]
+    gue_port: u16,
+    /// MTU of the path to participants; the VIP listener's MSS is clamped so that encapsulated
+    /// client segments fit it.
+    #[arg(long, default_value_t = 1500)]
+    path_mtu: u16,
+    /// Directory of objects (the origin store).
+    #[arg(long)]
+    origin_dir: PathBuf,
+    /// Port of the control channel participants connect to.
+    #[arg(long, default_value_t = 7100)]
+    control_port: u16,
+    /// Port of the origin store's HTTP server (cache fill for participants).
+    #[arg(long, default_value_t = 8081)]
+    origin_port: u16,
+    /// MaxMind DB (GeoIP2/GeoLite2 City schema) used to locate clients.
+    #[arg(long)]
+    geoip: Option<PathBuf>,
+    /// bpffs directory where the data plane's maps are pinned.
+    #[arg(long, default_value = "/sys/fs/bpf/baton/main")]
+    pin_dir: PathBuf,
+    /// Unix socket of the admin API.
+    #[arg(long, default_value = "/run/baton/main.sock")]
+    admin_socket: PathBuf,
+    /// Deadline for a client's request head, in milliseconds.
+    #[arg(long, default_value_t = baton_io::http::DEFAULT_HEAD_TIMEOUT.as_millis() as u64)]
+    head_timeout_ms: u64,
+    /// How long to wait for a participant to restore a handed-off connection, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    restore_timeout_ms: u64,
+    /// Log format.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    baton_main::init_tracing(&args.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    baton_main::check_net_admin().context("baton-main needs CAP_NET_ADMIN for TCP_REPAIR")?;
+    baton_ebpf::check_capabilities().context("baton-main needs CAP_BPF and CAP_NET_ADMIN for its data plane")?;
+    let encap = match args.encap {
+        EncapKind::Ipip => Encap::Ipip,
+        EncapKind::Gue => Encap::Gue { port: args.gue_port },
+    };
+    let overhead: u16 = match args.encap {
+        EncapKind::Ipip => 20,
+        EncapKind::Gue => 20 + 8 + 4,
+    };
+    let Some(mss) = args.path_mtu.checked_sub(IPV4_TCP_HEADER_BYTES + overhead).filter(|m| *m >= 536) else {
+        bail!("--path-mtu {} leaves no room for TCP segments after encapsulation", args.path_mtu);
+    };
+    let dataplane = MainDataplane::load(&MainOptions {
+        iface: args.iface.clone(),
+        mode: match args.dataplane {
+            Dataplane::Tc => AttachMode::Tc,
+            Dataplane::Xdp => AttachMode::Xdp,
+        },
+        pin_dir: args.pin_dir.clone(),
+        local_addr: args.local_addr,
+        encap,
+    })
+    .with_context(|| format!("loading the data plane on {}", args.iface))?;
+    let origin = DirStore::open(&args.origin_dir).context("opening the origin store")?;
+    let geo = GeoDb::open(args.geoip.as_deref())?;
+    let serve = ServeConfig { server_name: "baton".to_owned(), head_timeout: Duration::from_millis(args.head_timeout_ms), served_by: Some("main".to_owned()) };
+    let shared = Arc::new(Shared {
+        registry: Registry::default(),
+        dataplane,
+        origin: origin.clone(),
+        geo,
+        serve: serve.clone(),
+        restore_timeout: Duration::from_millis(args.restore_timeout_ms),
+        flows: FlowTable::default(),
+        metrics: Metrics::default(),
+    });
+
+    let vip_listener = vip::bind_vip(SocketAddrV4::new(args.vip, args.port), mss)
+        .with_context(|| format!("listening on the VIP {}:{} (is the VIP on a local interface?)", args.vip, args.port))?;
+    let control_listener = tokio::net::TcpListener::bind(SocketAddr::V4(SocketAddrV4::new(args.local_addr, args.control_port)))
+        .await
+        .context("binding the control channel")?;
+    let origin_listener = tokio::net::TcpListener::bind(SocketAddr::V4(SocketAddrV4::new(args.local_addr, args.origin_port)))
+        .await
+        .context("binding the origin store")?;
+    let admin_listener = admin::bind(&args.admin_socket)?;
+    info!(vip = %args.vip, port = args.port, mss, local = %args.local_addr, "baton-main serving");
+
+    tokio::spawn(vip::run(vip_listener, shared.clone()));
+    tokio::spawn(control::run(control_listener, shared.clone()));
+    tokio::spawn(admin::run(admin_listener, shared.clone()));
+    tokio::spawn(serve_origin(origin_listener, origin, serve));
+    tokio::spawn(sweep_flows(shared.clone()));
+    prewarm_digests(shared.origin.clone());
+
+    wait_for_shutdown().await;
+    info!("shutting down");
+    let _ = std::fs::remove_file(&args.admin_socket);
+    Ok(())
+}
+
+/// Serves the origin store to participants (cache fill) over plain HTTP with digests.
+async fn serve_origin(listener: tokio::net::TcpListener, origin: DirStore, cfg: ServeConfig) {
+    loop {
+        match listener.accept().await {
+            Ok((mut stream, _)) => {
+                let origin = origin.clone();
+                let cfg = cfg.clone();
+                tokio::spawn(async move {
+                    let _ = serve_connection(&mut stream, Vec::new(), &origin, &cfg).await;
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "origin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Removes data-plane entries of flows that closed (after their linger) or went idle.
+async fn sweep_flows(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(FLOW_SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        let now = std::time::Instant::now();
+        let mut gone = shared.flows.expired(now);
+        gone.extend(shared.flows.remove_where(|rec| {
+            match shared.dataplane.get(&rec.key) {
+                Ok(Some(v)) => baton_main::idle_for(&v) > FLOW_IDLE_LIMIT,
+                Ok(None) => true,
+                Err(_) => false,
+            }
+        }));
+        for rec in gone {
+            if let Err(e) = shared.dataplane.remove(&rec.key) {
+                warn!(error = %e, client = %rec.client, "could not remove a flow from the data plane");
+            }
+        }
+    }
+}
+
+/// Hashes the origin's objects in the background so the first request for each is not delayed.
+fn prewarm_digests(origin: DirStore) {
+    tokio::spawn(async move {
+        for path in baton_main::list_objects(origin.root()) {
+            if let Ok(p) = baton_shared::http::object_path(&format!("/{path}")) {
+                let _ = origin.resolve(&p).await;
+            }
+        }
+    });
+}
+
+async fn wait_for_shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,102 @@
+//! The main's side of the participant control channel: registration, heartbeats, handoff
+//! answers and close reports.
+//!
+//! A connection must register first, within [`REGISTER_TIMEOUT`]. After that the reader task
+//! applies what the participant reports and a writer task sends what the main queued for it.
+//! A report about a flow the participant does not own is logged and ignored.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton_io::control::{write_message, FrameReader};
+use baton_shared::control::Message;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::registry::RestoreAnswer;
+use crate::state::Shared;
+
+/// How long a new control connection may take to send its registration.
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Accepts participant control connections until the process ends.
+pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve(stream, peer, shared).await {
+                        warn!(%peer, error = %e, "control connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "control accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let (rd, mut wr) = stream.into_split();
+    let mut reader = FrameReader::new(rd);
+    let first = tokio::time::timeout(REGISTER_TIMEOUT, reader.next())
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no registration"))??;
+    let Some(Message::Register { name, addr, coord, capacity }) = first else {
+        write_message(&mut wr, &Message::Rejected { reason: "expected a registration".to_owned() }).await?;
+        return Ok(());
+    };
+    let mut session = shared.registry.connect(&name, addr, coord, capacity);
+    let span = info_span!("participant", participant = %name);
+    span.in_scope(|| info!(%peer, %addr, lat = coord.lat, lon = coord.lon, capacity, "registered"));
+    write_message(&mut wr, &Message::Registered { participant_id: session.id as u32 }).await?;
+
+    let writer = tokio::spawn(
+        async move {
+            while let Some(msg) = session.rx.recv().await {
+                if let Err(e) = write_message(&mut wr, &msg).await {
+                    warn!(error = %e, "control write failed");
+                    break;
+                }
+            }
+        }
+        .instrument(span.clone()),
+    );
+    let session_id = session.id;
+    let result = async {
+        loop {
+            match reader.next().await? {
+                None => return Ok(()),
+                Some(Message::Heartbeat { active_flows }) => shared.registry.heartbeat(&name, active_flows),
+                Some(Message::Restored { flow_id }) => {
+                    if !shared.registry.answer(&name, flow_id, RestoreAnswer::Restored) {
+                        warn!(flow = flow_id, "restore report for a handoff that is not pending");
+                    }
+                }
+                Some(Message::RestoreFailed { flow_id, reason }) => {
+                    shared.registry.answer(&name, flow_id, RestoreAnswer::Failed(reason));
+                }
+                Some(Message::FlowClosed { flow_id, bytes_sent }) => {
+                    if shared.flows.closed(flow_id, &name, Instant::now()) {
+                        shared.registry.add_flows(&name, -1);
+                        info!(flow = flow_id, bytes_sent, "flow closed");
+                    } else {
+                        warn!(flow = flow_id, "close report for a flow this participant does not own");
+                    }
+                }
+                Some(other) => warn!(message = ?std::mem::discriminant(&other), "unexpected control message"),
+            }
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    shared.registry.disconnect(&name, session_id);
+    writer.abort();
+    span.in_scope(|| info!("disconnected"));
+    result
+}
