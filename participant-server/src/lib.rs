@@ -1,1 +1,9 @@
-//! placeholder
+//! The Baton participant: restores handed-off connections, serves them from its cache, fills the
+//! cache from the main's origin store, and serves the same objects as a plain HTTP mirror.
+//!
+//! It never answers on the VIP except through a restored socket: it holds the VIP on lo only so
+//! that restored sockets can use it as their source address.
+
+pub mod agent;
+pub mod cache;
+pub mod checks;

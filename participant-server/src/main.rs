@@ -1,1 +1,158 @@
-fn main() {}
+//! `baton-participant`: restores and serves connections handed over by baton-main.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use baton_ebpf::{AttachMode, Encap, ParticipantDataplane, ParticipantOptions};
+use baton_io::http::{serve_connection, ServeConfig};
+use baton_participant::agent::{Agent, Identity};
+use baton_participant::cache::CacheStore;
+use baton_shared::geo::Coord;
+use clap::{Parser, ValueEnum};
+use tracing::{info, warn};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Dataplane {
+    Tc,
+    Xdp,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum EncapKind {
+    Ipip,
+    Gue,
+}
+
+/// A participant server: restores connections the main hands over and serves them directly.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Name under which this participant registers.
+    #[arg(long)]
+    name: String,
+    /// This host's own address (where the main's encapsulated packets arrive, and the mirror).
+    #[arg(long)]
+    addr: Ipv4Addr,
+    /// The main's address (control channel, origin store, and the only accepted encapsulator).
+    #[arg(long)]
+    main_addr: Ipv4Addr,
+    #[arg(long, default_value_t = 7100)]
+    control_port: u16,
+    #[arg(long, default_value_t = 8081)]
+    origin_port: u16,
+    /// The VIP, which must be on lo.
+    #[arg(long, default_value = "203.0.113.10")]
+    vip: Ipv4Addr,
+    /// Latitude of this participant.
+    #[arg(long, allow_hyphen_values = true)]
+    lat: f64,
+    /// Longitude of this participant.
+    #[arg(long, allow_hyphen_values = true)]
+    lon: f64,
+    /// Concurrent flows this participant accepts.
+    #[arg(long, default_value_t = 1000)]
+    capacity: u32,
+    /// Cache directory.
+    #[arg(long)]
+    cache_dir: PathBuf,
+    /// Interface where encapsulated packets from the main arrive.
+    #[arg(long, default_value = "eth0")]
+    iface: String,
+    #[arg(long, value_enum, default_value_t = Dataplane::Tc)]
+    dataplane: Dataplane,
+    #[arg(long, value_enum, default_value_t = EncapKind::Ipip)]
+    encap: EncapKind,
+    #[arg(long, default_value_t = 6080)]
+    gue_port: u16,
+    /// bpffs directory for this participant's pinned maps.
+    #[arg(long, default_value = "/sys/fs/bpf/baton/participant")]
+    pin_dir: PathBuf,
+    /// Port of the plain HTTP mirror on --addr (0 disables it).
+    #[arg(long, default_value_t = 80)]
+    mirror_port: u16,
+    #[arg(long, default_value_t = baton_io::http::DEFAULT_HEAD_TIMEOUT.as_millis() as u64)]
+    head_timeout_ms: u64,
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(&args.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(run(args))
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    baton_ebpf::check_capabilities().context("baton-participant needs CAP_BPF and CAP_NET_ADMIN (TCP_REPAIR and its data plane)")?;
+    baton_participant::checks::check_host(args.vip, &args.iface).context("this host is not ready for direct server return")?;
+    let coord = Coord::new(args.lat, args.lon).context("--lat/--lon")?;
+    let _dataplane = ParticipantDataplane::load(&ParticipantOptions {
+        iface: args.iface.clone(),
+        mode: match args.dataplane {
+            Dataplane::Tc => AttachMode::Tc,
+            Dataplane::Xdp => AttachMode::Xdp,
+        },
+        pin_dir: args.pin_dir.clone(),
+        main_addr: args.main_addr,
+        encap: match args.encap {
+            EncapKind::Ipip => Encap::Ipip,
+            EncapKind::Gue => Encap::Gue { port: args.gue_port },
+        },
+    })
+    .with_context(|| format!("loading the data plane on {}", args.iface))?;
+    let origin = SocketAddrV4::new(args.main_addr, args.origin_port);
+    let cache = CacheStore::open(&args.cache_dir, origin).context("opening the cache")?;
+    let serve = ServeConfig { server_name: "baton".to_owned(), head_timeout: Duration::from_millis(args.head_timeout_ms), served_by: Some(args.name.clone()) };
+
+    if args.mirror_port != 0 {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::V4(SocketAddrV4::new(args.addr, args.mirror_port)))
+            .await
+            .with_context(|| format!("binding the mirror on {}:{}", args.addr, args.mirror_port))?;
+        let cache = cache.clone();
+        let serve = serve.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((mut stream, _)) => {
+                        let cache = cache.clone();
+                        let serve = serve.clone();
+                        tokio::spawn(async move {
+                            let _ = stream.set_nodelay(true);
+                            let _ = serve_connection(&mut stream, Vec::new(), &cache, &serve).await;
+                        });
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "mirror accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    }
+    let identity = Identity { name: args.name.clone(), addr: args.addr, coord, capacity: args.capacity };
+    let agent = Agent::new(identity, SocketAddrV4::new(args.main_addr, args.control_port), cache, serve);
+    info!(name = %args.name, addr = %args.addr, main = %args.main_addr, "baton-participant starting");
+    tokio::spawn(agent.run());
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("signal handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    info!("shutting down");
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! The participant's control connection to the main and the handed-off connections it serves.
+//!
+//! For each handoff: make sure the object is cached and verified, restore the socket (quietly:
+//! nothing is sent yet), report `Restored`, and start serving only after the main's
+//! `HandoffCommit` — by then the main forwards the client's packets here. An abort, or no commit
+//! within [`COMMIT_TIMEOUT`], closes the restored socket in repair mode so the client never sees
+//! a FIN or RST from a participant that did not get the flow.
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_io::control::{write_message, FrameReader};
+use baton_io::http::{serve_connection, ServeConfig};
+use baton_io::repair::{close_silently, restore, Resume};
+use baton_shared::control::Message;
+use baton_shared::geo::Coord;
+use baton_shared::handoff::Handoff;
+use baton_shared::http::object_path;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::cache::CacheStore;
+
+/// How long a restored socket waits for the main's commit before it is dropped silently.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Interval between heartbeats.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
+/// Delay before reconnecting after the control connection fails (doubles up to the maximum).
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// Outbound control messages queued before the writer sends them.
+const OUTBOUND_QUEUE_DEPTH: usize = 1024;
+
+/// Who this participant is, as it registers.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub addr: std::net::Ipv4Addr,
+    pub coord: Coord,
+    pub capacity: u32,
+}
+
+/// State shared by the agent's tasks.
+#[derive(Debug)]
+pub struct Agent {
+    pub identity: Identity,
+    pub main: SocketAddrV4,
+    pub cache: CacheStore,
+    pub serve: ServeConfig,
+    pub active: AtomicU32,
+    commits: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
+}
+
+impl Agent {
+    pub fn new(identity: Identity, main: SocketAddrV4, cache: CacheStore, serve: ServeConfig) -> Arc<Self> {
+        Arc::new(Self { identity, main, cache, serve, active: AtomicU32::new(0), commits: Mutex::default() })
+    }
+
+    fn commits(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<bool>>> {
+        self.commits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps a control connection to the main, reconnecting with backoff, forever.
+    pub async fn run(self: Arc<Self>) {
+        let mut backoff = RECONNECT_MIN;
+        loop {
+            match self.clone().session().await {
+                Ok(()) => {
+                    info!("control connection closed by the main");
+                    backoff = RECONNECT_MIN;
+                }
+                Err(e) => warn!(error = %e, main = %self.main, "control connection failed"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RECONNECT_MAX);
+        }
+    }
+
+    async fn session(self: Arc<Self>) -> std::io::Result<()> {
+        let stream = TcpStream::connect(self.main).await?;
+        let _ = stream.set_nodelay(true);
+        let (rd, mut wr) = stream.into_split();
+        let mut reader = FrameReader::new(rd);
+        let id = &self.identity;
+        write_message(
+            &mut wr,
+            &Message::Register { name: id.name.clone(), addr: id.addr, coord: id.coord, capacity: id.capacity },
+        )
+        .await?;
+        match reader.next().await? {
+            Some(Message::Registered { participant_id }) => info!(participant_id, "registered with the main"),
+            Some(Message::Rejected { reason }) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, format!("main rejected us: {reason}")))
+            }
+            other => {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unexpected answer {other:?}")))
+            }
+        }
+        let (tx, mut rx) = mpsc::channel::<Message>(OUTBOUND_QUEUE_DEPTH);
+        let writer = tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                if write_message(&mut wr, &msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let hb_tx = tx.clone();
+        let me = self.clone();
+        let heartbeat = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+            loop {
+                tick.tick().await;
+                let active_flows = me.active.load(Ordering::Relaxed);
+                if hb_tx.send(Message::Heartbeat { active_flows }).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let result = loop {
+            match reader.next().await {
+                Ok(Some(Message::Handoff(h))) => {
+                    let flow = h.flow_id;
+                    tokio::spawn(self.clone().take_over(h, tx.clone()).instrument(info_span!("flow", flow)));
+                }
+                Ok(Some(Message::HandoffCommit { flow_id })) => self.decide(flow_id, true),
+                Ok(Some(Message::HandoffAbort { flow_id })) => self.decide(flow_id, false),
+                Ok(Some(other)) => warn!(message = ?other, "unexpected control message"),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        heartbeat.abort();
+        writer.abort();
+        result
+    }
+
+    fn decide(&self, flow_id: u64, commit: bool) {
+        match self.commits().remove(&flow_id) {
+            Some(tx) => {
+                let _ = tx.send(commit);
+            }
+            None => warn!(flow = flow_id, commit, "decision for a flow that is not waiting"),
+        }
+    }
+
+    async fn take_over(self: Arc<Self>, h: Handoff, tx: mpsc::Sender<Message>) {
+        let flow_id = h.flow_id;
+        let client = h.tcp.remote;
+        if let Some(plan) = &h.object {
+            let ready = match object_path(&format!("/{}", plan.path)) {
+                Ok(p) => self.cache.get(&p, Some(&plan.sha256)).await.map(|o| o.is_some()).map_err(|e| e.to_string()),
+                Err(e) => Err(format!("bad object path: {e}")),
+            };
+            match ready {
+                Ok(true) => {}
+                Ok(false) => return refuse(&tx, flow_id, "origin has no such object".to_owned()).await,
+                Err(e) => return refuse(&tx, flow_id, e).await,
+            }
+        }
+        let fd = match restore(&h.tcp, Resume::Quiet) {
+            Ok(fd) => fd,
+            Err(e) => return refuse(&tx, flow_id, format!("restore failed: {e}")).await,
+        };
+        let (commit_tx, commit_rx) = oneshot::channel();
+        self.commits().insert(flow_id, commit_tx);
+        if tx.send(Message::Restored { flow_id }).await.is_err() {
+            self.commits().remove(&flow_id);
+            close_silently(fd);
+            return;
+        }
+        let go = matches!(tokio::time::timeout(COMMIT_TIMEOUT, commit_rx).await, Ok(Ok(true)));
+        if !go {
+            self.commits().remove(&flow_id);
+            info!(%client, "handoff withdrawn; dropping the restored socket silently");
+            close_silently(fd);
+            return;
+        }
+        let std_stream = std::net::TcpStream::from(fd);
+        let stream = std_stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(std_stream));
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot register the restored socket");
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        info!(%client, "serving handed-off connection");
+        let stats = serve_connection(&mut stream, h.request, &self.cache, &self.serve).await;
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        let bytes_sent = match stats {
+            Ok(s) => {
+                info!(%client, requests = s.requests, bytes = s.body_bytes, "connection done");
+                s.body_bytes
+            }
+            Err(e) => {
+                info!(%client, error = %e, "connection ended");
+                0
+            }
+        };
+        drop(stream);
+        let _ = tx.send(Message::FlowClosed { flow_id, bytes_sent }).await;
+    }
+}
+
+async fn refuse(tx: &mpsc::Sender<Message>, flow_id: u64, reason: String) {
+    warn!(reason = %reason, "refusing handoff");
+    let _ = tx.send(Message::RestoreFailed { flow_id, reason }).await;
+}
