@@ -1,1 +1,314 @@
-fn main() {}
+//! `cargo xtask demo | test | bench | lab`: the README's commands.
+//!
+//! Both `demo` and `test` install what is missing on a Debian host (saying what, via apt), build
+//! the release binaries, and then run; neither needs any other set-up step.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use baton_tests::{curl_download, Cluster, ClusterOptions};
+use clap::{Parser, Subcommand};
+
+/// Size of the object each demo client downloads.
+const DEMO_OBJECT_BYTES: usize = 64 << 20;
+/// The benchmark's large object.
+const BENCH_LARGE_BYTES: usize = 256 << 20;
+/// Requests per side for the time-to-first-byte comparison.
+const BENCH_TTFB_REQUESTS: usize = 200;
+/// Duration of the handoff-rate run.
+const BENCH_RATE_SECONDS: u64 = 5;
+
+/// Commands and the Debian packages that provide them.
+const REQUIRED_COMMANDS: &[(&str, &str)] =
+    &[("clang", "clang"), ("ip", "iproute2"), ("tc", "iproute2"), ("curl", "curl"), ("tcpdump", "tcpdump")];
+/// Header files and the Debian packages that provide them.
+const REQUIRED_FILES: &[(&str, &str)] =
+    &[("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"), ("/usr/include/linux/bpf.h", "linux-libc-dev")];
+
+#[derive(Debug, Parser)]
+#[command(about = "Baton's build, demo, test and benchmark commands")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install what is missing, build, bring up the default lab and download through the VIP.
+    Demo {
+        /// Leave the lab and servers running afterwards (tear down with `cargo xtask lab down`).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Install what is missing, build, and run the whole test suite (lab tests included).
+    Test {
+        /// Extra arguments passed to `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks (side-by-side ratios in one run).
+    Bench {
+        #[arg(value_parser = ["handoff"])]
+        which: String,
+    },
+    /// Drive baton-lab (up, down, status, exec ...).
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.cmd {
+        Cmd::Demo { keep } => {
+            ensure_host()?;
+            build()?;
+            demo(keep)
+        }
+        Cmd::Test { args } => {
+            ensure_host()?;
+            build()?;
+            test(&args)
+        }
+        Cmd::Bench { which } => {
+            ensure_host()?;
+            build()?;
+            match which.as_str() {
+                "handoff" => bench_handoff(),
+                other => bail!("unknown benchmark {other}"),
+            }
+        }
+        Cmd::Lab { args } => {
+            build()?;
+            let st = Command::new(root.join("target/release/baton-lab")).args(&args).status()?;
+            std::process::exit(st.code().unwrap_or(1));
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn have_command(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(cmd).is_file()))
+        .unwrap_or(false)
+}
+
+/// Installs missing tools with apt (saying which), checks root, and mounts bpffs.
+fn ensure_host() -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = Vec::new();
+    for (cmd, pkg) in REQUIRED_COMMANDS {
+        if !have_command(cmd) && !missing.contains(pkg) {
+            missing.push(pkg);
+        }
+    }
+    for (file, pkg) in REQUIRED_FILES {
+        if !Path::new(file).exists() && !missing.contains(pkg) {
+            missing.push(pkg);
+        }
+    }
+    let arch_asm = format!("/usr/include/{}-linux-gnu/asm/types.h", std::env::consts::ARCH);
+    if !Path::new(&arch_asm).exists() && !missing.contains(&"linux-libc-dev") {
+        missing.push("linux-libc-dev");
+    }
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!("missing packages {missing:?}; install them as root: apt-get install {}", missing.join(" "));
+        }
+        eprintln!("xtask: installing missing packages with apt: {}", missing.join(" "));
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !is_root() {
+        bail!("the lab needs root (network namespaces, TCP_REPAIR, BPF): run this as root");
+    }
+    if !Path::new("/sys/fs/bpf").exists() || !is_bpffs("/sys/fs/bpf") {
+        eprintln!("xtask: mounting bpffs at /sys/fs/bpf");
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(path) && l.split_whitespace().nth(2) == Some("bpf")))
+        .unwrap_or(false)
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed with {st}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+}
+
+fn build() -> anyhow::Result<()> {
+    run(cargo().args(["build", "--release", "--bins", "-p", "baton-main", "-p", "baton-participant", "-p", "baton-lab"]))
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    run(cargo().args(["test", "--release", "--workspace"]).args(extra))
+}
+
+fn demo(keep: bool) -> anyhow::Result<()> {
+    let mut opts = ClusterOptions::new("baton", "198.18.0.0/21");
+    opts.participants = true;
+    println!("Bringing up the default lab (router, main, 3 participants, 3 clients) ...");
+    let cluster = Cluster::start(&opts)?;
+    let sha = cluster.write_object("demo.bin", DEMO_OBJECT_BYTES, 0x5eed)?;
+    println!("Origin object demo.bin: {} MiB, sha256 {}", DEMO_OBJECT_BYTES >> 20, &sha[..16]);
+    println!();
+    println!("{:<8} {:<10} {:>10} {:>10} {:>10} {:>8} {:>10}", "client", "served by", "distance", "bytes", "MB/s", "sha256", "only VIP");
+    let mut all_ok = true;
+    for client in cluster.client_names() {
+        let cap = cluster.capture(&client)?;
+        let dl = curl_download(&cluster, &client, &cluster.vip_url("demo.bin"), &[])?;
+        let packets = cap.finish()?;
+        let client_ip = cluster.addr(&client)?;
+        let vip = cluster.lab.vip();
+        let to_client: Vec<_> = packets.iter().filter(|p| p.dst == client_ip).collect();
+        let only_vip = !to_client.is_empty() && to_client.iter().all(|p| p.src == vip);
+        let served = dl.served_by().unwrap_or("?").to_owned();
+        let distance = distance_km(&cluster, &client, &served).map(|d| format!("{d:.0} km")).unwrap_or_else(|| "-".into());
+        let ok = dl.exit == 0 && dl.sha256 == sha;
+        all_ok &= ok && only_vip;
+        println!(
+            "{:<8} {:<10} {:>10} {:>10} {:>10.1} {:>8} {:>10}",
+            client,
+            served,
+            distance,
+            dl.bytes,
+            dl.bytes as f64 / dl.seconds.max(1e-9) / 1e6,
+            if ok { "match" } else { "MISMATCH" },
+            if only_vip { "yes" } else { "NO" }
+        );
+    }
+    println!();
+    let stats = cluster.batonctl(&["stats"])?;
+    print!("{}", String::from_utf8_lossy(&stats.stdout));
+    if keep {
+        println!("\nThe lab keeps running: `cargo xtask lab status`; tear down with `cargo xtask lab down --name baton`.");
+        cluster.detach();
+    }
+    if !all_ok {
+        bail!("the demo saw a failed download, a digest mismatch or a non-VIP source address");
+    }
+    Ok(())
+}
+
+fn distance_km(cluster: &Cluster, a: &str, b: &str) -> Option<f64> {
+    let la = cluster.lab.node(a).ok()?.location.clone()?;
+    let lb = cluster.lab.node(b).ok()?.location.clone()?;
+    let ca = baton_shared::geo::Coord::new(la.lat, la.lon).ok()?;
+    let cb = baton_shared::geo::Coord::new(lb.lat, lb.lon).ok()?;
+    Some(baton_shared::geo::distance_km(ca, cb))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Time to first byte of `n` fresh connections, in microseconds, sorted.
+fn ttfb(cluster: &Cluster, client: &str, url: &str, n: usize) -> anyhow::Result<Vec<f64>> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let out = cluster.exec(client, &["curl", "-sS", "-o", "/dev/null", "-w", "%{time_starttransfer}", url])?;
+        if !out.status.success() {
+            bail!("curl {url} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let s: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("curl timing")?;
+        v.push(s * 1e6);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v)
+}
+
+fn bench_handoff() -> anyhow::Result<()> {
+    let cluster = Cluster::start(&ClusterOptions::new("bbench", "198.19.200.0/21"))?;
+    let client = cluster.client_names().into_iter().next().context("no client")?;
+    let sha = cluster.write_object("large.bin", BENCH_LARGE_BYTES, 7)?;
+    cluster.write_object("small.bin", 4096, 8)?;
+    // Warm the participant's cache and learn which participant serves this client.
+    let warm = curl_download(&cluster, &client, &cluster.vip_url("large.bin"), &[])?;
+    let served = warm.served_by().context("no X-Served-By")?.to_owned();
+    let direct_base = format!("http://{}", cluster.addr(&served)?);
+    curl_download(&cluster, &client, &format!("{direct_base}/small.bin"), &[])?;
+
+    println!("(a) 256 MiB download, client {client} -> participant {served}");
+    let mut ratios = Vec::new();
+    for round in 0..3 {
+        let via = curl_download(&cluster, &client, &cluster.vip_url("large.bin"), &[])?;
+        let direct = curl_download(&cluster, &client, &format!("{direct_base}/large.bin"), &[])?;
+        if via.sha256 != sha || direct.sha256 != sha {
+            bail!("digest mismatch during the benchmark");
+        }
+        let (tv, td) = (via.bytes as f64 / via.seconds, direct.bytes as f64 / direct.seconds);
+        ratios.push(tv / td);
+        println!("    round {round}: handoff {:.0} MB/s, direct {:.0} MB/s, ratio {:.3}", tv / 1e6, td / 1e6, tv / td);
+    }
+    ratios.sort_by(|a, b| a.total_cmp(b));
+    println!("    median ratio handoff/direct: {:.3} (target >= 0.9)", ratios[ratios.len() / 2]);
+
+    println!("(b) time to first byte, {BENCH_TTFB_REQUESTS} new connections each, 4 KiB object");
+    let via = ttfb(&cluster, &client, &cluster.vip_url("small.bin"), BENCH_TTFB_REQUESTS)?;
+    let direct = ttfb(&cluster, &client, &format!("{direct_base}/small.bin"), BENCH_TTFB_REQUESTS)?;
+    let (v50, v99, d50, d99) = (percentile(&via, 0.5), percentile(&via, 0.99), percentile(&direct, 0.5), percentile(&direct, 0.99));
+    println!("    handoff: p50 {v50:.0} us, p99 {v99:.0} us");
+    println!("    direct:  p50 {d50:.0} us, p99 {d99:.0} us");
+    println!("    added by the handoff at p50: {:.0} us (target <= 150 us); ratio p50 {:.2}", v50 - d50, v50 / d50);
+
+    println!("(c) handoff rate: 4 parallel curl loops of new connections for {BENCH_RATE_SECONDS} s");
+    let before = handoffs(&cluster)?;
+    let start = Instant::now();
+    let url = cluster.vip_url("small.bin");
+    let mut children = Vec::new();
+    for _ in 0..4 {
+        let script = format!(
+            "end=$((SECONDS+{BENCH_RATE_SECONDS})); n=0; while [ $SECONDS -lt $end ]; do curl -s -o /dev/null {url} && n=$((n+1)); done; echo $n"
+        );
+        let mut cmd = cluster.lab.command(&client, "bash")?;
+        children.push(cmd.args(["-c", &script]).stdout(std::process::Stdio::piped()).spawn()?);
+    }
+    let mut done = 0u64;
+    for c in children {
+        let out = c.wait_with_output()?;
+        done += String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap_or(0);
+    }
+    let elapsed = start.elapsed();
+    let after = handoffs(&cluster)?;
+    println!(
+        "    {} handoffs in {:.1} s = {:.0} handoffs/s ({done} requests completed; the client's curl start-up bounds this figure)",
+        after - before,
+        elapsed.as_secs_f64(),
+        (after - before) as f64 / elapsed.as_secs_f64()
+    );
+    drop(cluster);
+    Ok(())
+}
+
+fn handoffs(cluster: &Cluster) -> anyhow::Result<u64> {
+    let out = cluster.batonctl(&["--json", "stats"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v.get("handoffs").and_then(|h| h.as_u64()).context("stats without handoffs")
+}
