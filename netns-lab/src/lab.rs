@@ -684,7 +684,13 @@ impl Lab {
                     settings.push(rp_filter_off(iface));
                 }
             }
-            Role::Main | Role::Client => {}
+            Role::Main => {
+                // The main's data-plane program re-routes handed-off client packets (with their
+                // new outer header) to participants through the kernel's FIB, which routes only
+                // for interfaces with IPv4 forwarding on.
+                settings.push(("net.ipv4.ip_forward".to_owned(), "1"));
+            }
+            Role::Client => {}
         }
         settings
     }
