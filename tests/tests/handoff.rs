@@ -79,7 +79,7 @@ fn range_head_and_keep_alive_through_the_vip() {
     let dir = c.lab.state_dir().display().to_string();
     let (o1, o2) = (format!("{dir}/ka1.bin"), format!("{dir}/ka2.bin"));
     let out = c
-        .exec(client, &["curl", "-sS", "-v", "-o", &o1, &url, "-o", &o2, "-r", "0-99", &url])
+        .exec(client, &["curl", "-sS", "-v", "-o", &o1, &url, "--next", "-o", &o2, "-r", "0-99", &url])
         .expect("keep-alive");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
