@@ -481,6 +481,15 @@ pub fn parse_pcap(data: &[u8]) -> anyhow::Result<Vec<Packet>> {
             u32::from_be_bytes(a)
         }
     };
+    // Link type: Ethernet, Linux cooked v1/v2, or raw IP.
+    let linktype = rd32(&data[20..24]) & 0x0fff_ffff;
+    let l2_skip = match linktype {
+        1 => None,
+        113 => Some(16),
+        276 => Some(20),
+        12 | 101 => Some(0),
+        other => bail!("unsupported pcap link type {other}"),
+    };
     let mut out = Vec::new();
     let mut off = 24;
     while off + 16 <= data.len() {
@@ -490,20 +499,36 @@ pub fn parse_pcap(data: &[u8]) -> anyhow::Result<Vec<Packet>> {
         if end > data.len() {
             break;
         }
-        if let Ok(p) = etherparse::SlicedPacket::from_ethernet(&data[start..end]) {
-            if let (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Tcp(tcp))) = (&p.net, &p.transport) {
-                out.push(Packet {
-                    src: ip.header().source_addr(),
-                    dst: ip.header().destination_addr(),
-                    src_port: tcp.source_port(),
-                    dst_port: tcp.destination_port(),
-                    rst: tcp.rst(),
-                });
-            }
+        let frame = &data[start..end];
+        // Ethernet: skip the header and require IPv4; cooked/raw: the IP header follows.
+        let ip = match l2_skip {
+            None if frame.len() >= 14 && frame[12..14] == [0x08, 0x00] => Some(&frame[14..]),
+            None => None,
+            Some(n) => frame.get(n..),
+        };
+        // Captures are cut at the snap length, so only the headers are read, by hand.
+        if let Some(p) = ip.and_then(summarize_ipv4_tcp) {
+            out.push(p);
         }
         off = end;
     }
     Ok(out)
+}
+
+/// Source, destination, ports and RST of an IPv4/TCP packet whose headers are present.
+fn summarize_ipv4_tcp(ip: &[u8]) -> Option<Packet> {
+    if ip.len() < 20 || ip[0] >> 4 != 4 || ip[9] != 6 {
+        return None;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let tcp = ip.get(ihl..ihl + 14)?;
+    Some(Packet {
+        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        src_port: u16::from_be_bytes([tcp[0], tcp[1]]),
+        dst_port: u16::from_be_bytes([tcp[2], tcp[3]]),
+        rst: tcp[13] & 0x04 != 0,
+    })
 }
 
 /// Result of one curl download.

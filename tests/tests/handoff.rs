@@ -41,7 +41,8 @@ fn each_client_is_served_by_its_nearest_participant_with_only_the_vip_as_source(
         assert_eq!(dl.served_by(), Some(same_region(&client).as_str()), "{client}: not served by its nearest participant");
         let me = c.addr(&client).expect("addr");
         let to_me: Vec<_> = packets.iter().filter(|p| p.dst == me).collect();
-        assert!(to_me.len() > 1000, "{client}: capture saw only {} packets", to_me.len());
+        // GRO on the veth delivers up to 64 KiB per captured packet: 64 MiB is about 1024 of them.
+        assert!(to_me.len() > 500, "{client}: capture saw only {} packets", to_me.len());
         let strangers: Vec<_> = to_me.iter().filter(|p| p.src != vip).collect();
         assert!(strangers.is_empty(), "{client}: packets from other sources than the VIP: {:?}", &strangers[..strangers.len().min(5)]);
         assert!(!packets.iter().any(|p| p.rst), "{client}: a reset was captured");
