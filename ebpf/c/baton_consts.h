@@ -107,7 +107,13 @@ enum part_counter {
 	PART_DROP_MALFORMED,	 /* encapsulated from our main, inner broken */
 	PART_DROP_FRAGMENT,	 /* encapsulated from our main, outer fragmented */
 	PART_DROP_DECAP_FAILED,	 /* the kernel refused to remove the header */
+	PART_DROP_NO_SOCKET,	 /* TCP segment for a connection not (yet) restored here */
 	PART_COUNTER_MAX,
 };
+
+/* participant_config.flags: drop encapsulated TCP segments that have no local socket, instead
+ * of letting the kernel answer them with a reset from the VIP. The main forwards a flow before
+ * the participant has restored it, so its first segments may arrive early. */
+#define PART_CFG_REQUIRE_SOCKET 0x0001
 
 #endif /* BATON_CONSTS_H */

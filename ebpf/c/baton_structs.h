@@ -49,7 +49,7 @@ struct participant_config {
 	__be32 main_addr; /* only encapsulated packets from this source are accepted */
 	__u32 encap;	  /* ENCAP_IPIP or ENCAP_GUE */
 	__be16 gue_port;  /* GUE destination port (network order) */
-	__u16 pad;
+	__u16 flags;	  /* PART_CFG_* */
 };
 
 _Static_assert(sizeof(struct flow_key) == 12, "flow_key layout");

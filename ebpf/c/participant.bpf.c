@@ -33,7 +33,35 @@ enum part_action {
 
 /* Decide what to do with a frame. For DECAP, *outer_len is the number of
  * bytes after the Ethernet header to remove; otherwise *reason is set. */
-static __always_inline int part_classify(void *data, void *data_end, __u64 pkt_len,
+/* Whether the inner TCP segment of an encapsulated packet has a local socket (established,
+ * time-wait or listening). Non-TCP packets, non-first fragments and segments whose TCP header
+ * is not in the linear data are not judged here. */
+static __always_inline int inner_has_socket(void *ctx, struct iphdr *inner, void *data_end)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_sock *sk;
+	struct tcphdr *tcp;
+	__u32 ihl_len;
+
+	if ((void *)(inner + 1) > data_end || inner->protocol != IPPROTO_TCP ||
+	    ipv4_is_fragment(inner))
+		return 1;
+	ihl_len = (inner->ihl & 0x0f) * 4;
+	tcp = (void *)inner + ihl_len;
+	if ((void *)(tcp + 1) > data_end)
+		return 1;
+	tuple.ipv4.saddr = inner->saddr;
+	tuple.ipv4.daddr = inner->daddr;
+	tuple.ipv4.sport = tcp->source;
+	tuple.ipv4.dport = tcp->dest;
+	sk = bpf_skc_lookup_tcp(ctx, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
+static __always_inline int part_classify(void *ctx, void *data, void *data_end, __u64 pkt_len,
 					 __u32 *outer_len, __u32 *reason)
 {
 	__u32 key = 0, ihl_len, hdr_len;
@@ -88,6 +116,11 @@ static __always_inline int part_classify(void *data, void *data_end, __u64 pkt_l
 		*reason = PART_DROP_MALFORMED;
 		return PART_ACT_DROP;
 	}
+	if ((cfg->flags & PART_CFG_REQUIRE_SOCKET) &&
+	    !inner_has_socket(ctx, (void *)iph + hdr_len, data_end)) {
+		*reason = PART_DROP_NO_SOCKET;
+		return PART_ACT_DROP;
+	}
 	*outer_len = hdr_len;
 	return PART_ACT_DECAP;
 }
@@ -100,7 +133,7 @@ int baton_participant_tc(struct __sk_buff *skb)
 	__s32 diff;
 	int action;
 
-	action = part_classify((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len,
+	action = part_classify(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->len,
 			       &outer_len, &reason);
 	if (action != PART_ACT_DECAP) {
 		part_count(reason);
@@ -129,7 +162,7 @@ int baton_participant_xdp(struct xdp_md *ctx)
 	__u32 reason = PART_PASS_MALFORMED, outer_len = 0;
 	int action;
 
-	action = part_classify(data, data_end, data_end - data, &outer_len, &reason);
+	action = part_classify(ctx, data, data_end, data_end - data, &outer_len, &reason);
 	if (action != PART_ACT_DECAP) {
 		part_count(reason);
 		return action == PART_ACT_DROP ? XDP_DROP : XDP_PASS;

@@ -50,6 +50,9 @@ pub struct ParticipantOptions {
     pub main_addr: Ipv4Addr,
     /// Encapsulation the main uses.
     pub encap: Encap,
+    /// Drop encapsulated TCP segments that no local socket takes, rather than letting the
+    /// kernel reset them from the VIP (segments the main forwards before the restore).
+    pub require_socket: bool,
 }
 
 /// The loaded and attached participant program. Dropping it detaches it.
@@ -82,7 +85,7 @@ impl ParticipantDataplane {
             .try_into()
             .map_err(|e| DataplaneError::map(CONFIG_MAP, e))?;
         config
-            .set(0, ParticipantConfig::new(opts.main_addr, opts.encap), 0)
+            .set(0, ParticipantConfig::new(opts.main_addr, opts.encap, opts.require_socket), 0)
             .map_err(|e| DataplaneError::map(CONFIG_MAP, e))?;
         let stats: PerCpuArray<MapData, u64> = loaded
             .take_map(STATS_MAP)?

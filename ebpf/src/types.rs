@@ -304,18 +304,23 @@ pub struct ParticipantConfig {
     main_addr: [u8; 4],
     encap: u32,
     gue_port: [u8; 2],
-    pad: u16,
+    flags: u16,
 }
 
+/// `PART_CFG_REQUIRE_SOCKET`: drop encapsulated TCP segments that have no local socket.
+pub const PART_CFG_REQUIRE_SOCKET: u16 = 0x0001;
+
 impl ParticipantConfig {
-    /// Accept encapsulated packets from `main_addr` only.
-    pub fn new(main_addr: Ipv4Addr, encap: Encap) -> Self {
+    /// Accept encapsulated packets from `main_addr` only; with `require_socket`, also drop
+    /// encapsulated TCP segments no local socket would take (instead of the kernel resetting
+    /// them from the VIP before the connection is restored).
+    pub fn new(main_addr: Ipv4Addr, encap: Encap, require_socket: bool) -> Self {
         let (encap, gue_port) = encap.raw();
         Self {
             main_addr: main_addr.octets(),
             encap,
             gue_port,
-            pad: 0,
+            flags: if require_socket { PART_CFG_REQUIRE_SOCKET } else { 0 },
         }
     }
 }
@@ -445,6 +450,8 @@ counters! {
         DropFragment = "drop_fragment",
         /// The kernel refused to remove the outer header: dropped.
         DropDecapFailed = "drop_decap_failed",
+        /// A TCP segment for a connection with no socket here (not yet restored): dropped.
+        DropNoSocket = "drop_no_socket",
     }
 }
 
@@ -506,7 +513,7 @@ mod tests {
         assert_eq!(cfg.local_addr, [198, 18, 0, 1]);
         assert_eq!(cfg.encap, 1);
         assert_eq!(cfg.gue_port, [0x17, 0xc0]);
-        let cfg = ParticipantConfig::new(Ipv4Addr::new(198, 18, 0, 1), Encap::Ipip);
+        let cfg = ParticipantConfig::new(Ipv4Addr::new(198, 18, 0, 1), Encap::Ipip, true);
         assert_eq!(cfg.encap, 0);
         assert_eq!(cfg.gue_port, [0, 0]);
     }
@@ -523,7 +530,7 @@ mod tests {
             MainCounter::ALL.iter().map(|c| c.name()).collect();
         assert_eq!(names.len(), MainCounter::ALL.len());
         assert_eq!(MainCounter::ALL.len(), 14);
-        assert_eq!(ParticipantCounter::ALL.len(), 8);
+        assert_eq!(ParticipantCounter::ALL.len(), 9);
         assert_eq!(MainCounter::DropFrozen.index(), 5);
         assert_eq!(ParticipantCounter::DropBadSource.index(), 4);
     }

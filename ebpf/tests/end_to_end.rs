@@ -237,6 +237,7 @@ fn handoff(mode: AttachMode, encap: Encap) {
             pin_dir: part_pin.path.clone(),
             main_addr: MAIN_ADDR,
             encap,
+            require_socket: false,
         })
         .unwrap()
     });

@@ -282,6 +282,7 @@ fn run_table(mode: AttachMode, encap: Encap) {
         pin_dir: pin.path.clone(),
         main_addr: MAIN,
         encap,
+        require_socket: false,
     })
     .unwrap();
 
@@ -373,6 +374,7 @@ fn round_trip_main_to_participant() {
                 pin_dir: part_pin.path.clone(),
                 main_addr: lab::LOCAL,
                 encap,
+                require_socket: false,
             })
             .unwrap();
             for port in [40_000u16, 40_001, 55_555] {
@@ -404,4 +406,70 @@ fn round_trip_main_to_participant() {
             assert_eq!(decapped, Some((ParticipantCounter::DecapOk, 3)), "{ctx}");
         }
     }
+}
+
+/// With `require_socket`, a forwarded TCP segment is decapsulated only when a local socket will
+/// take it; before the connection is restored it is dropped and counted, so the kernel never
+/// answers it with a reset from the VIP. Other inner protocols are not judged.
+fn run_socket_guard(mode: AttachMode) {
+    let _ns = NetNs::new();
+    ip(&["link", "add", IFACE, "type", "veth", "peer", "name", "pt1"]);
+    ip(&["addr", "add", "198.18.0.2/24", "dev", IFACE]);
+    ip(&["addr", "add", "203.0.113.10/32", "dev", "lo"]);
+    ip(&["link", "set", "lo", "up"]);
+    ip(&["link", "set", IFACE, "up"]);
+    ip(&["link", "set", "pt1", "up"]);
+    let pin = PinDir::new();
+    let dp = ParticipantDataplane::load(&ParticipantOptions {
+        iface: IFACE.into(),
+        mode,
+        pin_dir: pin.path.clone(),
+        main_addr: MAIN,
+        encap: Encap::Ipip,
+        require_socket: true,
+    })
+    .unwrap();
+    let tcp = frame(frames::ipip(&Tcp::default().ipv4_packet(), MAIN, ME));
+    let decapped = |f: &[u8]| {
+        let mut b = f[..14].to_vec();
+        b.extend_from_slice(&f[34..]);
+        b
+    };
+    let run = |f: &[u8]| {
+        let before = counter_map(&dp);
+        let out = dp.test_run(f).unwrap();
+        let after = counter_map(&dp);
+        let moved: Vec<_> = ParticipantCounter::ALL.iter().filter(|c| after[c] != before[c]).copied().collect();
+        (out, moved)
+    };
+
+    let (out, moved) = run(&tcp);
+    assert_eq!(out.verdict, Verdict::Drop, "[{mode:?}] no socket yet");
+    assert_eq!(out.data, tcp, "[{mode:?}] dropped frame unchanged");
+    assert_eq!(moved, vec![ParticipantCounter::DropNoSocket], "[{mode:?}]");
+
+    let udp = frame(frames::ipip(&frames::ipv4_packet(*CLIENT.ip(), *VIP.ip(), 17, &[0; 12]), MAIN, ME));
+    let (out, moved) = run(&udp);
+    assert_eq!(out.verdict, Verdict::Pass, "[{mode:?}] non-TCP inner packets are not judged");
+    assert_eq!(out.data, decapped(&udp));
+    assert_eq!(moved, vec![ParticipantCounter::DecapOk]);
+
+    // Once a socket exists for the VIP's port, the same segment is decapsulated.
+    let _listener = std::net::TcpListener::bind(VIP).unwrap();
+    let (out, moved) = run(&tcp);
+    assert_eq!(out.verdict, Verdict::Pass, "[{mode:?}] socket present");
+    assert_eq!(out.data, decapped(&tcp));
+    assert_eq!(moved, vec![ParticipantCounter::DecapOk]);
+}
+
+#[test]
+fn socket_guard_tc() {
+    require_root!();
+    run_socket_guard(AttachMode::Tc);
+}
+
+#[test]
+fn socket_guard_xdp() {
+    require_root!();
+    run_socket_guard(AttachMode::Xdp);
 }
