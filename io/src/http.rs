@@ -114,12 +114,57 @@ pub struct Sent {
 
 /// Writes a planned response: its head, then its body from `file` (if the plan has one).
 pub async fn write_response(stream: &mut TcpStream, plan: &ResponsePlan, file: Option<&std::fs::File>) -> io::Result<Sent> {
-    stream.write_all(&plan.head).await?;
+    send_all(stream, &plan.head).await?;
     let mut body_bytes = 0;
     if let (Some((offset, len)), Some(file)) = (plan.body, file) {
         body_bytes = sendfile_all(stream, file, offset, len).await?;
     }
     Ok(Sent { status: plan.status, body_bytes, keep_alive: plan.keep_alive })
+}
+
+/// Runs a non-blocking write system call on the socket, waiting for writability only when the
+/// kernel says it would block.
+///
+/// The call is tried first rather than after a readiness check: a socket tokio has just been
+/// given (a restored connection) has no readiness recorded yet, and waiting for the first event
+/// would cost a whole event-loop turn before the first byte. On `EWOULDBLOCK` tokio's readiness
+/// is cleared through `try_io`, so the wait that follows is for a real edge.
+async fn write_op(stream: &TcpStream, mut op: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let _ = stream.try_io(Interest::WRITABLE, || Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock)));
+                stream.writable().await?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+fn syscall_result(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Writes all of `buf` to the socket.
+pub async fn send_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    let fd = stream.as_raw_fd();
+    while !buf.is_empty() {
+        let n = write_op(stream, || {
+            // SAFETY: `buf` is valid for its length; the descriptor is open.
+            syscall_result(unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) })
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
 }
 
 /// Sends `len` bytes of `file` starting at `offset` with `sendfile(2)`.
@@ -130,22 +175,15 @@ pub async fn sendfile_all(stream: &TcpStream, file: &std::fs::File, offset: u64,
     let in_fd = file.as_raw_fd();
     while left > 0 {
         let want = usize::try_from(left).unwrap_or(usize::MAX).min(SENDFILE_CHUNK_BYTES);
-        stream.writable().await?;
-        let res = stream.try_io(Interest::WRITABLE, || {
+        let n = write_op(stream, || {
             // SAFETY: both descriptors are open for the duration of the call; `off` is ours.
-            let n = unsafe { libc::sendfile(out_fd, in_fd, &mut off, want) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        });
-        match res {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object shorter than its length")),
-            Ok(n) => left -= n as u64,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+            syscall_result(unsafe { libc::sendfile(out_fd, in_fd, &mut off, want) })
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object shorter than its length"));
         }
+        left -= n as u64;
     }
     Ok(len)
 }

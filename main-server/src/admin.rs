@@ -145,6 +145,7 @@ fn handle(req: AdminRequest, shared: &Shared) -> AdminResponse {
             let view = StatsView {
                 handoffs: shared.metrics.handoffs.load(Ordering::Relaxed),
                 handoff_failures: shared.metrics.handoff_failures.load(Ordering::Relaxed),
+                handoffs_unconfirmed: shared.metrics.handoffs_unconfirmed.load(Ordering::Relaxed),
                 local_serves: shared.metrics.local_serves.load(Ordering::Relaxed),
                 flows: shared.flows.len(),
             };

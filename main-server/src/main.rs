@@ -89,12 +89,21 @@ struct Args {
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
+    /// Runtime threads. 1 (the default) runs everything on one thread, which keeps the
+    /// handoff's task-to-task wake-ups off other cores; the bulk work (sendfile) is the kernel's.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     baton_main::init_tracing(&args.log_format);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let rt = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
+    }
+    .context("starting the runtime")?;
     rt.block_on(run(args))
 }
 

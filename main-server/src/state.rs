@@ -120,6 +120,8 @@ impl FlowTable {
 pub struct Metrics {
     pub handoffs: AtomicU64,
     pub handoff_failures: AtomicU64,
+    /// Handoffs whose participant never reported the restore (the flow stayed with it).
+    pub handoffs_unconfirmed: AtomicU64,
     pub local_serves: AtomicU64,
 }
 
@@ -148,6 +150,7 @@ impl Shared {
 pub struct StatsView {
     pub handoffs: u64,
     pub handoff_failures: u64,
+    pub handoffs_unconfirmed: u64,
     pub local_serves: u64,
     pub flows: usize,
 }

@@ -2,10 +2,13 @@
 //! connection over with TCP_REPAIR; serve the request here whenever that is not possible.
 //!
 //! Ordering is what keeps the client unaware: the flow is FROZEN in the data plane before the
-//! dump (the kernel sees none of the client's packets from then on), it becomes FORWARD only
-//! after the participant restored the socket, and only then does the participant start writing
-//! and the main close its copy in repair mode (no FIN, no RST). Any failure before that point
-//! unfreezes the flow and the main answers the request itself on the same connection.
+//! dump (the kernel sees none of the client's packets from then on) and FORWARD right after it,
+//! before the participant is told, so the participant can write the moment it has restored the
+//! socket and every ACK already reaches it (its data plane drops, never resets, segments that
+//! come before the socket exists). The main closes its copy in repair mode (no FIN, no RST) once
+//! the participant reports the restore. A failure before the handoff is sent, or a reported
+//! failed restore, unfreezes the flow and the main answers the request itself on the same
+//! connection.
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -51,6 +54,22 @@ pub enum HandoffError {
     Timeout(Duration),
     #[error("reading the client: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// A completed handoff: who took the flow, and how long each step took.
+#[derive(Debug)]
+struct Handed {
+    participant: String,
+    steps: Steps,
+}
+
+/// Durations of the handoff's steps, in microseconds: selection, freeze through dump, and the
+/// participant's restore report (the participant is already serving when it arrives).
+#[derive(Debug, Clone, Copy)]
+struct Steps {
+    select_us: u64,
+    dump_us: u64,
+    control_us: u64,
 }
 
 /// Binds the VIP listener with the MSS clamped so that a client's segments still fit the path MTU
@@ -131,14 +150,26 @@ async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) 
     };
     let head_read = accepted.elapsed();
 
-    if let Some(plan) = handoff_plan(&head, &shared).await {
+    let plan = handoff_plan(&head, &shared).await;
+    if let Some(plan) = plan {
         let flow_id = NEXT_FLOW.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("flow", flow = flow_id);
         let mut request = raw.clone();
         request.extend_from_slice(&buf);
         match try_handoff(&mut stream, peer, flow_id, request, plan, &shared).instrument(span.clone()).await {
-            Ok(participant) => {
-                span.in_scope(|| info!(%participant, head_read_us = head_read.as_micros() as u64, total_us = accepted.elapsed().as_micros() as u64, "handed off"));
+            Ok(Handed { participant, steps }) => {
+                // Logged after the commit: the participant is already serving.
+                span.in_scope(|| {
+                    info!(
+                        %participant,
+                        head_read_us = head_read.as_micros() as u64,
+                        select_us = steps.select_us,
+                        dump_us = steps.dump_us,
+                        control_us = steps.control_us,
+                        total_us = accepted.elapsed().as_micros() as u64,
+                        "handed off"
+                    )
+                });
                 shared.metrics.handoffs.fetch_add(1, Ordering::Relaxed);
                 return;
             }
@@ -189,7 +220,8 @@ async fn try_handoff(
     mut request: Vec<u8>,
     object: ObjectPlan,
     shared: &Shared,
-) -> Result<String, HandoffError> {
+) -> Result<Handed, HandoffError> {
+    let t_start = Instant::now();
     let client_coord = shared.geo.locate(*peer.ip());
     let participant = shared.select(client_coord).ok_or(HandoffError::NoParticipant)?;
     let participant_addr = shared.registry.addr_of(&participant).ok_or(HandoffError::NoParticipant)?;
@@ -201,6 +233,7 @@ async fn try_handoff(
     let dp = &shared.dataplane;
 
     let t_freeze = Instant::now();
+    let selected = t_start.elapsed();
     dp.freeze(&key).map_err(|e| HandoffError::Dataplane(e.to_string()))?;
     let unfreeze = |e: HandoffError| {
         if let Err(err) = dp.remove(&key) {
@@ -227,6 +260,12 @@ async fn try_handoff(
         }
     };
     let dumped = t_freeze.elapsed();
+    // The flow goes to the participant before the participant hears of it: it serves the moment
+    // its socket exists, and its data plane drops (never resets) segments that arrive earlier.
+    if let Err(e) = dp.forward(&key, participant_addr) {
+        drop(guard);
+        return Err(unfreeze(HandoffError::Dataplane(e.to_string())));
+    }
     let handoff = Handoff { flow_id, tcp, request, object: Some(object.clone()) };
     let t_ctl = Instant::now();
     let answer = match shared.registry.send_handoff(&participant, flow_id, Message::Handoff(handoff)) {
@@ -237,42 +276,37 @@ async fn try_handoff(
         }
     };
     let timeout = shared.restore_timeout;
-    let outcome = match tokio::time::timeout(timeout, answer).await {
-        Ok(Ok(RestoreAnswer::Restored)) => Ok(()),
-        Ok(Ok(RestoreAnswer::Failed(reason))) => Err(HandoffError::Refused(reason)),
-        Ok(Err(_)) => Err(HandoffError::Refused("participant went away".to_owned())),
-        Err(_) => {
-            shared.registry.forget_pending(&participant, flow_id);
-            let _ = shared.registry.send(&participant, Message::HandoffAbort { flow_id });
-            Err(HandoffError::Timeout(timeout))
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(RestoreAnswer::Restored)) => {}
+        Ok(Ok(RestoreAnswer::Failed(reason))) => {
+            // The participant never restored the socket: the connection is still ours alone.
+            drop(guard);
+            return Err(unfreeze(HandoffError::Refused(reason)));
         }
-    };
-    if let Err(e) = outcome {
-        drop(guard);
-        return Err(unfreeze(e));
+        Ok(Err(_)) | Err(_) => {
+            // No answer: the participant may already be serving, so taking the connection back
+            // could interleave two writers. The flow stays with it; losing a participant's
+            // flows is recovered from the data plane's view of the client.
+            shared.registry.forget_pending(&participant, flow_id);
+            shared.metrics.handoffs_unconfirmed.fetch_add(1, Ordering::Relaxed);
+            warn!(%participant, "no restore report; the flow stays with the participant");
+        }
     }
     let control_rtt = t_ctl.elapsed();
-    if let Err(e) = dp.forward(&key, participant_addr) {
-        let _ = shared.registry.send(&participant, Message::HandoffAbort { flow_id });
-        drop(guard);
-        return Err(unfreeze(HandoffError::Dataplane(e.to_string())));
-    }
-    if let Err(e) = shared.registry.send(&participant, Message::HandoffCommit { flow_id }) {
-        // The participant holds the socket but will never start: take the flow back.
-        if let Err(err) = dp.freeze(&key) {
-            warn!(error = %err, "could not refreeze the flow");
-        }
-        drop(guard);
-        return Err(unfreeze(e.into()));
-    }
     guard.close_silently();
     shared.registry.add_flows(&participant, 1);
     shared.flows.insert(
         flow_id,
         FlowRecord { key, client: peer, participant: participant.clone(), object: object.path, started: Instant::now() },
     );
-    debug!(dump_us = dumped.as_micros() as u64, control_us = control_rtt.as_micros() as u64, "handoff steps");
-    Ok(participant)
+    Ok(Handed {
+        participant,
+        steps: Steps {
+            select_us: selected.as_micros() as u64,
+            dump_us: dumped.as_micros() as u64,
+            control_us: control_rtt.as_micros() as u64,
+        },
+    })
 }
 
 /// Moves bytes that reached the receive queue before the freeze into `request`, until the socket

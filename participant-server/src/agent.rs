@@ -1,15 +1,14 @@
 //! The participant's control connection to the main and the handed-off connections it serves.
 //!
-//! For each handoff: make sure the object is cached and verified, restore the socket (quietly:
-//! nothing is sent yet), report `Restored`, and start serving only after the main's
-//! `HandoffCommit` — by then the main forwards the client's packets here. An abort, or no commit
-//! within [`COMMIT_TIMEOUT`], closes the restored socket in repair mode so the client never sees
-//! a FIN or RST from a participant that did not get the flow.
+//! For each handoff: make sure the object is cached and verified, restore the socket, serve at
+//! once and report `Restored` — the main already forwards the client's packets here (segments
+//! that arrived before the socket existed were dropped by the data plane, never reset). When the
+//! object or the restore fails, the answer is `RestoreFailed` and nothing has been sent to the
+//! client, so the main can answer it itself.
 
-use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use baton_io::control::{write_message, FrameReader};
@@ -20,13 +19,11 @@ use baton_shared::geo::Coord;
 use baton_shared::handoff::Handoff;
 use baton_shared::http::object_path;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::cache::CacheStore;
 
-/// How long a restored socket waits for the main's commit before it is dropped silently.
-pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Interval between heartbeats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
 /// Delay before reconnecting after the control connection fails (doubles up to the maximum).
@@ -52,16 +49,11 @@ pub struct Agent {
     pub cache: CacheStore,
     pub serve: ServeConfig,
     pub active: AtomicU32,
-    commits: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
 }
 
 impl Agent {
     pub fn new(identity: Identity, main: SocketAddrV4, cache: CacheStore, serve: ServeConfig) -> Arc<Self> {
-        Arc::new(Self { identity, main, cache, serve, active: AtomicU32::new(0), commits: Mutex::default() })
-    }
-
-    fn commits(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<bool>>> {
-        self.commits.lock().unwrap_or_else(|p| p.into_inner())
+        Arc::new(Self { identity, main, cache, serve, active: AtomicU32::new(0) })
     }
 
     /// Keeps a control connection to the main, reconnecting with backoff, forever.
@@ -126,8 +118,6 @@ impl Agent {
                     let flow = h.flow_id;
                     tokio::spawn(self.clone().take_over(h, tx.clone()).instrument(info_span!("flow", flow)));
                 }
-                Ok(Some(Message::HandoffCommit { flow_id })) => self.decide(flow_id, true),
-                Ok(Some(Message::HandoffAbort { flow_id })) => self.decide(flow_id, false),
                 Ok(Some(other)) => warn!(message = ?other, "unexpected control message"),
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
@@ -138,18 +128,10 @@ impl Agent {
         result
     }
 
-    fn decide(&self, flow_id: u64, commit: bool) {
-        match self.commits().remove(&flow_id) {
-            Some(tx) => {
-                let _ = tx.send(commit);
-            }
-            None => warn!(flow = flow_id, commit, "decision for a flow that is not waiting"),
-        }
-    }
-
     async fn take_over(self: Arc<Self>, h: Handoff, tx: mpsc::Sender<Message>) {
         let flow_id = h.flow_id;
         let client = h.tcp.remote;
+        let t0 = std::time::Instant::now();
         if let Some(plan) = &h.object {
             let ready = match object_path(&format!("/{}", plan.path)) {
                 Ok(p) => self.cache.get(&p, Some(&plan.sha256)).await.map(|o| o.is_some()).map_err(|e| e.to_string()),
@@ -161,41 +143,51 @@ impl Agent {
                 Err(e) => return refuse(&tx, flow_id, e).await,
             }
         }
+        let cached = t0.elapsed();
         let fd = match restore(&h.tcp, Resume::Quiet) {
             Ok(fd) => fd,
             Err(e) => return refuse(&tx, flow_id, format!("restore failed: {e}")).await,
         };
-        let (commit_tx, commit_rx) = oneshot::channel();
-        self.commits().insert(flow_id, commit_tx);
-        if tx.send(Message::Restored { flow_id }).await.is_err() {
-            self.commits().remove(&flow_id);
+        let restored = t0.elapsed();
+        // Until the report goes out the connection is still the main's to take back: any
+        // failure here closes the restored socket silently and says so.
+        if let Err(e) = set_nonblocking(&fd) {
             close_silently(fd);
-            return;
+            return refuse(&tx, flow_id, format!("restored socket: {e}")).await;
         }
-        let go = matches!(tokio::time::timeout(COMMIT_TIMEOUT, commit_rx).await, Ok(Ok(true)));
-        if !go {
-            self.commits().remove(&flow_id);
-            info!(%client, "handoff withdrawn; dropping the restored socket silently");
-            close_silently(fd);
-            return;
-        }
-        let std_stream = std::net::TcpStream::from(fd);
-        let stream = std_stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(std_stream));
-        let mut stream = match stream {
+        let mut stream = match TcpStream::from_std(std::net::TcpStream::from(fd)) {
             Ok(s) => s,
             Err(e) => {
-                warn!(error = %e, "cannot register the restored socket");
-                return;
+                // The descriptor went with the error; this participant sent the client nothing.
+                return refuse(&tx, flow_id, format!("registering the restored socket: {e}")).await;
             }
         };
         let _ = stream.set_nodelay(true);
         self.active.fetch_add(1, Ordering::Relaxed);
-        info!(%client, "serving handed-off connection");
-        let stats = serve_connection(&mut stream, h.request, &self.cache, &self.serve).await;
+        // Serve first, report second: the client's first byte does not wait for the report,
+        // which only lets the main close its frozen copy.
+        let me = self.clone();
+        let serving = tokio::spawn(async move {
+            let stats = serve_connection(&mut stream, h.request, &me.cache, &me.serve).await;
+            drop(stream);
+            stats
+        });
+        let _ = tx.send(Message::Restored { flow_id }).await;
+        let stats = match serving.await {
+            Ok(stats) => stats,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
         self.active.fetch_sub(1, Ordering::Relaxed);
         let bytes_sent = match stats {
             Ok(s) => {
-                info!(%client, requests = s.requests, bytes = s.body_bytes, "connection done");
+                info!(
+                    %client,
+                    requests = s.requests,
+                    bytes = s.body_bytes,
+                    cache_us = cached.as_micros() as u64,
+                    restore_us = (restored - cached).as_micros() as u64,
+                    "handed-off connection done"
+                );
                 s.body_bytes
             }
             Err(e) => {
@@ -203,9 +195,18 @@ impl Agent {
                 0
             }
         };
-        drop(stream);
         let _ = tx.send(Message::FlowClosed { flow_id, bytes_sent }).await;
     }
+}
+
+fn set_nonblocking(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: FIONBIO reads one int; the descriptor is open.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONBIO, &on) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 async fn refuse(tx: &mpsc::Sender<Message>, flow_id: u64, reason: String) {

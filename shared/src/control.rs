@@ -36,8 +36,6 @@ const KIND_HANDOFF: u8 = 5;
 const KIND_RESTORED: u8 = 6;
 const KIND_RESTORE_FAILED: u8 = 7;
 const KIND_FLOW_CLOSED: u8 = 8;
-const KIND_HANDOFF_COMMIT: u8 = 9;
-const KIND_HANDOFF_ABORT: u8 = 10;
 
 /// A control-channel message.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,10 +61,6 @@ pub enum Message {
     RestoreFailed { flow_id: u64, reason: String },
     /// Participant → main: the connection ended.
     FlowClosed { flow_id: u64, bytes_sent: u64 },
-    /// Main → participant: the flow now reaches you; start serving the restored connection.
-    HandoffCommit { flow_id: u64 },
-    /// Main → participant: the handoff is withdrawn; drop the restored socket silently.
-    HandoffAbort { flow_id: u64 },
 }
 
 /// Why a frame was refused.
@@ -180,14 +174,6 @@ pub fn encode_frame(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&flow_id.to_be_bytes());
             out.extend_from_slice(&bytes_sent.to_be_bytes());
         }
-        Message::HandoffCommit { flow_id } => {
-            out.push(KIND_HANDOFF_COMMIT);
-            out.extend_from_slice(&flow_id.to_be_bytes());
-        }
-        Message::HandoffAbort { flow_id } => {
-            out.push(KIND_HANDOFF_ABORT);
-            out.extend_from_slice(&flow_id.to_be_bytes());
-        }
     }
     let len = u32::try_from(out.len() - start - LEN_PREFIX).unwrap_or(u32::MAX);
     out[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
@@ -271,12 +257,6 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, FrameError> {
             flow_id: r.u64().ok_or(T)?,
             bytes_sent: r.u64().ok_or(T)?,
         },
-        KIND_HANDOFF_COMMIT => Message::HandoffCommit {
-            flow_id: r.u64().ok_or(T)?,
-        },
-        KIND_HANDOFF_ABORT => Message::HandoffAbort {
-            flow_id: r.u64().ok_or(T)?,
-        },
         kind => return Err(FrameError::UnknownKind { kind }),
     };
     if r.remaining() != 0 {
@@ -344,10 +324,6 @@ mod tests {
         0, 0, 0, 0, 0, 0, 0, 9,                         // flow_id
         0, 0, 0, 1, 0, 0, 0, 0,                         // bytes_sent 2^32
     ];
-    /// HandoffCommit { flow_id: 9 }
-    static HANDOFF_COMMIT: &[u8] = &[0, 0, 0, 9, 9, 0, 0, 0, 0, 0, 0, 0, 9];
-    /// HandoffAbort { flow_id: 9 }
-    static HANDOFF_ABORT: &[u8] = &[0, 0, 0, 9, 10, 0, 0, 0, 0, 0, 0, 0, 9];
 
     fn handoff() -> Handoff {
         Handoff {
@@ -416,8 +392,6 @@ mod tests {
                 },
                 FLOW_CLOSED,
             ),
-            (Message::HandoffCommit { flow_id: 9 }, HANDOFF_COMMIT),
-            (Message::HandoffAbort { flow_id: 9 }, HANDOFF_ABORT),
         ]
     }
 
@@ -508,12 +482,12 @@ mod tests {
             FrameError::UnknownKind { kind: 99 }
         );
         assert_eq!(
-            decode_err(&frame(11, &[1, 2])),
-            FrameError::UnknownKind { kind: 11 }
+            decode_err(&frame(9, &[1, 2])),
+            FrameError::UnknownKind { kind: 9 }
         );
-        assert_eq!(decode_err(&frame(9, &[0; 7])), FrameError::Truncated);
+        assert_eq!(decode_err(&frame(6, &[0; 7])), FrameError::Truncated);
         assert_eq!(
-            decode_err(&frame(10, &[0; 9])),
+            decode_err(&frame(6, &[0; 9])),
             FrameError::TrailingBytes { extra: 1 }
         );
         assert_eq!(decode_err(&frame(2, &[0, 0, 7])), FrameError::Truncated);
