@@ -56,6 +56,7 @@
 
 /* TCP flag bits within byte 13 of the TCP header. */
 #define TCPF_BYTE_FIN 0x01
+#define TCPF_BYTE_SYN 0x02
 #define TCPF_BYTE_RST 0x04
 #define TCPF_BYTE_ACK 0x10
 
@@ -93,6 +94,8 @@ enum main_counter {
 	MAIN_ICMP_TO_PARTICIPANT, /* ICMP unreachable about a forwarded flow,
 				   * sent to its participant (counted in
 				   * addition to the forwarding outcome) */
+	MAIN_PASS_STALE_SYN,	 /* SYN on the entry of a connection that has ended:
+				  * entry deleted, SYN passed to the kernel */
 	MAIN_COUNTER_MAX,
 };
 

@@ -99,6 +99,16 @@ static __always_inline int main_classify(void *data, void *data_end, __u64 pkt_l
 		*reason = MAIN_PASS_NO_FLOW;
 		return MAIN_ACT_PASS;
 	}
+	/* A new connection from the port of a connection that has ended here (the client sent
+	 * FIN or RST): the entry is stale. Forwarding the SYN would have the participant refuse
+	 * a connection it never had, so the entry goes and the kernel accepts the SYN. A SYN on
+	 * a live flow is still forwarded: the participant's stack answers it as TCP requires. */
+	if ((pi->tcp_flags & (TCPF_BYTE_SYN | TCPF_BYTE_ACK)) == TCPF_BYTE_SYN &&
+	    (fv->tcp_flags_seen & (TCPF_BYTE_FIN | TCPF_BYTE_RST))) {
+		bpf_map_delete_elem(&baton_flows, &pi->key);
+		*reason = MAIN_PASS_STALE_SYN;
+		return MAIN_ACT_PASS;
+	}
 	flow_observe(fv, pi);
 
 	if (fv->state == FLOW_FROZEN) {

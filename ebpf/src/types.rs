@@ -427,6 +427,8 @@ counters! {
         /// flow, sent on to its participant; counted in addition to the
         /// forwarding outcome.
         IcmpToParticipant = "icmp_to_participant",
+        /// A SYN on the entry of a connection that had ended: entry deleted, SYN passed.
+        PassStaleSyn = "pass_stale_syn",
     }
 }
 
@@ -529,7 +531,7 @@ mod tests {
         let names: std::collections::HashSet<_> =
             MainCounter::ALL.iter().map(|c| c.name()).collect();
         assert_eq!(names.len(), MainCounter::ALL.len());
-        assert_eq!(MainCounter::ALL.len(), 14);
+        assert_eq!(MainCounter::ALL.len(), 15);
         assert_eq!(ParticipantCounter::ALL.len(), 9);
         assert_eq!(MainCounter::DropFrozen.index(), 5);
         assert_eq!(ParticipantCounter::DropBadSource.index(), 4);

@@ -966,3 +966,49 @@ fn gue_source_port_matches_rust_mirror() {
         ports.len()
     );
 }
+
+/// A client that reuses the port of a connection that has ended: its SYN must reach the main's
+/// kernel (and the stale entry go), while a SYN on a live flow is still the participant's.
+fn stale_syn(mode: AttachMode) {
+    let _ns = NetNs::new();
+    lab::build();
+    let pin = PinDir::new();
+    let dp = MainDataplane::load(&MainOptions {
+        iface: lab::MAIN_IFACE.into(),
+        mode,
+        pin_dir: pin.path.clone(),
+        local_addr: lab::LOCAL,
+        encap: Encap::Ipip,
+    })
+    .unwrap();
+    let syn = Tcp { syn: true, ack: None, timestamps: None, ..Tcp::default() }.frame();
+    let fin = Tcp { fin: true, ..Tcp::default() }.frame();
+
+    dp.forward(&key(), lab::PARTICIPANT).unwrap();
+    let before = counter_map(&dp);
+    let out = dp.test_run(&syn).unwrap();
+    assert_ne!(out.verdict, Verdict::Pass, "[{mode:?}] a SYN on a live flow stays with the participant");
+    assert_eq!(counter_map(&dp)[&MainCounter::PassStaleSyn], before[&MainCounter::PassStaleSyn]);
+    assert!(dp.get(&key()).unwrap().is_some());
+
+    dp.test_run(&fin).unwrap();
+    assert!(dp.get(&key()).unwrap().unwrap().fin_seen(), "[{mode:?}] the client's FIN is recorded");
+    let before = counter_map(&dp);
+    let out = dp.test_run(&syn).unwrap();
+    assert_eq!(out.verdict, Verdict::Pass, "[{mode:?}] a new connection goes to the kernel");
+    assert_eq!(out.data, syn, "[{mode:?}] passed unchanged");
+    assert_eq!(counter_map(&dp)[&MainCounter::PassStaleSyn], before[&MainCounter::PassStaleSyn] + 1);
+    assert!(dp.get(&key()).unwrap().is_none(), "[{mode:?}] the stale entry is gone");
+}
+
+#[test]
+fn stale_syn_tc() {
+    require_root!();
+    stale_syn(AttachMode::Tc);
+}
+
+#[test]
+fn stale_syn_xdp() {
+    require_root!();
+    stale_syn(AttachMode::Xdp);
+}

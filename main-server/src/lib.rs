@@ -45,13 +45,13 @@ pub fn check_net_admin() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How long ago the data plane last saw a packet of this flow.
-pub fn idle_for(v: &baton_ebpf::FlowValue) -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec; CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let now = (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64);
-    Duration::from_nanos(now.saturating_sub(v.last_seen_ns()))
+/// How long ago the data plane last saw a packet of this flow; a flow it has not seen a packet
+/// of yet (a participant still filling its cache, say) is idle only since it was recorded.
+pub fn idle_for(v: &baton_ebpf::FlowValue, recorded: std::time::Instant) -> Duration {
+    if v.last_seen_ns() == 0 {
+        return recorded.elapsed();
+    }
+    Duration::from_nanos(baton_ebpf::monotonic_now_ns().saturating_sub(v.last_seen_ns()))
 }
 
 /// Relative paths of the regular files below `root` (bounded, symlinks not followed).
@@ -76,4 +76,18 @@ pub fn list_objects(root: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flow_not_seen_yet_is_idle_only_since_it_was_recorded() {
+        let v = baton_ebpf::FlowValue::forward(std::net::Ipv4Addr::new(198, 18, 1, 2));
+        assert_eq!(v.last_seen_ns(), 0);
+        assert!(idle_for(&v, std::time::Instant::now()) < Duration::from_secs(1));
+        let long_ago = std::time::Instant::now() - Duration::from_secs(5);
+        assert!(idle_for(&v, long_ago) >= Duration::from_secs(5));
+    }
 }

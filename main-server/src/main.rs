@@ -196,9 +196,9 @@ async fn sweep_flows(shared: Arc<Shared>) {
         tick.tick().await;
         let now = std::time::Instant::now();
         let mut gone = shared.flows.expired(now);
-        gone.extend(shared.flows.remove_where(|rec| {
+        gone.extend(shared.flows.remove_where(|rec, _| {
             match shared.dataplane.get(&rec.key) {
-                Ok(Some(v)) => baton_main::idle_for(&v) > FLOW_IDLE_LIMIT,
+                Ok(Some(v)) => baton_main::idle_for(&v, rec.started) > FLOW_IDLE_LIMIT,
                 Ok(None) => true,
                 Err(_) => false,
             }

@@ -53,7 +53,7 @@ impl GeoDb {
 }
 
 /// A connection now served by a participant.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FlowRecord {
     pub key: FlowKey,
     pub client: SocketAddrV4,
@@ -62,25 +62,50 @@ pub struct FlowRecord {
     pub started: Instant,
 }
 
-/// Handed-off flows by flow id, with the time their close was reported.
+/// Handed-off flows, one per 4-tuple (a client that reuses a port replaces its old flow), with
+/// the time their close was reported, and an index by flow id for the participants' reports.
 #[derive(Debug, Default)]
 pub struct FlowTable {
-    inner: Mutex<HashMap<u64, (FlowRecord, Option<Instant>)>>,
+    inner: Mutex<FlowMaps>,
+}
+
+#[derive(Debug, Default)]
+struct FlowMaps {
+    by_key: HashMap<FlowKey, (u64, FlowRecord, Option<Instant>)>,
+    by_id: HashMap<u64, FlowKey>,
 }
 
 impl FlowTable {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, (FlowRecord, Option<Instant>)>> {
+    fn lock(&self) -> MutexGuard<'_, FlowMaps> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Records a flow about to be handed off. It is recorded before the participant hears of
+    /// it, so a close report (which can follow the restore report at once) always finds it.
     pub fn insert(&self, id: u64, rec: FlowRecord) {
-        self.lock().insert(id, (rec, None));
+        let mut g = self.lock();
+        if let Some((old, _, _)) = g.by_key.insert(rec.key, (id, rec.clone(), None)) {
+            g.by_id.remove(&old);
+        }
+        g.by_id.insert(id, rec.key);
+    }
+
+    /// Forgets a flow whose handoff did not happen.
+    pub fn forget(&self, id: u64) {
+        let mut g = self.lock();
+        if let Some(key) = g.by_id.remove(&id) {
+            if g.by_key.get(&key).is_some_and(|(i, _, _)| *i == id) {
+                g.by_key.remove(&key);
+            }
+        }
     }
 
     /// Marks a flow closed if `participant` owns it; returns whether it did.
     pub fn closed(&self, id: u64, participant: &str, now: Instant) -> bool {
-        match self.lock().get_mut(&id) {
-            Some((rec, closed)) if rec.participant == participant => {
+        let mut g = self.lock();
+        let Some(key) = g.by_id.get(&id).copied() else { return false };
+        match g.by_key.get_mut(&key) {
+            Some((i, rec, closed)) if *i == id && rec.participant == participant => {
                 closed.get_or_insert(now);
                 true
             }
@@ -90,24 +115,25 @@ impl FlowTable {
 
     /// Removes and returns flows whose linger has passed.
     pub fn expired(&self, now: Instant) -> Vec<FlowRecord> {
-        let mut g = self.lock();
-        let ids: Vec<u64> = g
-            .iter()
-            .filter(|(_, (_, closed))| closed.is_some_and(|t| now.duration_since(t) >= FLOW_LINGER))
-            .map(|(id, _)| *id)
-            .collect();
-        ids.into_iter().filter_map(|id| g.remove(&id).map(|(r, _)| r)).collect()
+        self.remove_where(|_, closed| closed.is_some_and(|t| now.duration_since(t) >= FLOW_LINGER))
     }
 
-    /// Removes flows for which `stale` says so.
-    pub fn remove_where(&self, mut stale: impl FnMut(&FlowRecord) -> bool) -> Vec<FlowRecord> {
+    /// Removes and returns flows for which `stale` says so.
+    pub fn remove_where(&self, mut stale: impl FnMut(&FlowRecord, Option<Instant>) -> bool) -> Vec<FlowRecord> {
         let mut g = self.lock();
-        let ids: Vec<u64> = g.iter().filter(|(_, (r, _))| stale(r)).map(|(id, _)| *id).collect();
-        ids.into_iter().filter_map(|id| g.remove(&id).map(|(r, _)| r)).collect()
+        let keys: Vec<FlowKey> = g.by_key.iter().filter(|(_, (_, r, c))| stale(r, *c)).map(|(k, _)| *k).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some((id, rec, _)) = g.by_key.remove(&k) {
+                g.by_id.remove(&id);
+                out.push(rec);
+            }
+        }
+        out
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_key.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -153,4 +179,50 @@ pub struct StatsView {
     pub handoffs_unconfirmed: u64,
     pub local_serves: u64,
     pub flows: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn rec(port: u16, participant: &str) -> FlowRecord {
+        let client = SocketAddrV4::new(Ipv4Addr::new(198, 18, 4, 2), port);
+        FlowRecord {
+            key: FlowKey::new(client, SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 80)),
+            client,
+            participant: participant.to_owned(),
+            object: "o".to_owned(),
+            started: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn close_reports_need_the_owner_and_expire_after_the_linger() {
+        let t = FlowTable::default();
+        let now = Instant::now();
+        t.insert(1, rec(1000, "p1"));
+        assert!(!t.closed(1, "p2", now), "another participant's report is refused");
+        assert!(!t.closed(7, "p1", now), "unknown flow");
+        assert!(t.closed(1, "p1", now));
+        assert!(t.expired(now).is_empty(), "a closed flow lingers first");
+        let gone = t.expired(now + FLOW_LINGER);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].client.port(), 1000);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_reused_port_replaces_the_old_flow() {
+        let t = FlowTable::default();
+        let now = Instant::now();
+        t.insert(1, rec(1000, "p1"));
+        assert!(t.closed(1, "p1", now));
+        t.insert(2, rec(1000, "p2"));
+        assert_eq!(t.len(), 1);
+        assert!(!t.closed(1, "p1", now), "the old flow's report no longer applies");
+        assert!(t.expired(now + FLOW_LINGER).is_empty(), "the new flow is open");
+        t.forget(2);
+        assert!(t.is_empty());
+    }
 }

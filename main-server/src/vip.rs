@@ -266,11 +266,20 @@ async fn try_handoff(
         drop(guard);
         return Err(unfreeze(HandoffError::Dataplane(e.to_string())));
     }
-    let handoff = Handoff { flow_id, tcp, request, object: Some(object.clone()) };
+    let record = FlowRecord {
+        key,
+        client: peer,
+        participant: participant.clone(),
+        object: object.path.clone(),
+        started: Instant::now(),
+    };
+    shared.flows.insert(flow_id, record);
+    let handoff = Handoff { flow_id, tcp, request, object: Some(object) };
     let t_ctl = Instant::now();
     let answer = match shared.registry.send_handoff(&participant, flow_id, Message::Handoff(handoff)) {
         Ok(rx) => rx,
         Err(e) => {
+            shared.flows.forget(flow_id);
             drop(guard);
             return Err(unfreeze(e.into()));
         }
@@ -280,6 +289,7 @@ async fn try_handoff(
         Ok(Ok(RestoreAnswer::Restored)) => {}
         Ok(Ok(RestoreAnswer::Failed(reason))) => {
             // The participant never restored the socket: the connection is still ours alone.
+            shared.flows.forget(flow_id);
             drop(guard);
             return Err(unfreeze(HandoffError::Refused(reason)));
         }
@@ -295,10 +305,6 @@ async fn try_handoff(
     let control_rtt = t_ctl.elapsed();
     guard.close_silently();
     shared.registry.add_flows(&participant, 1);
-    shared.flows.insert(
-        flow_id,
-        FlowRecord { key, client: peer, participant: participant.clone(), object: object.path, started: Instant::now() },
-    );
     Ok(Handed {
         participant,
         steps: Steps {

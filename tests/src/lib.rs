@@ -134,11 +134,10 @@ impl Cluster {
         Ok(c)
     }
 
-    /// Leaves the lab and its servers running after this process exits.
+    /// Leaves the lab and its servers running after this process exits: nothing of the
+    /// cluster is dropped, so neither the processes nor the lab are stopped.
     pub fn detach(self) {
-        let Cluster { procs, lab, .. } = self;
-        std::mem::forget(procs);
-        lab.keep();
+        std::mem::forget(self);
     }
 
     pub fn main_node(&self) -> anyhow::Result<String> {
@@ -351,11 +350,26 @@ impl Cluster {
         let file = self.lab.state_dir().join(format!("{node}-{}.pcap", unique()));
         let iface = self.lab.node(node)?.iface.clone();
         let mut cmd = self.lab.command(node, "tcpdump")?;
-        cmd.args(["-i", &iface, "-n", "-s", "128", "-U", "-w"]).arg(&file).arg("tcp port 80");
+        cmd.args(["-i", &iface, "-n", "-s", "128", "-B", "65536", "-U", "-w"]).arg(&file).arg("tcp port 80");
         let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().context("starting tcpdump")?;
         let mut cap = Capture { child: Some(child), file };
         cap.wait_ready()?;
         Ok(cap)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // A failing test shows what the servers said: the lab and its logs go away with it.
+        if std::thread::panicking() {
+            for p in &self.procs {
+                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                eprintln!("==== {} in {} (last lines) ====\n{}", p.name, p.node, tail(&log, 30));
+            }
+        }
+        for p in &mut self.procs {
+            p.kill();
+        }
     }
 }
 

@@ -35,7 +35,8 @@ fn each_client_is_served_by_its_nearest_participant_with_only_the_vip_as_source(
         let cap = c.capture(&client).expect("capture");
         let dl = curl_download(&c, &client, &c.vip_url("big.bin"), &[]).expect("curl");
         let packets = cap.finish().expect("pcap");
-        assert_eq!(dl.exit, 0, "{client}: curl failed: {}", dl.stderr);
+        let resets: Vec<_> = packets.iter().filter(|p| p.rst).collect();
+        assert_eq!(dl.exit, 0, "{client}: curl failed: {}; resets captured: {resets:?}", dl.stderr);
         assert_eq!(dl.bytes, OBJECT_BYTES as u64, "{client}: size");
         assert_eq!(dl.sha256, sha, "{client}: digest");
         assert_eq!(dl.served_by(), Some(same_region(&client).as_str()), "{client}: not served by its nearest participant");
@@ -89,6 +90,17 @@ fn range_head_and_keep_alive_through_the_vip() {
     assert_eq!(baton_tests::sha256_file(std::path::Path::new(&o1)).expect("o1"), sha);
     assert_eq!(std::fs::read(&o2).expect("o2"), &data[..100]);
     assert_eq!(handoffs(&c), 3, "one handoff per connection");
+
+    // The same client port twice in a row (the server closes first, so the client may reuse it
+    // at once): the second connection is a new handoff, not a packet for the old flow.
+    for round in 0..2 {
+        let dl = curl_download(&c, client, &c.vip_url("r.bin"), &["--local-port", "41234", "-H", "Connection: close"])
+            .expect("curl");
+        assert_eq!(dl.exit, 0, "round {round}: {}", dl.stderr);
+        assert_eq!(dl.sha256, sha, "round {round}");
+        assert_eq!(dl.served_by(), Some("p-fra"), "round {round}");
+    }
+    assert_eq!(handoffs(&c), 5);
 }
 
 #[test]

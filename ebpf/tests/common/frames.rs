@@ -38,6 +38,7 @@ pub struct Tcp {
     pub timestamps: Option<(u32, u32)>,
     /// Raw option bytes; replaces `timestamps` when set (padded to 4 bytes).
     pub raw_options: Option<Vec<u8>>,
+    pub syn: bool,
     pub fin: bool,
     pub rst: bool,
     pub payload: Vec<u8>,
@@ -60,6 +61,7 @@ impl Default for Tcp {
             window: 501,
             timestamps: Some((111_111, 222_222)),
             raw_options: None,
+            syn: false,
             fin: false,
             rst: false,
             payload: Vec::new(),
@@ -81,6 +83,7 @@ impl Tcp {
             tcp.ack = true;
             tcp.acknowledgment_number = ack;
         }
+        tcp.syn = self.syn;
         tcp.fin = self.fin;
         tcp.rst = self.rst;
         tcp.psh = !self.payload.is_empty();
