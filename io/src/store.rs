@@ -105,8 +105,9 @@ impl DirStore {
         &self.root_path
     }
 
-    /// Opens `path` below the root; `Ok(None)` when it does not exist or is not a regular file.
-    pub fn open_file(&self, path: &ObjectPath) -> Result<Option<File>, StoreError> {
+    /// Opens `path` below the root, with its metadata; `Ok(None)` when it does not exist or is
+    /// not a regular file.
+    pub fn open_file(&self, path: &ObjectPath) -> Result<Option<(File, std::fs::Metadata)>, StoreError> {
         let io_err = |source| StoreError::Io { path: path.as_str().to_owned(), source };
         let c_path = CString::new(path.as_str()).map_err(|_| io_err(io::Error::from(io::ErrorKind::InvalidInput)))?;
         let how = OpenHow {
@@ -139,16 +140,15 @@ impl DirStore {
         if !meta.is_file() {
             return Ok(None);
         }
-        Ok(Some(file))
+        Ok(Some((file, meta)))
     }
 
     /// Opens and describes `path`, hashing it if this version has not been hashed yet.
     pub async fn resolve(&self, path: &ObjectPath) -> Result<Option<Object>, StoreError> {
-        let Some(file) = self.open_file(path)? else {
+        let Some((file, md)) = self.open_file(path)? else {
             return Ok(None);
         };
         let io_err = |source| StoreError::Io { path: path.as_str().to_owned(), source };
-        let md = file.metadata().map_err(io_err)?;
         let version = FileVersion {
             dev: md.dev(),
             ino: md.ino(),
@@ -198,6 +198,42 @@ impl ObjectSource for DirStore {
     }
 }
 
+/// A source that answers one path with an object opened (and verified) beforehand, once, and
+/// everything else from `inner`. A participant opens the handed-off object before it restores
+/// the connection; the first response uses that object instead of opening it again.
+#[derive(Debug)]
+pub struct Primed<'a, S> {
+    inner: &'a S,
+    first: Mutex<Option<(ObjectPath, Object)>>,
+}
+
+impl<'a, S: ObjectSource> Primed<'a, S> {
+    pub fn new(inner: &'a S, path: ObjectPath, object: Object) -> Self {
+        Self { inner, first: Mutex::new(Some((path, object))) }
+    }
+
+    fn take(&self, path: &ObjectPath) -> Option<Object> {
+        let mut g = self.first.lock().unwrap_or_else(|p| p.into_inner());
+        match g.take() {
+            Some((p, obj)) if p == *path => Some(obj),
+            // Another path first: the primed object is of no further use.
+            _ => None,
+        }
+    }
+}
+
+impl<S: ObjectSource> ObjectSource for Primed<'_, S> {
+    fn resolve(&self, path: &ObjectPath) -> impl Future<Output = Result<Option<Object>, StoreError>> + Send {
+        let primed = self.take(path);
+        async move {
+            match primed {
+                Some(obj) => Ok(Some(obj)),
+                None => self.inner.resolve(path).await,
+            }
+        }
+    }
+}
+
 /// SHA-256 of a whole file from its start.
 pub fn hash_file(mut file: File) -> io::Result<Sha256> {
     let mut hasher = sha2::Sha256::new();
@@ -238,6 +274,22 @@ mod tests {
         );
         assert!(store.resolve(&object_path("/a").expect("path")).await.expect("dir").is_none(), "directories are not objects");
         assert!(store.resolve(&object_path("/nope").expect("path")).await.expect("missing").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn primed_object_answers_its_path_once() {
+        let dir = tempdir("primed");
+        std::fs::write(dir.join("a"), b"from disk").expect("write");
+        std::fs::write(dir.join("b"), b"bb").expect("write");
+        let store = DirStore::open(&dir).expect("open");
+        let a = object_path("/a").expect("path");
+        let b = object_path("/b").expect("path");
+        let mut primed_obj = store.resolve(&b).await.expect("resolve").expect("found");
+        primed_obj.meta.size = 12345; // marks the primed copy
+        let primed = Primed::new(&store, a.clone(), primed_obj);
+        assert_eq!(primed.resolve(&a).await.expect("a").expect("found").meta.size, 12345, "first time: the primed object");
+        assert_eq!(primed.resolve(&a).await.expect("a").expect("found").meta.size, 9, "then: from the store");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

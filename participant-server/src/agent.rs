@@ -14,6 +14,7 @@ use std::time::Duration;
 use baton_io::control::{write_message, FrameReader};
 use baton_io::http::{serve_connection, ServeConfig};
 use baton_io::repair::{close_silently, restore, Resume};
+use baton_io::store::Primed;
 use baton_shared::control::Message;
 use baton_shared::geo::Coord;
 use baton_shared::handoff::Handoff;
@@ -132,15 +133,18 @@ impl Agent {
         let flow_id = h.flow_id;
         let client = h.tcp.remote;
         let t0 = std::time::Instant::now();
+        // The handed-off object, cached and verified before the connection is restored: if it
+        // cannot be had, the main still holds the connection and answers it.
+        let mut primed = None;
         if let Some(plan) = &h.object {
-            let ready = match object_path(&format!("/{}", plan.path)) {
-                Ok(p) => self.cache.get(&p, Some(&plan.sha256)).await.map(|o| o.is_some()).map_err(|e| e.to_string()),
-                Err(e) => Err(format!("bad object path: {e}")),
+            let path = match object_path(&format!("/{}", plan.path)) {
+                Ok(p) => p,
+                Err(e) => return refuse(&tx, flow_id, format!("bad object path: {e}")).await,
             };
-            match ready {
-                Ok(true) => {}
-                Ok(false) => return refuse(&tx, flow_id, "origin has no such object".to_owned()).await,
-                Err(e) => return refuse(&tx, flow_id, e).await,
+            match self.cache.get(&path, Some(&plan.sha256)).await {
+                Ok(Some(obj)) => primed = Some((path, obj)),
+                Ok(None) => return refuse(&tx, flow_id, "origin has no such object".to_owned()).await,
+                Err(e) => return refuse(&tx, flow_id, e.to_string()).await,
             }
         }
         let cached = t0.elapsed();
@@ -168,7 +172,13 @@ impl Agent {
         // which only lets the main close its frozen copy.
         let me = self.clone();
         let serving = tokio::spawn(async move {
-            let stats = serve_connection(&mut stream, h.request, &me.cache, &me.serve).await;
+            let stats = match primed {
+                Some((path, obj)) => {
+                    let source = Primed::new(&me.cache, path, obj);
+                    serve_connection(&mut stream, h.request, &source, &me.serve).await
+                }
+                None => serve_connection(&mut stream, h.request, &me.cache, &me.serve).await,
+            };
             drop(stream);
             stats
         });
