@@ -52,6 +52,15 @@ pub enum Encap {
 }
 
 impl Encap {
+    /// Bytes the encapsulation adds to a forwarded packet: the outer IPv4 header, and for GUE
+    /// its UDP header (the inner packet follows the UDP header directly).
+    pub fn overhead(self) -> u16 {
+        match self {
+            Encap::Ipip => 20,
+            Encap::Gue { .. } => 20 + 8,
+        }
+    }
+
     fn raw(self) -> (u32, [u8; 2]) {
         match self {
             Encap::Ipip => (ENCAP_IPIP, [0; 2]),

@@ -4,6 +4,7 @@
 //! Protocol decisions (parsing, planning, wire formats) belong to `baton_shared`; this crate only
 //! performs the system calls and socket I/O those decisions need.
 
+pub mod cli;
 pub mod control;
 pub mod http;
 pub mod repair;

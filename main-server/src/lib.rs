@@ -19,18 +19,6 @@ const CAP_NET_ADMIN: u32 = 12;
 /// Objects the start-up digest pass looks at, at most (it only warms a cache).
 const PREWARM_MAX_OBJECTS: usize = 10_000;
 
-/// Sets up `tracing` in text or JSON, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// Fails with a clear message when the process lacks CAP_NET_ADMIN (needed by TCP_REPAIR).
 pub fn check_net_admin() -> anyhow::Result<()> {
     let status = std::fs::read_to_string("/proc/self/status")?;

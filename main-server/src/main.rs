@@ -6,31 +6,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use baton_ebpf::{AttachMode, Encap, MainDataplane, MainOptions};
+use baton_ebpf::{MainDataplane, MainOptions};
 use baton_io::http::{serve_connection, ServeConfig};
 use baton_io::store::DirStore;
 use baton_main::registry::Registry;
 use baton_main::state::{FlowTable, GeoDb, Metrics, Shared, FLOW_IDLE_LIMIT};
 use baton_main::{admin, control, vip};
-use clap::{Parser, ValueEnum};
+use baton_io::cli::CommonArgs;
+use clap::Parser;
 use tracing::{info, warn};
 
 /// Bytes an IPv4 + TCP header takes without options.
 const IPV4_TCP_HEADER_BYTES: u16 = 40;
 /// How often handed-off flows are checked for expiry.
 const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Dataplane {
-    Tc,
-    Xdp,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum EncapKind {
-    Ipip,
-    Gue,
-}
 
 /// The main server: accepts clients on the VIP and hands their connections to participants.
 #[derive(Debug, Parser)]
@@ -49,15 +38,6 @@ struct Args {
     /// Interface on which client packets arrive (the data-plane program attaches here).
     #[arg(long, default_value = "eth0")]
     iface: String,
-    /// Data-plane attachment.
-    #[arg(long, value_enum, default_value_t = Dataplane::Tc)]
-    dataplane: Dataplane,
-    /// Encapsulation toward participants.
-    #[arg(long, value_enum, default_value_t = EncapKind::Ipip)]
-    encap: EncapKind,
-    /// UDP port for GUE encapsulation.
-    #[arg(long, default_value_t = 6080)]
-    gue_port: u16,
     /// MTU of the path to participants; the VIP listener's MSS is clamped so that encapsulated
     /// client segments fit it.
     #[arg(long, default_value_t = 1500)]
@@ -86,47 +66,27 @@ struct Args {
     /// How long to wait for a participant to restore a handed-off connection, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     restore_timeout_ms: u64,
-    /// Log format.
-    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
-    log_format: String,
-    /// Runtime threads. 1 (the default) runs everything on one thread, which keeps the
-    /// handoff's task-to-task wake-ups off other cores; the bulk work (sendfile) is the kernel's.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    baton_main::init_tracing(&args.log_format);
-    let rt = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
-    }
-    .context("starting the runtime")?;
+    args.common.init_tracing();
+    let rt = args.common.runtime().context("starting the runtime")?;
     rt.block_on(run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     baton_main::check_net_admin().context("baton-main needs CAP_NET_ADMIN for TCP_REPAIR")?;
     baton_ebpf::check_capabilities().context("baton-main needs CAP_BPF and CAP_NET_ADMIN for its data plane")?;
-    let encap = match args.encap {
-        EncapKind::Ipip => Encap::Ipip,
-        EncapKind::Gue => Encap::Gue { port: args.gue_port },
-    };
-    let overhead: u16 = match args.encap {
-        EncapKind::Ipip => 20,
-        EncapKind::Gue => 20 + 8 + 4,
-    };
-    let Some(mss) = args.path_mtu.checked_sub(IPV4_TCP_HEADER_BYTES + overhead).filter(|m| *m >= 536) else {
+    let encap = args.common.encap();
+    let Some(mss) = args.path_mtu.checked_sub(IPV4_TCP_HEADER_BYTES + encap.overhead()).filter(|m| *m >= 536) else {
         bail!("--path-mtu {} leaves no room for TCP segments after encapsulation", args.path_mtu);
     };
     let dataplane = MainDataplane::load(&MainOptions {
         iface: args.iface.clone(),
-        mode: match args.dataplane {
-            Dataplane::Tc => AttachMode::Tc,
-            Dataplane::Xdp => AttachMode::Xdp,
-        },
+        mode: args.common.mode(),
         pin_dir: args.pin_dir.clone(),
         local_addr: args.local_addr,
         encap,

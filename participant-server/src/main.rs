@@ -5,25 +5,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use baton_ebpf::{AttachMode, Encap, ParticipantDataplane, ParticipantOptions};
+use baton_ebpf::{ParticipantDataplane, ParticipantOptions};
 use baton_io::http::{serve_connection, ServeConfig};
 use baton_participant::agent::{Agent, Identity};
 use baton_participant::cache::CacheStore;
 use baton_shared::geo::Coord;
-use clap::{Parser, ValueEnum};
+use baton_io::cli::CommonArgs;
+use clap::Parser;
 use tracing::{info, warn};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Dataplane {
-    Tc,
-    Xdp,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum EncapKind {
-    Ipip,
-    Gue,
-}
 
 /// A participant server: restores connections the main hands over and serves them directly.
 #[derive(Debug, Parser)]
@@ -60,12 +49,6 @@ struct Args {
     /// Interface where encapsulated packets from the main arrive.
     #[arg(long, default_value = "eth0")]
     iface: String,
-    #[arg(long, value_enum, default_value_t = Dataplane::Tc)]
-    dataplane: Dataplane,
-    #[arg(long, value_enum, default_value_t = EncapKind::Ipip)]
-    encap: EncapKind,
-    #[arg(long, default_value_t = 6080)]
-    gue_port: u16,
     /// bpffs directory for this participant's pinned maps.
     #[arg(long, default_value = "/sys/fs/bpf/baton/participant")]
     pin_dir: PathBuf,
@@ -74,35 +57,15 @@ struct Args {
     mirror_port: u16,
     #[arg(long, default_value_t = baton_io::http::DEFAULT_HEAD_TIMEOUT.as_millis() as u64)]
     head_timeout_ms: u64,
-    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
-    log_format: String,
-    /// Runtime threads. 1 (the default) runs everything on one thread, which keeps the
-    /// handoff's task-to-task wake-ups off other cores; the bulk work (sendfile) is the kernel's.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_tracing(&args.log_format);
-    let rt = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
-    }
-    .context("starting the runtime")?;
+    args.common.init_tracing();
+    let rt = args.common.runtime().context("starting the runtime")?;
     rt.block_on(run(args))
-}
-
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" {
-        b.json().init();
-    } else {
-        b.init();
-    }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -111,16 +74,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let coord = Coord::new(args.lat, args.lon).context("--lat/--lon")?;
     let _dataplane = ParticipantDataplane::load(&ParticipantOptions {
         iface: args.iface.clone(),
-        mode: match args.dataplane {
-            Dataplane::Tc => AttachMode::Tc,
-            Dataplane::Xdp => AttachMode::Xdp,
-        },
+        mode: args.common.mode(),
         pin_dir: args.pin_dir.clone(),
         main_addr: args.main_addr,
-        encap: match args.encap {
-            EncapKind::Ipip => Encap::Ipip,
-            EncapKind::Gue => Encap::Gue { port: args.gue_port },
-        },
+        encap: args.common.encap(),
         require_socket: true,
     })
     .with_context(|| format!("loading the data plane on {}", args.iface))?;

@@ -94,13 +94,21 @@ pub struct ClusterOptions {
     pub block: String,
     /// Extra arguments for baton-main.
     pub main_args: Vec<String>,
+    /// Extra arguments for every baton-participant.
+    pub participant_args: Vec<String>,
     /// Start the participants (otherwise only the main runs).
     pub participants: bool,
 }
 
 impl ClusterOptions {
     pub fn new(name: &str, block: &str) -> Self {
-        Self { name: name.to_owned(), block: block.to_owned(), main_args: Vec::new(), participants: true }
+        Self {
+            name: name.to_owned(),
+            block: block.to_owned(),
+            main_args: Vec::new(),
+            participant_args: Vec::new(),
+            participants: true,
+        }
     }
 }
 
@@ -126,8 +134,9 @@ impl Cluster {
         let mut c = Cluster { procs: Vec::new(), origin_dir, admin, lab };
         c.start_main(&opts.main_args)?;
         if opts.participants {
+            let extra: Vec<&str> = opts.participant_args.iter().map(String::as_str).collect();
             for p in c.participant_names() {
-                c.start_participant(&p, &[])?;
+                c.start_participant(&p, &extra)?;
             }
             c.wait_registered(c.participant_names().len())?;
         }

@@ -235,3 +235,25 @@ fn bad_input_at_the_vip_is_answered_by_the_main_and_never_handed_off() {
     assert_eq!(dl.served_by(), Some("p-iad"));
     assert_eq!(handoffs(&c), 1);
 }
+
+#[test]
+fn gue_encapsulation_carries_the_flow_too() {
+    if !require_root() {
+        return;
+    }
+    let mut opts = ClusterOptions::new("tgue", "198.18.48.0/21");
+    opts.main_args = vec!["--encap".into(), "gue".into()];
+    opts.participant_args = vec!["--encap".into(), "gue".into()];
+    let c = Cluster::start(&opts).expect("cluster");
+    let sha = c.write_object("g.bin", 16 << 20, 6).expect("object");
+    let cap = c.capture("c-sin").expect("capture");
+    let dl = curl_download(&c, "c-sin", &c.vip_url("g.bin"), &[]).expect("curl");
+    let packets = cap.finish().expect("pcap");
+    assert_eq!(dl.exit, 0, "{}", dl.stderr);
+    assert_eq!(dl.sha256, sha);
+    assert_eq!(dl.served_by(), Some("p-sin"));
+    let me = c.addr("c-sin").expect("addr");
+    assert!(packets.iter().filter(|p| p.dst == me).all(|p| p.src == c.lab.vip()), "only the VIP answers");
+    assert!(!packets.iter().any(|p| p.rst));
+    assert_eq!(handoffs(&c), 1);
+}
