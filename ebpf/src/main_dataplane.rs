@@ -180,19 +180,7 @@ impl MainDataplane {
 
     /// Every counter, summed over CPUs, in [`MainCounter::ALL`] order.
     pub fn counters(&self) -> Result<Vec<(MainCounter, u64)>, DataplaneError> {
-        let stats = self.stats.lock().map_err(|_| DataplaneError::Poisoned)?;
-        MainCounter::ALL
-            .iter()
-            .map(|&counter| {
-                let per_cpu = stats
-                    .get(&counter.index(), 0)
-                    .map_err(|e| DataplaneError::map(STATS_MAP, e))?;
-                Ok((
-                    counter,
-                    per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)),
-                ))
-            })
-            .collect()
+        sum_counters(&self.stats, STATS_MAP, MainCounter::ALL, |c| c.index())
     }
 
     /// Runs one Ethernet frame through the loaded program as if it had
@@ -240,4 +228,20 @@ fn warn_if_forwarding_disabled(iface: &str) {
             );
         }
     }
+}
+
+/// Reads every counter of a per-CPU counters map and sums it over CPUs, in `all`'s order.
+pub(crate) fn sum_counters<C: Copy>(
+    stats: &Mutex<PerCpuArray<MapData, u64>>,
+    map: &'static str,
+    all: &[C],
+    index: impl Fn(C) -> u32,
+) -> Result<Vec<(C, u64)>, DataplaneError> {
+    let stats = stats.lock().map_err(|_| DataplaneError::Poisoned)?;
+    all.iter()
+        .map(|&counter| {
+            let per_cpu = stats.get(&index(counter), 0).map_err(|e| DataplaneError::map(map, e))?;
+            Ok((counter, per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v))))
+        })
+        .collect()
 }

@@ -109,19 +109,7 @@ impl ParticipantDataplane {
 
     /// Every counter, summed over CPUs, in [`ParticipantCounter::ALL`] order.
     pub fn counters(&self) -> Result<Vec<(ParticipantCounter, u64)>, DataplaneError> {
-        let stats = self.stats.lock().map_err(|_| DataplaneError::Poisoned)?;
-        ParticipantCounter::ALL
-            .iter()
-            .map(|&counter| {
-                let per_cpu = stats
-                    .get(&counter.index(), 0)
-                    .map_err(|e| DataplaneError::map(STATS_MAP, e))?;
-                Ok((
-                    counter,
-                    per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)),
-                ))
-            })
-            .collect()
+        crate::main_dataplane::sum_counters(&self.stats, STATS_MAP, ParticipantCounter::ALL, |c| c.index())
     }
 
     /// Runs one Ethernet frame through the loaded program as if it had

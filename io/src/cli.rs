@@ -35,6 +35,9 @@ pub struct CommonArgs {
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     pub log_format: String,
+    /// Deadline for a client's request head, in milliseconds.
+    #[arg(long, default_value_t = crate::http::DEFAULT_HEAD_TIMEOUT.as_millis() as u64)]
+    pub head_timeout_ms: u64,
     /// Runtime threads. 1 (the default) runs everything on one thread, which keeps the
     /// handoff's task-to-task wake-ups off other cores; the bulk work (sendfile) is the kernel's.
     #[arg(long, default_value_t = 1)]

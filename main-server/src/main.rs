@@ -60,9 +60,6 @@ struct Args {
     /// Unix socket of the admin API.
     #[arg(long, default_value = "/run/baton/main.sock")]
     admin_socket: PathBuf,
-    /// Deadline for a client's request head, in milliseconds.
-    #[arg(long, default_value_t = baton_io::http::DEFAULT_HEAD_TIMEOUT.as_millis() as u64)]
-    head_timeout_ms: u64,
     /// How long to wait for a participant to restore a handed-off connection, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     restore_timeout_ms: u64,
@@ -94,7 +91,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .with_context(|| format!("loading the data plane on {}", args.iface))?;
     let origin = DirStore::open(&args.origin_dir).context("opening the origin store")?;
     let geo = GeoDb::open(args.geoip.as_deref())?;
-    let serve = ServeConfig { server_name: "baton".to_owned(), head_timeout: Duration::from_millis(args.head_timeout_ms), served_by: Some("main".to_owned()) };
+    let serve = ServeConfig { server_name: "baton".to_owned(), head_timeout: Duration::from_millis(args.common.head_timeout_ms), served_by: Some("main".to_owned()) };
     let shared = Arc::new(Shared {
         registry: Registry::default(),
         dataplane,

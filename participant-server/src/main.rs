@@ -55,8 +55,6 @@ struct Args {
     /// Port of the plain HTTP mirror on --addr (0 disables it).
     #[arg(long, default_value_t = 80)]
     mirror_port: u16,
-    #[arg(long, default_value_t = baton_io::http::DEFAULT_HEAD_TIMEOUT.as_millis() as u64)]
-    head_timeout_ms: u64,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -83,7 +81,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .with_context(|| format!("loading the data plane on {}", args.iface))?;
     let origin = SocketAddrV4::new(args.main_addr, args.origin_port);
     let cache = CacheStore::open(&args.cache_dir, origin).context("opening the cache")?;
-    let serve = ServeConfig { server_name: "baton".to_owned(), head_timeout: Duration::from_millis(args.head_timeout_ms), served_by: Some(args.name.clone()) };
+    let serve = ServeConfig { server_name: "baton".to_owned(), head_timeout: Duration::from_millis(args.common.head_timeout_ms), served_by: Some(args.name.clone()) };
 
     if args.mirror_port != 0 {
         let listener = tokio::net::TcpListener::bind(SocketAddr::V4(SocketAddrV4::new(args.addr, args.mirror_port)))
