@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use baton_shared::geo::Coord;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
@@ -113,7 +113,6 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> {
     }
 }
 
-use tokio::io::AsyncReadExt;
 
 fn handle(req: AdminRequest, shared: &Shared) -> AdminResponse {
     match req {

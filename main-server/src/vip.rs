@@ -22,7 +22,6 @@ use baton_io::repair::{check_quiescent, RepairGuard};
 use baton_shared::control::Message;
 use baton_shared::handoff::{Handoff, ObjectPlan, MAX_HANDOFF_REQUEST_BYTES};
 use baton_shared::http::{object_path, plan_error_response, Method, RequestHead};
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -242,7 +241,7 @@ async fn try_handoff(
         e
     };
     // From here the kernel receives nothing more of this flow; take what raced in before.
-    if let Err(e) = drain_receive_queue(stream, &mut request).await {
+    if let Err(e) = drain_receive_queue(stream, &mut request) {
         return Err(unfreeze(e));
     }
     if request.len() > MAX_HANDOFF_REQUEST_BYTES {
@@ -316,20 +315,26 @@ async fn try_handoff(
 }
 
 /// Moves bytes that reached the receive queue before the freeze into `request`, until the socket
-/// is quiescent (established, both queues empty).
-async fn drain_receive_queue(stream: &mut TcpStream, request: &mut Vec<u8>) -> Result<(), HandoffError> {
+/// is quiescent (established, both queues empty). Reads with `recv(MSG_DONTWAIT)` directly:
+/// the kernel's queue, not tokio's readiness cache, says what is there.
+fn drain_receive_queue(stream: &TcpStream, request: &mut Vec<u8>) -> Result<(), HandoffError> {
+    let fd = stream.as_raw_fd();
+    let mut chunk = [0u8; 16 * 1024];
     for _ in 0..QUIESCE_ATTEMPTS {
         match check_quiescent(stream) {
             Ok(()) => return Ok(()),
             Err(baton_io::repair::RepairError::RecvQueueNotEmpty { .. }) => {
-                let mut chunk = vec![0u8; 16 * 1024];
-                match stream.try_read(&mut chunk) {
-                    Ok(0) => return Err(HandoffError::Io(std::io::ErrorKind::UnexpectedEof.into())),
-                    Ok(n) => request.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        let _ = stream.read(&mut [0u8; 0]).await;
+                // SAFETY: `chunk` is writable for its length; the descriptor is open.
+                let n = unsafe { libc::recv(fd, chunk.as_mut_ptr().cast(), chunk.len(), libc::MSG_DONTWAIT) };
+                match n {
+                    0 => return Err(HandoffError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+                    n if n > 0 => request.extend_from_slice(&chunk[..n as usize]),
+                    _ => {
+                        let e = std::io::Error::last_os_error();
+                        if e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::Interrupted {
+                            return Err(e.into());
+                        }
                     }
-                    Err(e) => return Err(e.into()),
                 }
             }
             Err(e) => return Err(e.into()),
