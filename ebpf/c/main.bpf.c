@@ -181,18 +181,11 @@ static __always_inline int main_forward_tc(struct __sk_buff *skb, const struct p
 
 	/* tot_len 0: the kernel checks the MTU against the skb itself, which
 	 * is right for GSO packets too. */
-	/* First from the egress perspective, constrained to the ingress interface: the common
-	 * one-armed case, which then needs no IPv4 forwarding on the host. Otherwise a regular
-	 * (forwarding) lookup, which may pick another interface. */
+	/* A forwarding lookup: the kernel refuses it (FWD_DISABLED) unless IPv4 forwarding is
+	 * on for the ingress interface, whatever the lookup flags, so baton-main requires it. */
 	fib_prepare(&fib, outer.ip.saddr, participant, outer.ip.tos, outer.ip.protocol, 0,
 		    skb->ifindex);
-	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
-		__builtin_memset(&fib, 0, sizeof(fib));
-		fib_prepare(&fib, outer.ip.saddr, participant, outer.ip.tos, outer.ip.protocol, 0,
-			    skb->ifindex);
-		rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	}
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		__builtin_memcpy(macs, fib.dmac, ETH_ALEN);
 		__builtin_memcpy(macs + ETH_ALEN, fib.smac, ETH_ALEN);
@@ -235,13 +228,7 @@ static __always_inline int main_forward_xdp(struct xdp_md *ctx, const struct pac
 
 	fib_prepare(&fib, outer.ip.saddr, participant, outer.ip.tos, outer.ip.protocol,
 		    pi->l3_len + hdr_len, ctx->ingress_ifindex);
-	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
-		__builtin_memset(&fib, 0, sizeof(fib));
-		fib_prepare(&fib, outer.ip.saddr, participant, outer.ip.tos, outer.ip.protocol,
-			    pi->l3_len + hdr_len, ctx->ingress_ifindex);
-		rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-	}
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 		if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 			main_count(MAIN_DROP_NO_NEIGH);

@@ -214,9 +214,8 @@ pub(crate) fn is_not_found(e: &MapError) -> bool {
     }
 }
 
-/// Participants reached through another interface than the ingress one need
-/// the forwarding FIB lookup, which refuses to route when IPv4 forwarding is
-/// off (drop_fib_failed). Participants on the ingress link do not need it.
+/// bpf_fib_lookup refuses to route for an interface with IPv4 forwarding
+/// off; every forwarded packet would then be dropped as drop_fib_failed.
 fn warn_if_forwarding_disabled(iface: &str) {
     let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
     if let Ok(value) = std::fs::read_to_string(&path) {

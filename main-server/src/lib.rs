@@ -33,6 +33,21 @@ pub fn check_net_admin() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fails with a clear message unless IPv4 forwarding is on for `iface`: the data plane routes the
+/// packets it forwards to participants with the kernel's FIB, which refuses to route for an
+/// interface without forwarding, so every handed-off flow would stall.
+pub fn check_forwarding(iface: &str) -> anyhow::Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+    let value = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("reading {path}: {e}"))?;
+    if value.trim() != "1" {
+        anyhow::bail!(
+            "IPv4 forwarding is off on {iface}; the data plane cannot route handed-off packets to participants \
+             (sysctl -w net.ipv4.conf.all.forwarding=1)"
+        );
+    }
+    Ok(())
+}
+
 /// How long ago the data plane last saw a packet of this flow; a flow it has not seen a packet
 /// of yet (a participant still filling its cache, say) is idle only since it was recorded.
 pub fn idle_for(v: &baton_ebpf::FlowValue, recorded: std::time::Instant) -> Duration {

@@ -77,6 +77,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     baton_main::check_net_admin().context("baton-main needs CAP_NET_ADMIN for TCP_REPAIR")?;
     baton_ebpf::check_capabilities().context("baton-main needs CAP_BPF and CAP_NET_ADMIN for its data plane")?;
+    baton_main::check_forwarding(&args.iface)?;
     let encap = args.common.encap();
     let Some(mss) = args.path_mtu.checked_sub(IPV4_TCP_HEADER_BYTES + encap.overhead()).filter(|m| *m >= 536) else {
         bail!("--path-mtu {} leaves no room for TCP segments after encapsulation", args.path_mtu);
