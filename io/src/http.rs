@@ -264,3 +264,32 @@ pub async fn serve_connection<S: ObjectSource>(
     let _ = stream.shutdown().await;
     Ok(stats)
 }
+
+/// Delay before accepting again after `accept` failed (e.g. out of descriptors).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Serves every connection accepted on `listener` from `source`, until the process ends: the
+/// main's origin store and a participant's mirror.
+pub async fn serve_listener<S>(listener: tokio::net::TcpListener, source: S, cfg: ServeConfig, what: &'static str)
+where
+    S: ObjectSource + Clone + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((mut stream, _)) => {
+                let source = source.clone();
+                let cfg = cfg.clone();
+                tokio::spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    if let Err(e) = serve_connection(&mut stream, Vec::new(), &source, &cfg).await {
+                        tracing::debug!(server = what, error = %e, "connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(server = what, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+            }
+        }
+    }
+}

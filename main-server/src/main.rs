@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use baton_ebpf::{MainDataplane, MainOptions};
-use baton_io::http::{serve_connection, ServeConfig};
+use baton_io::http::{serve_listener, ServeConfig};
 use baton_io::store::DirStore;
 use baton_main::registry::Registry;
 use baton_main::state::{FlowTable, GeoDb, Metrics, Shared, FLOW_IDLE_LIMIT};
@@ -118,7 +118,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::spawn(vip::run(vip_listener, shared.clone()));
     tokio::spawn(control::run(control_listener, shared.clone()));
     tokio::spawn(admin::run(admin_listener, shared.clone()));
-    tokio::spawn(serve_origin(origin_listener, origin, serve));
+    // The origin store, for participants' cache fill: plain HTTP with digests.
+    tokio::spawn(serve_listener(origin_listener, origin, serve, "origin"));
     tokio::spawn(sweep_flows(shared.clone()));
     prewarm_digests(shared.origin.clone());
 
@@ -126,25 +127,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     info!("shutting down");
     let _ = std::fs::remove_file(&args.admin_socket);
     Ok(())
-}
-
-/// Serves the origin store to participants (cache fill) over plain HTTP with digests.
-async fn serve_origin(listener: tokio::net::TcpListener, origin: DirStore, cfg: ServeConfig) {
-    loop {
-        match listener.accept().await {
-            Ok((mut stream, _)) => {
-                let origin = origin.clone();
-                let cfg = cfg.clone();
-                tokio::spawn(async move {
-                    let _ = serve_connection(&mut stream, Vec::new(), &origin, &cfg).await;
-                });
-            }
-            Err(e) => {
-                warn!(error = %e, "origin accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
 }
 
 /// Removes data-plane entries of flows that closed (after their linger) or went idle.

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use baton_ebpf::{ParticipantDataplane, ParticipantOptions};
-use baton_io::http::{serve_connection, ServeConfig};
+use baton_io::http::{serve_listener, ServeConfig};
 use baton_participant::agent::{Agent, Identity};
 use baton_participant::cache::CacheStore;
 use baton_shared::geo::Coord;
 use baton_io::cli::CommonArgs;
 use clap::Parser;
-use tracing::{info, warn};
+use tracing::info;
 
 /// A participant server: restores connections the main hands over and serves them directly.
 #[derive(Debug, Parser)]
@@ -87,26 +87,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(SocketAddr::V4(SocketAddrV4::new(args.addr, args.mirror_port)))
             .await
             .with_context(|| format!("binding the mirror on {}:{}", args.addr, args.mirror_port))?;
-        let cache = cache.clone();
-        let serve = serve.clone();
-        tokio::spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((mut stream, _)) => {
-                        let cache = cache.clone();
-                        let serve = serve.clone();
-                        tokio::spawn(async move {
-                            let _ = stream.set_nodelay(true);
-                            let _ = serve_connection(&mut stream, Vec::new(), &cache, &serve).await;
-                        });
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "mirror accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        });
+        tokio::spawn(serve_listener(listener, cache.clone(), serve.clone(), "mirror"));
     }
     let identity = Identity { name: args.name.clone(), addr: args.addr, coord, capacity: args.capacity };
     let agent = Agent::new(identity, SocketAddrV4::new(args.main_addr, args.control_port), cache, serve);
