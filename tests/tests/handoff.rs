@@ -91,8 +91,11 @@ fn range_head_and_keep_alive_through_the_vip() {
     assert_eq!(std::fs::read(&o2).expect("o2"), &data[..100]);
     assert_eq!(handoffs(&c), 3, "one handoff per connection");
 
-    // The same client port twice in a row (the server closes first, so the client may reuse it
-    // at once): the second connection is a new handoff, not a packet for the old flow.
+    // The same client port twice in a row: the second connection is a new handoff, not a packet
+    // for the old flow. Whichever side closed first, the client may reuse the port at once, as a
+    // busy client with tcp_tw_reuse does (otherwise its own TIME_WAIT could refuse the connect).
+    let out = c.exec(client, &["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]).expect("sysctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for round in 0..2 {
         let dl = curl_download(&c, client, &c.vip_url("r.bin"), &["--local-port", "41234", "-H", "Connection: close"])
             .expect("curl");
