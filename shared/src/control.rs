@@ -9,7 +9,7 @@
 use std::net::Ipv4Addr;
 
 use crate::geo::{Coord, GeoError};
-use crate::handoff::{Handoff, HandoffError};
+use crate::handoff::{get_response, put_response, Handoff, HandoffError, Response};
 use crate::wire::Reader;
 
 /// Largest frame body (everything after the length prefix). The biggest real message, a
@@ -36,6 +36,10 @@ const KIND_HANDOFF: u8 = 5;
 const KIND_RESTORED: u8 = 6;
 const KIND_RESTORE_FAILED: u8 = 7;
 const KIND_FLOW_CLOSED: u8 = 8;
+const KIND_RELEASE: u8 = 9;
+const KIND_RELEASED: u8 = 10;
+const KIND_RELEASE_FAILED: u8 = 11;
+const KIND_SERVING: u8 = 12;
 
 /// A control-channel message.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +65,19 @@ pub enum Message {
     RestoreFailed { flow_id: u64, reason: String },
     /// Participant → main: the connection ended.
     FlowClosed { flow_id: u64, bytes_sent: u64 },
+    /// Main → participant: stop sending on this connection and give it back (a move).
+    Release { flow_id: u64 },
+    /// Participant → main: the connection, stopped and frozen, as a record the next server can
+    /// restore: `tcp.snd_seq` is the first byte the client has not acknowledged, `snd_offset`
+    /// its stream position, `request` the client bytes read and not yet answered; `pending` and
+    /// `object` are empty (the main holds the responses from the `Serving` reports).
+    Released(Handoff),
+    /// Participant → main: the connection was not released (it had ended, or is unknown); the
+    /// participant keeps whatever it still has.
+    ReleaseFailed { flow_id: u64, reason: String },
+    /// Participant → main: it starts sending this response on the connection. Sent before the
+    /// first byte of it, so the main always knows what every sent byte belongs to.
+    Serving { flow_id: u64, response: Response },
 }
 
 /// Why a frame was refused.
@@ -174,6 +191,24 @@ pub fn encode_frame(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&flow_id.to_be_bytes());
             out.extend_from_slice(&bytes_sent.to_be_bytes());
         }
+        Message::Release { flow_id } => {
+            out.push(KIND_RELEASE);
+            out.extend_from_slice(&flow_id.to_be_bytes());
+        }
+        Message::Released(handoff) => {
+            out.push(KIND_RELEASED);
+            handoff.encode(out);
+        }
+        Message::ReleaseFailed { flow_id, reason } => {
+            out.push(KIND_RELEASE_FAILED);
+            out.extend_from_slice(&flow_id.to_be_bytes());
+            put_reason(out, reason);
+        }
+        Message::Serving { flow_id, response } => {
+            out.push(KIND_SERVING);
+            out.extend_from_slice(&flow_id.to_be_bytes());
+            put_response(out, response);
+        }
     }
     let len = u32::try_from(out.len() - start - LEN_PREFIX).unwrap_or(u32::MAX);
     out[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
@@ -214,6 +249,9 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, FrameError> {
     const T: FrameError = FrameError::Truncated;
     if kind == KIND_HANDOFF {
         return Ok(Message::Handoff(Handoff::decode(body)?));
+    }
+    if kind == KIND_RELEASED {
+        return Ok(Message::Released(Handoff::decode(body)?));
     }
     let mut r = Reader::new(body);
     let msg = match kind {
@@ -257,6 +295,15 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, FrameError> {
             flow_id: r.u64().ok_or(T)?,
             bytes_sent: r.u64().ok_or(T)?,
         },
+        KIND_RELEASE => Message::Release { flow_id: r.u64().ok_or(T)? },
+        KIND_RELEASE_FAILED => {
+            let flow_id = r.u64().ok_or(T)?;
+            Message::ReleaseFailed { flow_id, reason: get_reason(&mut r)? }
+        }
+        KIND_SERVING => {
+            let flow_id = r.u64().ok_or(T)?;
+            Message::Serving { flow_id, response: get_response(&mut r)? }
+        }
         kind => return Err(FrameError::UnknownKind { kind }),
     };
     if r.remaining() != 0 {
@@ -288,9 +335,9 @@ mod tests {
     static HEARTBEAT: &[u8] = &[0, 0, 0, 5, 4, 0, 0, 1, 2];
     #[rustfmt::skip]
     static HANDOFF: &[u8] = &[
-        0, 0, 0, 64,                                    // length
+        0, 0, 0, 73,                                    // length
         5,                                              // kind
-        1,                                              // handoff version
+        2,                                              // handoff version
         0, 0, 0, 0, 0, 0, 0, 9,                         // flow_id
         203, 0, 113, 10, 0x01, 0xbb,                    // local 203.0.113.10:443
         198, 18, 3, 4, 0x9c, 0x40,                      // remote 198.18.3.4:40000
@@ -307,6 +354,8 @@ mod tests {
         0, 0, 0, 2,                                     // rcv_wup
         0, 0, 0, 0,                                     // no request bytes
         0,                                              // no object
+        0, 0, 0, 0, 0, 0, 0, 0,                         // snd_offset
+        0,                                              // no pending responses
     ];
     static RESTORED: &[u8] = &[0, 0, 0, 9, 6, 1, 2, 3, 4, 5, 6, 7, 8];
     #[rustfmt::skip]
@@ -349,8 +398,32 @@ mod tests {
             },
             request: Vec::new(),
             object: None,
+            snd_offset: 0,
+            pending: Vec::new(),
         }
     }
+
+    #[rustfmt::skip]
+    static RELEASE: &[u8] = &[0, 0, 0, 9, 9, 0, 0, 0, 0, 0, 0, 0, 9];
+    #[rustfmt::skip]
+    static RELEASE_FAILED: &[u8] = &[
+        0, 0, 0, 15,                                    // length
+        11,                                             // kind
+        0, 0, 0, 0, 0, 0, 0, 9,                         // flow_id
+        0, 4, b'g', b'o', b'n', b'e',                   // reason "gone"
+    ];
+    #[rustfmt::skip]
+    static SERVING: &[u8] = &[
+        0, 0, 0, 37,                                    // length
+        12,                                             // kind
+        0, 0, 0, 0, 0, 0, 0, 9,                         // flow_id
+        0, 0, 0, 0, 0, 0, 0x01, 0x00,                   // start 256
+        0, 0, 0, 2,                                     // request_end
+        1,                                              // keep-alive
+        0, 12,                                          // head length
+        b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'1', b' ', b'2', b'0', b'4',
+        0,                                              // no body
+    ];
 
     fn fixtures() -> Vec<(Message, &'static [u8])> {
         vec![
@@ -391,6 +464,21 @@ mod tests {
                     bytes_sent: 1 << 32,
                 },
                 FLOW_CLOSED,
+            ),
+            (Message::Release { flow_id: 9 }, RELEASE),
+            (Message::ReleaseFailed { flow_id: 9, reason: "gone".into() }, RELEASE_FAILED),
+            (
+                Message::Serving {
+                    flow_id: 9,
+                    response: Response {
+                        start: 256,
+                        request_end: 2,
+                        keep_alive: true,
+                        head: b"HTTP/1.1 204".to_vec(),
+                        body: None,
+                    },
+                },
+                SERVING,
             ),
         ]
     }
@@ -482,8 +570,8 @@ mod tests {
             FrameError::UnknownKind { kind: 99 }
         );
         assert_eq!(
-            decode_err(&frame(9, &[1, 2])),
-            FrameError::UnknownKind { kind: 9 }
+            decode_err(&frame(13, &[1, 2])),
+            FrameError::UnknownKind { kind: 13 }
         );
         assert_eq!(decode_err(&frame(6, &[0; 7])), FrameError::Truncated);
         assert_eq!(
@@ -585,10 +673,16 @@ mod tests {
     #[test]
     fn handoff_errors_pass_through() {
         let mut bytes = HANDOFF.to_vec();
-        bytes[5] = 2;
+        bytes[5] = 1;
         assert_eq!(
             decode_err(&bytes),
-            FrameError::Handoff(HandoffError::Version { found: 2 })
+            FrameError::Handoff(HandoffError::Version { found: 1 })
+        );
+        let mut released = bytes.clone();
+        released[4] = KIND_RELEASED;
+        assert_eq!(
+            decode_err(&released),
+            FrameError::Handoff(HandoffError::Version { found: 1 })
         );
         let mut bytes = HANDOFF.to_vec();
         bytes.push(0);

@@ -7,7 +7,7 @@
 //! length against a named limit before using it and never panics. This module must never touch
 //! a socket; applying the state is the I/O crate's job.
 //!
-//! Layout, version 1:
+//! Layout, version 2:
 //!
 //! ```text
 //! u8 version | u64 flow_id
@@ -16,8 +16,17 @@
 //! u8 flags (bit 0 sack, bit 1 timestamps) | u32 ts_val
 //! u32 snd_wl1 | u32 snd_wnd | u32 max_window | u32 rcv_wnd | u32 rcv_wup
 //! u32 request length | request bytes
-//! u8 object present (0 or 1) [ u16 path length | path (UTF-8) | u64 size | 32-byte SHA-256 ]
+//! u8 object present (0 or 1) [ object ]
+//! u64 snd_offset | u8 pending count | pending responses
+//!
+//! object   = u16 path length | path (UTF-8) | u64 size | 32-byte SHA-256
+//! response = u64 start | u32 request_end | u8 keep_alive (0 or 1) | u16 head length | head
+//!            | u8 body present (0 or 1) [ object | u64 offset | u64 length ]
 //! ```
+//!
+//! Version 2 added the stream offset and the pending responses, which let a record describe a
+//! connection in the middle of a response (a move between participants), not only one that has
+//! just been accepted.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -27,7 +36,7 @@ use crate::wire::Reader;
 
 /// Format version written first in every record. Bump it on any layout change: a participant
 /// refuses records of another version instead of misreading them.
-pub const HANDOFF_VERSION: u8 = 1;
+pub const HANDOFF_VERSION: u8 = 2;
 
 /// Most request bytes a record carries: the head (at most [`crate::http::MAX_HEAD_BYTES`]) plus
 /// as much again for bytes of a pipelined request the main read along with it.
@@ -36,6 +45,13 @@ pub const MAX_HANDOFF_REQUEST_BYTES: usize = 2 * crate::http::MAX_HEAD_BYTES;
 /// Longest object path. Paths come from request targets, which are at most this long before
 /// percent-decoding shortens them.
 pub const MAX_HANDOFF_PATH_BYTES: usize = crate::http::MAX_TARGET_BYTES;
+
+/// Longest response head a record carries (the participant's own heads are a few hundred bytes).
+pub const MAX_RESPONSE_HEAD_BYTES: usize = crate::http::MAX_HEAD_BYTES;
+
+/// Most unfinished responses a record carries: the one being sent, and the ones after it that
+/// the participant had already started when the connection was taken from it.
+pub const MAX_PENDING_RESPONSES: usize = 4;
 
 /// Largest TCP window scale shift (RFC 7323 §2.3).
 pub const MAX_WSCALE: u8 = 14;
@@ -87,14 +103,68 @@ pub struct ObjectPlan {
     pub sha256: Sha256,
 }
 
-/// One connection handed from the main to a participant.
+/// The body part of a response: `len` bytes of `object` from byte `offset` of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyPart {
+    pub object: ObjectPlan,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// One response as it goes out on a connection: where it starts in the connection's stream,
+/// the exact head bytes, and the body. Enough for another server to send any suffix of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Stream offset (see [`Handoff::snd_offset`]) of the first head byte.
+    pub start: u64,
+    /// The client's sequence number just after the request this response answers: where the
+    /// next request begins.
+    pub request_end: u32,
+    pub keep_alive: bool,
+    pub head: Vec<u8>,
+    pub body: Option<BodyPart>,
+}
+
+impl Response {
+    /// Head plus body length.
+    pub fn len(&self) -> u64 {
+        self.head.len() as u64 + self.body.as_ref().map_or(0, |b| b.len)
+    }
+
+    /// Whether the response has no bytes at all (never true for a real response).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stream offset just after the last byte.
+    pub fn end(&self) -> u64 {
+        self.start.saturating_add(self.len())
+    }
+
+    pub(crate) fn encoded_len(&self) -> usize {
+        8 + 4 + 1 + 2 + self.head.len() + 1 + self.body.as_ref().map_or(0, |b| object_len(&b.object) + 16)
+    }
+}
+
+/// One connection handed to a participant: just accepted by the main, or taken from another
+/// participant in the middle of a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handoff {
     pub flow_id: u64,
     pub tcp: TcpState,
-    /// Request bytes the main already read from the client.
+    /// Bytes already read from the client and not yet answered (the first request, and any
+    /// pipelined bytes after it).
     pub request: Vec<u8>,
+    /// The object the first request asks for, so the participant can have it ready before it
+    /// restores the connection.
     pub object: Option<ObjectPlan>,
+    /// Byte position of `tcp.snd_seq` in the connection's response stream, counted from the
+    /// first byte the main handed off (0 for a new handoff). 64 bits, so positions stay
+    /// unambiguous past the 4 GiB where sequence numbers wrap.
+    pub snd_offset: u64,
+    /// Responses not yet completely sent, in stream order; the first one may already be partly
+    /// acknowledged (sending resumes at `snd_offset`). Empty for a new handoff.
+    pub pending: Vec<Response>,
 }
 
 /// Why a handoff record was refused.
@@ -122,6 +192,12 @@ pub enum HandoffError {
     PathNotUtf8,
     #[error("object path is unsafe: {0}")]
     Path(#[source] PathError),
+    #[error("{count} pending responses exceed {MAX_PENDING_RESPONSES}")]
+    TooManyPending { count: usize },
+    #[error("response head of {len} bytes exceeds {MAX_RESPONSE_HEAD_BYTES}")]
+    HeadTooLong { len: usize },
+    #[error("pending responses are not contiguous from the stream offset")]
+    PendingGap,
 }
 
 fn check_tcp(mss: u16, snd_wscale: u8, rcv_wscale: u8) -> Result<(), HandoffError> {
@@ -168,7 +244,18 @@ impl Handoff {
         if let Some(object) = &self.object {
             check_path(&object.path)?;
         }
-        Ok(())
+        if self.pending.len() > MAX_PENDING_RESPONSES {
+            return Err(HandoffError::TooManyPending { count: self.pending.len() });
+        }
+        for r in &self.pending {
+            if r.head.len() > MAX_RESPONSE_HEAD_BYTES {
+                return Err(HandoffError::HeadTooLong { len: r.head.len() });
+            }
+            if let Some(b) = &r.body {
+                check_path(&b.object.path)?;
+            }
+        }
+        check_pending(self.snd_offset, &self.pending)
     }
 
     /// Size of the encoded record.
@@ -177,10 +264,10 @@ impl Handoff {
             + 4
             + self.request.len()
             + 1
-            + self
-                .object
-                .as_ref()
-                .map_or(0, |o| 2 + o.path.len() + 8 + 32)
+            + self.object.as_ref().map_or(0, object_len)
+            + 8
+            + 1
+            + self.pending.iter().map(Response::encoded_len).sum::<usize>()
     }
 
     /// Appends the encoded record to `out`. Records that fail [`Handoff::check`] are written
@@ -217,12 +304,13 @@ impl Handoff {
             None => out.push(0),
             Some(o) => {
                 out.push(1);
-                let path_len = u16::try_from(o.path.len()).unwrap_or(u16::MAX);
-                out.extend_from_slice(&path_len.to_be_bytes());
-                out.extend_from_slice(o.path.as_bytes());
-                out.extend_from_slice(&o.size.to_be_bytes());
-                out.extend_from_slice(&o.sha256);
+                put_object(out, o);
             }
+        }
+        out.extend_from_slice(&self.snd_offset.to_be_bytes());
+        out.push(u8::try_from(self.pending.len()).unwrap_or(u8::MAX));
+        for r in &self.pending {
+            put_response(out, r);
         }
     }
 
@@ -263,26 +351,20 @@ impl Handoff {
         }
         let request = r.bytes(len).ok_or(T)?.to_vec();
 
-        let object = match r.u8().ok_or(T)? {
-            0 => None,
-            1 => {
-                let len = usize::from(r.u16().ok_or(T)?);
-                if len > MAX_HANDOFF_PATH_BYTES {
-                    return Err(HandoffError::PathTooLong { len });
-                }
-                let path = r.bytes(len).ok_or(T)?;
-                let path = std::str::from_utf8(path).map_err(|_| HandoffError::PathNotUtf8)?;
-                check_path(path)?;
-                let size = r.u64().ok_or(T)?;
-                let sha256 = r.array::<32>().ok_or(T)?;
-                Some(ObjectPlan {
-                    path: path.to_string(),
-                    size,
-                    sha256,
-                })
-            }
-            byte => return Err(HandoffError::Presence { byte }),
+        let object = match presence(&mut r)? {
+            false => None,
+            true => Some(get_object(&mut r)?),
         };
+        let snd_offset = r.u64().ok_or(T)?;
+        let count = usize::from(r.u8().ok_or(T)?);
+        if count > MAX_PENDING_RESPONSES {
+            return Err(HandoffError::TooManyPending { count });
+        }
+        let mut pending = Vec::with_capacity(count);
+        for _ in 0..count {
+            pending.push(get_response(&mut r)?);
+        }
+        check_pending(snd_offset, &pending)?;
         if r.remaining() != 0 {
             return Err(HandoffError::TrailingBytes {
                 extra: r.remaining(),
@@ -307,8 +389,93 @@ impl Handoff {
             tcp,
             request,
             object,
+            snd_offset,
+            pending,
         })
     }
+}
+
+/// The first pending response must contain `snd_offset` (or start exactly there) and each one
+/// must start where the one before it ends.
+fn check_pending(snd_offset: u64, pending: &[Response]) -> Result<(), HandoffError> {
+    let Some(first) = pending.first() else { return Ok(()) };
+    if first.start > snd_offset || first.end() <= snd_offset && !first.is_empty() {
+        return Err(HandoffError::PendingGap);
+    }
+    if pending.windows(2).any(|w| w[0].end() != w[1].start) {
+        return Err(HandoffError::PendingGap);
+    }
+    Ok(())
+}
+
+/// Appends one response in the record's `response` layout.
+pub(crate) fn put_response(out: &mut Vec<u8>, r: &Response) {
+    out.extend_from_slice(&r.start.to_be_bytes());
+    out.extend_from_slice(&r.request_end.to_be_bytes());
+    out.push(u8::from(r.keep_alive));
+    out.extend_from_slice(&u16::try_from(r.head.len()).unwrap_or(u16::MAX).to_be_bytes());
+    out.extend_from_slice(&r.head);
+    match &r.body {
+        None => out.push(0),
+        Some(b) => {
+            out.push(1);
+            put_object(out, &b.object);
+            out.extend_from_slice(&b.offset.to_be_bytes());
+            out.extend_from_slice(&b.len.to_be_bytes());
+        }
+    }
+}
+
+/// Reads one response in the record's `response` layout, checking its limits.
+pub(crate) fn get_response(r: &mut Reader<'_>) -> Result<Response, HandoffError> {
+    const T: HandoffError = HandoffError::Truncated;
+    let start = r.u64().ok_or(T)?;
+    let request_end = r.u32().ok_or(T)?;
+    let keep_alive = presence(r)?;
+    let len = usize::from(r.u16().ok_or(T)?);
+    if len > MAX_RESPONSE_HEAD_BYTES {
+        return Err(HandoffError::HeadTooLong { len });
+    }
+    let head = r.bytes(len).ok_or(T)?.to_vec();
+    let body = match presence(r)? {
+        false => None,
+        true => Some(BodyPart { object: get_object(r)?, offset: r.u64().ok_or(T)?, len: r.u64().ok_or(T)? }),
+    };
+    Ok(Response { start, request_end, keep_alive, head, body })
+}
+
+fn object_len(o: &ObjectPlan) -> usize {
+    2 + o.path.len() + 8 + 32
+}
+
+fn put_object(out: &mut Vec<u8>, o: &ObjectPlan) {
+    let path_len = u16::try_from(o.path.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&path_len.to_be_bytes());
+    out.extend_from_slice(o.path.as_bytes());
+    out.extend_from_slice(&o.size.to_be_bytes());
+    out.extend_from_slice(&o.sha256);
+}
+
+fn presence(r: &mut Reader<'_>) -> Result<bool, HandoffError> {
+    match r.u8().ok_or(HandoffError::Truncated)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        byte => Err(HandoffError::Presence { byte }),
+    }
+}
+
+fn get_object(r: &mut Reader<'_>) -> Result<ObjectPlan, HandoffError> {
+    const T: HandoffError = HandoffError::Truncated;
+    let len = usize::from(r.u16().ok_or(T)?);
+    if len > MAX_HANDOFF_PATH_BYTES {
+        return Err(HandoffError::PathTooLong { len });
+    }
+    let path = r.bytes(len).ok_or(T)?;
+    let path = std::str::from_utf8(path).map_err(|_| HandoffError::PathNotUtf8)?;
+    check_path(path)?;
+    let size = r.u64().ok_or(T)?;
+    let sha256 = r.array::<32>().ok_or(T)?;
+    Ok(ObjectPlan { path: path.to_string(), size, sha256 })
 }
 
 #[cfg(test)]
@@ -317,7 +484,7 @@ mod tests {
 
     #[rustfmt::skip]
     static FIXTURE: &[u8] = &[
-        0x01,                                           // version
+        0x02,                                           // version
         0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, // flow_id
         203, 0, 113, 10, 0x00, 0x50,                    // local 203.0.113.10:80
         198, 18, 1, 2, 0xc8, 0x22,                      // remote 198.18.1.2:51234
@@ -344,6 +511,8 @@ mod tests {
         0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab,
         0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab,
         0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // snd_offset 0
+        0x00,                                           // no pending responses
     ];
 
     /// Offsets into [`FIXTURE`] for the corruption tests.
@@ -382,6 +551,8 @@ mod tests {
                 size: 4096,
                 sha256: [0xab; 32],
             }),
+            snd_offset: 0,
+            pending: Vec::new(),
         }
     }
 
@@ -414,9 +585,9 @@ mod tests {
         h.tcp.timestamps = true;
         h.request.clear();
         let bytes = encode(&h);
-        assert_eq!(bytes.len(), FIXED_LEN + 4 + 1);
+        assert_eq!(bytes.len(), FIXED_LEN + 4 + 1 + 9);
         assert_eq!(bytes[FLAGS_AT], 0x02);
-        assert_eq!(bytes[FIXED_LEN..], [0, 0, 0, 0, 0]);
+        assert_eq!(bytes[FIXED_LEN..], [0; 14]);
         assert_eq!(Handoff::decode(&bytes), Ok(h));
     }
 
@@ -444,8 +615,8 @@ mod tests {
     #[test]
     fn wrong_version() {
         assert_eq!(
-            Handoff::decode(&corrupt(0, 2)),
-            Err(HandoffError::Version { found: 2 })
+            Handoff::decode(&corrupt(0, 1)),
+            Err(HandoffError::Version { found: 1 })
         );
         assert_eq!(
             Handoff::decode(&corrupt(0, 0)),
@@ -550,5 +721,72 @@ mod tests {
             Handoff::decode(&encode(&h)),
             Err(HandoffError::PathTooLong { len })
         );
+    }
+
+    fn moved() -> Handoff {
+        let mut h = fixture();
+        h.object = None;
+        h.snd_offset = 1000;
+        let plan = ObjectPlan { path: "big.bin".into(), size: 1 << 33, sha256: [7; 32] };
+        h.pending = vec![
+            Response {
+                start: 900,
+                request_end: 0x5566_7788,
+                keep_alive: true,
+                head: b"HTTP/1.1 200 OK\r\n\r\n".to_vec(),
+                body: Some(BodyPart { object: plan.clone(), offset: 0, len: 200 }),
+            },
+            Response {
+                start: 900 + 19 + 200,
+                request_end: 0x5566_7799,
+                keep_alive: false,
+                head: b"HTTP/1.1 206 Partial Content\r\n\r\n".to_vec(),
+                body: Some(BodyPart { object: plan, offset: 1 << 32, len: 5 << 30 }),
+            },
+        ];
+        h
+    }
+
+    #[test]
+    fn pending_responses_round_trip() {
+        let h = moved();
+        assert_eq!(h.check(), Ok(()));
+        let bytes = encode(&h);
+        assert_eq!(Handoff::decode(&bytes), Ok(h.clone()));
+        for n in 0..bytes.len() {
+            assert_eq!(Handoff::decode(&bytes[..n]), Err(HandoffError::Truncated), "prefix {n}");
+        }
+        assert_eq!(h.pending[1].end(), h.pending[1].start + h.pending[1].head.len() as u64 + (5 << 30));
+    }
+
+    #[test]
+    fn pending_limits() {
+        let mut h = moved();
+        h.snd_offset = 899;
+        assert_eq!(h.check(), Err(HandoffError::PendingGap));
+        assert_eq!(Handoff::decode(&encode(&h)), Err(HandoffError::PendingGap));
+        h.snd_offset = 900 + 19 + 200;
+        assert_eq!(h.check(), Err(HandoffError::PendingGap), "first response already complete");
+        let mut h = moved();
+        h.pending[1].start += 1;
+        assert_eq!(Handoff::decode(&encode(&h)), Err(HandoffError::PendingGap));
+        let mut h = moved();
+        let r = h.pending[1].clone();
+        for _ in 0..MAX_PENDING_RESPONSES {
+            h.pending.push(r.clone());
+        }
+        let count = h.pending.len();
+        assert_eq!(h.check(), Err(HandoffError::TooManyPending { count }));
+        assert_eq!(Handoff::decode(&encode(&h)), Err(HandoffError::TooManyPending { count }));
+        let mut h = moved();
+        h.pending[0].head = vec![b'x'; MAX_RESPONSE_HEAD_BYTES + 1];
+        let len = MAX_RESPONSE_HEAD_BYTES + 1;
+        assert_eq!(h.check(), Err(HandoffError::HeadTooLong { len }));
+        assert_eq!(Handoff::decode(&encode(&h)), Err(HandoffError::HeadTooLong { len }));
+        let mut h = moved();
+        if let Some(b) = h.pending[0].body.as_mut() {
+            b.object.path = "../x".into();
+        }
+        assert_eq!(Handoff::decode(&encode(&h)), Err(HandoffError::Path(PathError::Traversal)));
     }
 }

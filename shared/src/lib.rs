@@ -10,5 +10,6 @@ pub mod digest;
 pub mod geo;
 pub mod handoff;
 pub mod http;
+pub mod moves;
 
 mod wire;
