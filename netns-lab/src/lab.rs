@@ -3,8 +3,11 @@
 //! `up` creates one network namespace per node plus the router, one veth pair per node (made
 //! directly inside the two namespaces, so nothing appears in the root namespace and labs never
 //! clash), addresses, routes, sysctls, rate limits, the lab's GeoIP database and a state file
-//! under `/run/baton-lab/<name>/`. `down` removes all of it, and also what a crashed run left:
-//! it finds namespaces by the `<name>-` prefix even without a state file.
+//! under `/run/baton-lab/<name>/`. A link with delay, jitter or loss gets a delay-line
+//! namespace `<name>-<node>_dl` between node and router, and a delay-line daemon in it
+//! ([`crate::delay_line`]). `down` removes all of it, and also what a crashed run left: it
+//! finds namespaces by the `<name>-` prefix even without a state file, and stops every process
+//! in them, delay lines included.
 //!
 //! A lab never touches the root namespace's interfaces, routes or sysctls, and never a
 //! namespace that another running lab's state file claims.
@@ -23,9 +26,12 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::delay_line::{self, DelayLine, NODE_SIDE_IFACE, ROUTER_SIDE_IFACE};
+use crate::impairment::seed_for;
 use crate::netns::{self, command_in, netns_path, processes_in, sysctl, tool};
+use crate::offload::{self, End};
 use crate::topology::{
-    router_iface, validate_lab_name, Node, Role, Topology, TopologyError, NODE_IFACE,
+    router_iface, validate_lab_name, Node, NodeSpec, Role, Topology, TopologyError, NODE_IFACE,
 };
 
 /// Where labs keep their state: `/run/baton-lab/<name>/`. On tmpfs, so a reboot (which also
@@ -157,6 +163,27 @@ pub enum LabError {
         /// Why.
         error: nix::Error,
     },
+    /// A link needs a delay line, and the `baton-lab` binary that runs it is missing.
+    #[error(
+        "links with delay, jitter or loss run their delay line from the `baton-lab` binary, \
+         which was not found (tried: {tried}); build it with `cargo build --release -p \
+         baton-lab`, or set ${} to its path",
+        delay_line::BIN_ENV
+    )]
+    MissingBinary {
+        /// Where it was looked for.
+        tried: String,
+    },
+    /// Offloads of an interface next to a delay line could not be turned off.
+    #[error("cannot turn off offloads of {iface} in namespace `{ns}`: {reason}")]
+    Offload {
+        /// The namespace.
+        ns: String,
+        /// The interface.
+        iface: String,
+        /// Why.
+        reason: String,
+    },
     /// Tearing down went wrong in one or more steps; every other step still ran.
     #[error("tearing down lab `{name}` failed: {}", errors.join("; "))]
     Teardown {
@@ -167,7 +194,8 @@ pub enum LabError {
     },
 }
 
-/// What `state.json` holds: enough for another process to find and drive the lab.
+/// What `state.json` holds: enough for another process to find and drive the lab. The
+/// delay-line namespaces follow from the topology.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct State {
@@ -240,8 +268,8 @@ fn namespaces_of_other_labs(name: &str) -> HashMap<String, String> {
         }
         match read_state(&other) {
             Ok(Some(state)) => {
-                for node in state.nodes {
-                    claimed.insert(node.ns, other.clone());
+                for ns in all_namespaces(&state.topology, &state.nodes) {
+                    claimed.insert(ns, other.clone());
                 }
             }
             Ok(None) => {}
@@ -249,6 +277,15 @@ fn namespaces_of_other_labs(name: &str) -> HashMap<String, String> {
         }
     }
     claimed
+}
+
+/// Every namespace of a lab: its nodes' (router first) and then its delay lines'.
+fn all_namespaces(topology: &Topology, nodes: &[Node]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|node| node.ns.clone())
+        .chain(topology.delay_line_namespaces())
+        .collect()
 }
 
 /// Whether bpffs is mounted at [`BPFFS`].
@@ -290,17 +327,26 @@ fn ensure_bpffs() -> Result<(), LabError> {
 }
 
 /// SIGTERM, then after [`TERM_GRACE`] SIGKILL, for every process in `namespaces` (except this
-/// one). Failures are added to `errors`.
-fn stop_processes(namespaces: &[String], errors: &mut Vec<String>) {
+/// one) and every live process in `daemons` (delay lines found through their pid files, which
+/// may run in a namespace that no longer has a name). Failures are added to `errors`.
+fn stop_processes(namespaces: &[String], daemons: &[i32], errors: &mut Vec<String>) {
     let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
     let list = |errors: &mut Vec<String>| -> Vec<(i32, String)> {
-        match processes_in(namespaces) {
+        let mut found = match processes_in(namespaces) {
             Ok(found) => found.into_iter().filter(|(pid, _)| *pid != me).collect(),
             Err(error) => {
                 errors.push(error.to_string());
                 Vec::new()
             }
+        };
+        for &pid in daemons {
+            // A zombie or a finished process has no namespace link any more.
+            let alive = Path::new(&format!("/proc/{pid}/ns/net")).exists();
+            if alive && !found.iter().any(|(known, _)| *known == pid) {
+                found.push((pid, "delay line".to_owned()));
+            }
         }
+        found
     };
     let signal_all = |found: &[(i32, String)], signal: Signal| {
         for (pid, ns) in found {
@@ -356,20 +402,21 @@ impl Lab {
     pub fn up(topology: &Topology) -> Result<Lab, LabError> {
         let nodes = topology.resolve()?;
         require_root()?;
+        if !topology.delay_line_namespaces().is_empty() {
+            // Before anything is built or removed: a missing binary is a setup error.
+            delay_line::binary()?;
+        }
         let name = topology.name();
         Lab::down_by_name(name)?;
         let claimed = namespaces_of_other_labs(name);
         let existing: BTreeSet<String> = netns::list_namespaces()?.into_iter().collect();
-        for node in &nodes {
-            if existing.contains(&node.ns) {
+        for ns in all_namespaces(topology, &nodes) {
+            if existing.contains(&ns) {
                 let owner = claimed
-                    .get(&node.ns)
+                    .get(&ns)
                     .cloned()
                     .unwrap_or_else(|| "unknown".into());
-                return Err(LabError::NamespaceTaken {
-                    ns: node.ns.clone(),
-                    owner,
-                });
+                return Err(LabError::NamespaceTaken { ns, owner });
             }
         }
         let lab = Lab {
@@ -408,16 +455,17 @@ impl Lab {
         })
     }
 
-    /// Removes everything of lab `name`: its processes (SIGTERM, then SIGKILL), namespaces (and
-    /// with them the veths and qdiscs), pin dir and state dir. Works from the state file and
-    /// from the `<name>-` namespace prefix, so it also cleans up after a crash. Namespaces that
-    /// another lab's state file claims are left alone. Succeeds if nothing exists.
+    /// Removes everything of lab `name`: its processes (SIGTERM, then SIGKILL; delay lines
+    /// included), namespaces (and with them the veths and qdiscs), pin dir and state dir. Works
+    /// from the state file and from the `<name>-` namespace prefix, so it also cleans up after a
+    /// crash. Namespaces that another lab's state file claims are left alone. Succeeds if
+    /// nothing exists.
     pub fn down_by_name(name: &str) -> Result<(), LabError> {
         validate_lab_name(name)?;
         let mut errors = Vec::new();
         let mut namespaces = BTreeSet::new();
         match read_state(name) {
-            Ok(Some(state)) => namespaces.extend(state.nodes.into_iter().map(|node| node.ns)),
+            Ok(Some(state)) => namespaces.extend(all_namespaces(&state.topology, &state.nodes)),
             Ok(None) => {}
             // The prefix scan below still finds the namespaces, and the state dir goes anyway.
             Err(error) => tracing::warn!(lab = name, %error, "ignoring unreadable state"),
@@ -446,7 +494,8 @@ impl Lab {
         });
         let namespaces: Vec<String> = namespaces.into_iter().collect();
 
-        stop_processes(&namespaces, &mut errors);
+        let daemons = delay_line::running_daemons(&state_dir_of(name));
+        stop_processes(&namespaces, &daemons, &mut errors);
         for ns in &namespaces {
             if !existing.contains(ns) && !netns_path(ns).exists() {
                 continue;
@@ -563,6 +612,27 @@ impl Lab {
         netns::run(command)
     }
 
+    /// The delay lines of the lab, one per link with delay, jitter or loss, in link order.
+    pub fn delay_lines(&self) -> Vec<DelayLine> {
+        self.impaired_links()
+            .into_iter()
+            .map(|(_, _, _, line)| line)
+            .collect()
+    }
+
+    /// The links that need a delay line: link index, node, its topology entry, its line.
+    fn impaired_links(&self) -> Vec<(usize, &Node, &NodeSpec, DelayLine)> {
+        self.linked_nodes()
+            .zip(self.topology.node_specs())
+            .filter_map(|((i, node), spec)| {
+                let impairment = spec.impairment()?;
+                let ns = self.topology.delay_line_namespace(&node.name);
+                let line = DelayLine::new(&self.state_dir, &node.name, ns, impairment);
+                Some((i, node, spec, line))
+            })
+            .collect()
+    }
+
     /// The processes running inside `node`'s namespace.
     pub fn processes(&self, node: &str) -> Result<Vec<i32>, LabError> {
         let ns = self.node(node)?.ns.clone();
@@ -602,30 +672,52 @@ impl Lab {
     fn build(&self) -> Result<(), LabError> {
         // The state file comes first, so that even a crash halfway leaves a lab `down` can find.
         self.write_state()?;
+        let impaired = self.impaired_links();
+        let delay_line_of = |node: &str| {
+            impaired
+                .iter()
+                .find(|(_, linked, _, _)| linked.name == node)
+                .map(|(_, _, _, line)| line)
+        };
+        let namespaces = all_namespaces(&self.topology, &self.nodes);
         {
             let _lock = lock_host()?;
             ensure_bpffs()?;
-            for node in &self.nodes {
-                tool("ip", &["netns", "add", &node.ns])?;
+            for ns in &namespaces {
+                tool("ip", &["netns", "add", ns])?;
             }
         }
         let router = self.router();
         for (i, node) in self.linked_nodes() {
             let veth = router_iface(i);
-            tool(
-                "ip",
-                &[
-                    "link", "add", &veth, "netns", &router.ns, "type", "veth", "peer", "name",
-                    NODE_IFACE, "netns", &node.ns,
-                ],
-            )?;
+            // Without a delay line the link is one veth pair; with one, two pairs meet in the
+            // delay line's namespace.
+            let (router_peer, router_peer_ns) = match delay_line_of(&node.name) {
+                None => (NODE_IFACE, node.ns.as_str()),
+                Some(line) => (ROUTER_SIDE_IFACE, line.ns.as_str()),
+            };
+            add_veth_pair((&veth, &router.ns), (router_peer, router_peer_ns))?;
+            if let Some(line) = delay_line_of(&node.name) {
+                add_veth_pair((NODE_IFACE, &node.ns), (NODE_SIDE_IFACE, &line.ns))?;
+            }
         }
         // Sysctls before any link is up, so no packet leaves under the kernel defaults.
         for node in &self.nodes {
             sysctl(&node.ns, &self.sysctls(node))?;
         }
-        for node in &self.nodes {
-            tool("ip", &["-n", &node.ns, "link", "set", "lo", "up"])?;
+        for (_, _, _, line) in &impaired {
+            let settings = ipv6_off();
+            if !settings.is_empty() {
+                sysctl(&line.ns, &settings)?;
+            }
+        }
+        for ns in &namespaces {
+            tool("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        for (_, _, _, line) in &impaired {
+            for iface in [NODE_SIDE_IFACE, ROUTER_SIDE_IFACE] {
+                tool("ip", &["-n", &line.ns, "link", "set", iface, "up"])?;
+            }
         }
         for (i, node) in self.linked_nodes() {
             let veth = router_iface(i);
@@ -642,20 +734,33 @@ impl Lab {
             )?;
             tool("ip", &["-n", &node.ns, "link", "set", &node.iface, "up"])?;
         }
+        self.start_delay_lines(&impaired)?;
         self.configure_roles()?;
         self.apply_rates()?;
         crate::geoip::write(self.name(), &self.nodes, &self.geoip_path())
     }
 
+    /// Turns off the offloads around each delay line and starts it.
+    fn start_delay_lines(
+        &self,
+        impaired: &[(usize, &Node, &NodeSpec, DelayLine)],
+    ) -> Result<(), LabError> {
+        let router = self.router();
+        for (i, node, spec, line) in impaired {
+            offload::turn_off(&node.ns, NODE_IFACE, End::Sender)?;
+            offload::turn_off(&router.ns, &router_iface(*i), End::Sender)?;
+            for iface in [NODE_SIDE_IFACE, ROUTER_SIDE_IFACE] {
+                offload::turn_off(&line.ns, iface, End::DelayLine)?;
+            }
+            let seed = seed_for(self.name(), &node.name);
+            delay_line::start(line, seed, spec.delay, spec.jitter, spec.loss)?;
+        }
+        Ok(())
+    }
+
     /// The sysctls of `node`'s namespace.
     fn sysctls(&self, node: &Node) -> Vec<(String, &'static str)> {
-        let mut settings = Vec::new();
-        // The lab is IPv4 only. Without this every interface would pick an IPv6 link-local
-        // address and send router solicitations: addresses and traffic nobody asked for.
-        if Path::new("/proc/sys/net/ipv6").exists() {
-            settings.push(("net.ipv6.conf.all.disable_ipv6".to_owned(), "1"));
-            settings.push(("net.ipv6.conf.default.disable_ipv6".to_owned(), "1"));
-        }
+        let mut settings = ipv6_off();
         let rp_filter_off = |iface: &str| (format!("net.ipv4.conf.{iface}.rp_filter"), "0");
         match node.role {
             Role::Router => {
@@ -763,6 +868,30 @@ impl Lab {
             tracing::info!(node = node.name, %rate, burst, "rate limit");
         }
         Ok(())
+    }
+}
+
+/// Creates a veth pair with one end, `(name, namespace)`, in each of two namespaces, directly
+/// there: nothing appears in the root namespace, so labs never clash.
+fn add_veth_pair(one: (&str, &str), other: (&str, &str)) -> Result<(), LabError> {
+    let args = [
+        "link", "add", one.0, "netns", one.1, "type", "veth", "peer", "name", other.0, "netns",
+        other.1,
+    ];
+    tool("ip", &args).map(drop)
+}
+
+/// The sysctls that turn IPv6 off in a namespace. The lab is IPv4 only: without this every
+/// interface would pick an IPv6 link-local address and send router solicitations, addresses and
+/// traffic nobody asked for. Empty on a kernel without IPv6.
+fn ipv6_off() -> Vec<(String, &'static str)> {
+    if Path::new("/proc/sys/net/ipv6").exists() {
+        vec![
+            ("net.ipv6.conf.all.disable_ipv6".to_owned(), "1"),
+            ("net.ipv6.conf.default.disable_ipv6".to_owned(), "1"),
+        ]
+    } else {
+        Vec::new()
     }
 }
 

@@ -1,7 +1,8 @@
 //! baton-lab: labs of Linux network namespaces for Baton, built from a YAML topology.
 //!
 //! A lab is one router namespace and one namespace per node (main, participants, clients), each
-//! node linked to the router by a veth pair. Clients reach the VIP through the router, which
+//! node linked to the router by a veth pair. A link with delay, jitter or loss runs through a
+//! delay line of its own ([`delay_line`]), because the kernel has no `netem`. Clients reach the VIP through the router, which
 //! routes it to the main; participants hold the VIP on `lo` for direct server return. The lab
 //! writes its own GeoIP database so that Baton's geo choice works on lab addresses.
 //!
@@ -23,12 +24,17 @@
 //! # }
 //! ```
 
+pub mod delay_line;
 pub mod geoip;
+pub mod impairment;
 pub mod lab;
 pub mod netns;
+pub mod offload;
 pub mod topology;
 pub mod units;
 
+pub use delay_line::DelayLine;
+pub use impairment::Impairment;
 pub use lab::{Lab, LabError};
 pub use topology::{Location, Node, NodeSpec, Role, Topology, TopologyError};
 pub use units::{Delay, Loss, Rate};

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use baton_lab::{Lab, Role, Topology};
+use baton_lab::delay_line::{self, Options};
+use baton_lab::{Delay, Impairment, Lab, Loss, Role, Topology};
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
 use tracing_subscriber::EnvFilter;
@@ -56,6 +57,35 @@ enum Cmd {
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         argv: Vec<String>,
+    },
+    /// Run the delay line of one link as a daemon. The lab starts it inside the link's
+    /// delay-line namespace; it is not meant to be run by hand.
+    #[command(name = "delay-line", hide = true)]
+    DelayLine {
+        /// Interface towards the node.
+        #[arg(long)]
+        node_iface: String,
+        /// Interface towards the router.
+        #[arg(long)]
+        router_iface: String,
+        /// One-way delay in each direction.
+        #[arg(long)]
+        delay: Delay,
+        /// Upper bound of the uniform extra delay per frame.
+        #[arg(long)]
+        jitter: Delay,
+        /// Drop probability per frame.
+        #[arg(long)]
+        loss: Loss,
+        /// Seed of the loss and jitter draws.
+        #[arg(long)]
+        seed: u64,
+        /// Where the daemon's pid is written.
+        #[arg(long)]
+        pid_file: PathBuf,
+        /// Where the daemon logs.
+        #[arg(long)]
+        log_file: PathBuf,
     },
 }
 
@@ -109,6 +139,22 @@ fn print_table(lab: &Lab) {
             .collect();
         println!("{}", line.join("  ").trim_end());
     }
+    for line in lab.delay_lines() {
+        let pid = line
+            .pid()
+            .map_or_else(|| "no pid".to_owned(), |pid| format!("pid {pid}"));
+        let impairment = line.impairment;
+        println!(
+            "delay line on {}: delay {}, jitter {}, loss {}% ({}, namespace {}, log {})",
+            line.node,
+            Delay::from(impairment.delay),
+            Delay::from(impairment.jitter),
+            impairment.loss * 100.0,
+            pid,
+            line.ns,
+            line.log_file.display()
+        );
+    }
 }
 
 fn up(topology: Option<PathBuf>, name: Option<String>, block: Option<Ipv4Net>) -> Result<()> {
@@ -158,6 +204,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 lab.state_dir().display()
             );
             print_table(&lab);
+        }
+        Cmd::DelayLine {
+            node_iface,
+            router_iface,
+            delay,
+            jitter,
+            loss,
+            seed,
+            pid_file,
+            log_file,
+        } => {
+            let impairment = Impairment::from_fields(Some(delay), Some(jitter), Some(loss))
+                .unwrap_or(Impairment::NONE);
+            delay_line::serve(&Options {
+                node_iface,
+                router_iface,
+                impairment,
+                seed,
+                pid_file,
+                log_file,
+            })
+            .context("delay line")?;
         }
         Cmd::Exec { node, name, argv } => {
             let name = name.unwrap_or_else(default_name);

@@ -63,6 +63,32 @@ pub fn command_in(ns: &str, program: impl AsRef<OsStr>) -> Result<Command, LabEr
     Ok(command)
 }
 
+/// Runs `f` on a thread that has entered network namespace `ns`, and returns what it returns.
+///
+/// Sockets made by `f` belong to `ns` for their whole life, wherever they are used afterwards;
+/// the calling thread's namespace never changes.
+pub fn in_namespace<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, LabError> {
+    let netns_error = |error: io::Error| LabError::Netns {
+        ns: ns.to_owned(),
+        error,
+    };
+    let file = File::open(netns_path(ns)).map_err(netns_error)?;
+    let thread = std::thread::spawn(move || {
+        // SAFETY: setns(2) on a descriptor we own; it changes only this thread's namespace.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(f())
+    });
+    match thread.join() {
+        Ok(result) => result.map_err(netns_error),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
 /// The command line of `command`, for errors and logs.
 pub fn describe(command: &Command) -> String {
     let mut text = command.get_program().to_string_lossy().into_owned();

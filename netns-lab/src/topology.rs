@@ -5,6 +5,18 @@
 //! which is implicit; every node has one link to it. Link `i` (node `i` in YAML order) uses the
 //! `i`-th /24 of the block, with the router on `.1` and the node on `.2`.
 //!
+//! A node's link may carry a `rate` (both directions, `tbf`) and impairments, each applied in
+//! both directions of that link by a delay line ([`crate::delay_line`]):
+//! - `delay`: one-way delay added in each direction, so a client and a participant that both
+//!   have `delay: 10ms` see a 40 ms round trip between them (10 ms on each of the four
+//!   crossings of a link);
+//! - `jitter`: a uniform random extra delay in `[0, jitter]` per packet, without reordering: a
+//!   packet never leaves before the one ahead of it in the same direction, as on a serial link;
+//! - `loss`: an independent random drop probability per packet, in each direction.
+//!
+//! `delay` and `jitter` are at most [`Delay::MAX`] (10 s); `loss` is at least 0% and below
+//! [`Loss::LIMIT_PERCENT`] (100%).
+//!
 //! This module never touches the system: it parses, checks and computes. Every error names the
 //! field it is about (`nodes[2].rate`, `block`, ...).
 
@@ -16,6 +28,7 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::impairment::Impairment;
 use crate::units::{Delay, Loss, Rate};
 
 /// The embedded default topology (`netns-lab/topologies/default.yaml`).
@@ -44,6 +57,10 @@ pub const ROUTER_NAME: &str = "router";
 /// Name of a node's interface towards the router, inside the node's namespace.
 pub const NODE_IFACE: &str = "eth0";
 
+/// What ends the name of a delay line's namespace, `<lab>-<node>_dl`. Node names never hold
+/// `_`, so no node's namespace can look like a delay line's.
+pub const DELAY_LINE_SUFFIX: &str = "_dl";
+
 /// Why a topology was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -69,14 +86,6 @@ pub enum TopologyError {
         field: String,
         /// Why it is not allowed.
         reason: String,
-    },
-    /// A field that the lab parses but cannot apply yet was set to a non-zero value.
-    #[error("{field}: not supported yet ({what} is not applied by this version of baton-lab; leave it out or set it to zero)")]
-    NotSupported {
-        /// Path of the field, like `nodes[1].delay`.
-        field: String,
-        /// The feature, like `link delay`.
-        what: &'static str,
     },
 }
 
@@ -142,15 +151,24 @@ pub struct NodeSpec {
     /// Rate limit on both directions of the node's link (`tbf`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<Rate>,
-    /// One-way delay on the node's link. Parsed but not applied yet: must be zero.
+    /// One-way delay added in each direction of the node's link (by its delay line).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<Delay>,
-    /// Delay variation on the node's link. Parsed but not applied yet: must be zero.
+    /// Upper bound of a uniform random extra delay per packet, in each direction of the
+    /// node's link; packets are never reordered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jitter: Option<Delay>,
-    /// Packet loss on the node's link. Parsed but not applied yet: must be zero.
+    /// Independent random drop probability per packet, in each direction of the node's link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<Loss>,
+}
+
+impl NodeSpec {
+    /// What the node's delay line does; `None` when the link has no delay, jitter or loss and
+    /// so needs no delay line.
+    pub fn impairment(&self) -> Option<Impairment> {
+        Impairment::from_fields(self.delay, self.jitter, self.loss)
+    }
 }
 
 /// A parsed, validated lab topology.
@@ -307,24 +325,6 @@ impl Topology {
             if let Some(location) = &node.location {
                 validate_location(&field("location"), location)?;
             }
-            if node.delay.is_some_and(|delay| !delay.is_zero()) {
-                return Err(TopologyError::NotSupported {
-                    field: field("delay"),
-                    what: "link delay",
-                });
-            }
-            if node.jitter.is_some_and(|jitter| !jitter.is_zero()) {
-                return Err(TopologyError::NotSupported {
-                    field: field("jitter"),
-                    what: "link jitter",
-                });
-            }
-            if node.loss.is_some_and(|loss| !loss.is_zero()) {
-                return Err(TopologyError::NotSupported {
-                    field: field("loss"),
-                    what: "link loss",
-                });
-            }
         }
         if mains != 1 {
             return Err(TopologyError::invalid(
@@ -405,6 +405,21 @@ impl Topology {
         format!("{}-{node}", self.name)
     }
 
+    /// Namespace name of the delay line on a node's link: `<lab>-<node>_dl`.
+    pub fn delay_line_namespace(&self, node: &str) -> String {
+        format!("{}-{node}{DELAY_LINE_SUFFIX}", self.name)
+    }
+
+    /// The namespaces of the delay lines this topology needs, one per impaired link, in link
+    /// order.
+    pub fn delay_line_namespaces(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|spec| spec.impairment().is_some())
+            .map(|spec| self.delay_line_namespace(&spec.name))
+            .collect()
+    }
+
     /// Validates the topology and computes every node's namespace and addresses; the router
     /// comes first, then the nodes in link order.
     pub fn resolve(&self) -> Result<Vec<Node>, TopologyError> {
@@ -479,6 +494,8 @@ fn validate_location(field: &str, location: &Location) -> Result<(), TopologyErr
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     /// A small valid topology to break one field at a time.
@@ -525,6 +542,27 @@ nodes:
         );
         let main = &topology.node_specs()[0];
         assert_eq!(main.rate.map(Rate::bits_per_second), Some(10_000_000_000));
+    }
+
+    #[test]
+    fn the_commented_example_link_in_the_default_topology_is_valid() {
+        let example: String = DEFAULT_TOPOLOGY_YAML
+            .lines()
+            .skip_while(|line| !line.contains("For example"))
+            .skip(1)
+            .map_while(|line| line.strip_prefix("#   "))
+            // Indented to sit in SMALL's node list.
+            .map(|line| format!("  {line}\n"))
+            .collect();
+        assert!(example.starts_with("  - name: c-far\n"), "{example}");
+        let topology =
+            Topology::from_yaml(&format!("{SMALL}{example}")).expect("the example parses");
+        let spec = &topology.node_specs()[2];
+        assert_eq!(spec.rate.map(Rate::bits_per_second), Some(100_000_000));
+        let impairment = spec.impairment().expect("impaired");
+        assert_eq!(impairment.delay, Duration::from_millis(80));
+        assert_eq!(impairment.jitter, Duration::from_millis(5));
+        assert!((impairment.loss - 0.001).abs() < 1e-12);
     }
 
     #[test]
@@ -786,7 +824,7 @@ nodes:
     }
 
     #[test]
-    fn impairments_parse_but_only_zero_is_accepted() {
+    fn zero_impairments_need_no_delay_line() {
         let zero = SMALL.replace(
             "role: main }",
             "role: main, delay: 0ms, jitter: 0, loss: 0% }",
@@ -796,20 +834,86 @@ nodes:
             topology.node_specs()[0].delay.map(Delay::is_zero),
             Some(true)
         );
+        assert_eq!(topology.node_specs()[0].impairment(), None);
+        assert_eq!(topology.delay_line_namespaces(), Vec::<String>::new());
+        assert_eq!(
+            Topology::default_topology().delay_line_namespaces(),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn impairments_are_applied_per_link() {
+        let yaml = SMALL
+            .replace(
+                "role: main }",
+                "role: main, delay: 20ms, jitter: 250us, loss: 0.5% }",
+            )
+            .replace("role: participant,", "role: participant, loss: 3,");
+        let topology = Topology::from_yaml(&yaml).expect("impairments parse");
+        let main = topology.node_specs()[0]
+            .impairment()
+            .expect("main impaired");
+        assert_eq!(main.delay, Duration::from_millis(20));
+        assert_eq!(main.jitter, Duration::from_micros(250));
+        assert!((main.loss - 0.005).abs() < 1e-12, "{}", main.loss);
+        let p1 = topology.node_specs()[1].impairment().expect("p1 impaired");
+        assert_eq!((p1.delay, p1.jitter), (Duration::ZERO, Duration::ZERO));
+        assert!((p1.loss - 0.03).abs() < 1e-12, "{}", p1.loss);
+        assert_eq!(topology.delay_line_namespaces(), ["t-main_dl", "t-p1_dl"]);
+        // Jitter alone is an impairment too.
+        let jitter =
+            Topology::from_yaml(&SMALL.replace("role: main }", "role: main, jitter: 1ms }"))
+                .expect("jitter parses");
+        assert_eq!(jitter.delay_line_namespaces(), ["t-main_dl"]);
+        // The impairments survive the state file.
+        let json = serde_json::to_string(&topology).expect("serializes");
+        let back: Topology = serde_json::from_str(&json).expect("deserializes");
+        assert_eq!(back, topology);
+    }
+
+    #[test]
+    fn bad_impairments_name_the_field() {
         let cases = [
-            ("delay: 20ms", "nodes[0].delay: not supported yet"),
-            ("jitter: 5ms", "nodes[0].jitter: not supported yet"),
-            ("loss: 0.5%", "nodes[0].loss: not supported yet"),
-            ("loss: 1", "nodes[0].loss: not supported yet"),
+            ("delay: 11s", "nodes[0].delay", "must be at most 10s"),
+            (
+                "delay: 20",
+                "nodes[0].delay",
+                "expected a unit: us, ms or s",
+            ),
+            ("delay: -5ms", "nodes[0].delay", "expected a number"),
+            ("jitter: 10.5s", "nodes[0].jitter", "must be at most 10s"),
+            ("jitter: fast", "nodes[0].jitter", "expected a number"),
+            (
+                "loss: 100%",
+                "nodes[0].loss",
+                "must be at least 0% and below 100%",
+            ),
+            (
+                "loss: 250",
+                "nodes[0].loss",
+                "must be at least 0% and below 100%",
+            ),
+            (
+                "loss: -1%",
+                "nodes[0].loss",
+                "must be at least 0% and below 100%",
+            ),
+            ("loss: lots", "nodes[0].loss", "expected a percentage"),
         ];
-        for (field, expected) in cases {
+        for (field, path, reason) in cases {
             let error =
                 error_of(&SMALL.replace("role: main }", &format!("role: main, {field} }}")));
-            assert!(error.starts_with(expected), "{field}: {error}");
+            assert!(
+                error.contains(path) && error.contains(reason),
+                "{field}: {error}"
+            );
         }
-        let error = error_of(&SMALL.replace("role: main }", "role: main, delay: 20 }"));
+        // The third node's loss is `nodes[2].loss`.
+        let yaml = format!("{SMALL}  - {{ name: c1, role: client, loss: 100% }}\n");
+        let error = error_of(&yaml);
         assert!(
-            error.contains("nodes[0].delay") && error.contains("invalid delay"),
+            error.contains("nodes[2].loss: invalid loss `100%`"),
             "{error}"
         );
     }

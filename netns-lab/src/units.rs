@@ -217,11 +217,16 @@ impl fmt::Display for Delay {
     }
 }
 
-/// A packet loss probability in percent (0 to 100), written `0.5%` or as a plain number `0.5`.
+/// A packet loss probability in percent, at least 0 and below [`Loss::LIMIT_PERCENT`], written
+/// `0.5%` or as a plain number `0.5`.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Default)]
 pub struct Loss(f64);
 
 impl Loss {
+    /// Loss must stay below this many percent: a link that drops every packet is no link, and
+    /// the lab would only look broken.
+    pub const LIMIT_PERCENT: f64 = 100.0;
+
     /// The loss in percent.
     pub fn percent(self) -> f64 {
         self.0
@@ -233,10 +238,14 @@ impl Loss {
     }
 
     fn from_percent(percent: f64, text: &str) -> Result<Loss, UnitError> {
-        if (0.0..=100.0).contains(&percent) {
+        if (0.0..Self::LIMIT_PERCENT).contains(&percent) {
             Ok(Loss(percent))
         } else {
-            Err(UnitError::new("loss", text, "must be between 0% and 100%"))
+            Err(UnitError::new(
+                "loss",
+                text,
+                "must be at least 0% and below 100%",
+            ))
         }
     }
 }
@@ -392,7 +401,15 @@ mod tests {
     fn loss_parses_with_and_without_percent_sign() {
         assert_eq!("0.5%".parse::<Loss>().map(Loss::percent), Ok(0.5));
         assert_eq!("3".parse::<Loss>().map(Loss::percent), Ok(3.0));
+        assert_eq!("99.9%".parse::<Loss>().map(Loss::percent), Ok(99.9));
+        assert_eq!("0".parse::<Loss>().map(Loss::percent), Ok(0.0));
+        let error = "100%".parse::<Loss>().map_err(|e| e.to_string());
+        assert_eq!(
+            error,
+            Err("invalid loss `100%`: must be at least 0% and below 100%".to_owned())
+        );
         assert!("101%".parse::<Loss>().is_err());
+        assert!("-1%".parse::<Loss>().is_err());
         assert!("half".parse::<Loss>().is_err());
     }
 }

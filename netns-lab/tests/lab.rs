@@ -5,17 +5,17 @@
 //! parallel with each other and with other crates' labs. A [`Cleanup`] guard removes the lab
 //! even when an assertion fails halfway.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use baton_lab::{Lab, LabError, Role, Topology};
-use nix::sched::{setns, CloneFlags};
+use common::{have_root, icmp_checksum, in_netns, namespaces_of, Cleanup};
 use nix::sys::socket::{
     recvfrom, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol,
     SockType, SockaddrIn,
@@ -25,71 +25,10 @@ use nix::sys::time::TimeVal;
 /// How long any single network check waits for an answer.
 const NET_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Whether the test may run; panics under `CI=true` without root.
-fn have_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs root to build a lab, and CI=true does not allow skipping it"
-    );
-    // Written to stderr directly: the test harness captures `eprintln!` of passing tests.
-    let _ = writeln!(
-        std::io::stderr(),
-        "!!! SKIPPED {test}: needs root to build a lab (set CI=true to make this fatal) !!!"
-    );
-    false
-}
-
-/// Removes lab `name` when dropped, whatever happened to the test.
-struct Cleanup(&'static str);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Err(error) = Lab::down_by_name(self.0) {
-            eprintln!("cleanup of lab {} failed: {error}", self.0);
-        }
-    }
-}
-
 fn topology(name: &str, block: &str) -> Topology {
     Topology::default_topology()
         .with_name(name)
         .with_block(block.parse().expect("test block parses"))
-}
-
-/// Runs `f` on a thread that has entered namespace `ns`. Sockets made there stay in `ns` when
-/// they are used from the calling thread afterwards.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let file = File::open(Path::new("/run/netns").join(ns)).expect("namespace file opens");
-    thread::spawn(move || {
-        setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("namespace thread panicked")
-}
-
-/// The lab's namespaces whose name starts with `<name>-`.
-fn namespaces_of(name: &str) -> BTreeSet<String> {
-    let prefix = format!("{name}-");
-    baton_lab::netns::list_namespaces()
-        .expect("ip netns list")
-        .into_iter()
-        .filter(|ns| ns.starts_with(&prefix))
-        .collect()
-}
-
-fn icmp_checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// Sends ICMP echo requests from namespace `ns` to `dst` and returns the source address of the

@@ -1,0 +1,891 @@
+//! The delay line: delay, jitter and loss on a lab link, in user space, because the lab's
+//! kernel has no `netem`.
+//!
+//! A link with an impairment runs through one more namespace, `<lab>-<node>_dl`, which holds
+//! no address:
+//!
+//! ```text
+//!   node namespace        delay-line namespace                        router namespace
+//!   eth0 <---veth---> to-node  [delay line]  to-router <---veth---> veth<i>
+//! ```
+//!
+//! The delay line is a daemon (`baton-lab delay-line`, a hidden subcommand) running in that
+//! namespace. It reads every frame that arrives on one side through an AF_PACKET socket
+//! (promiscuous, blind to its own output), stamps it, and writes it unchanged on the other side
+//! when the link's [`Schedule`] says so: after `delay + U[0, jitter]`, never before the frame
+//! ahead of it, or never when the loss draw drops it. Frames keep their MACs, so node and
+//! router still see one wire: ARP, the addresses (router `.1`, node `.2`) and the `tbf` rate
+//! limits on `eth0` and `veth<i>` work exactly as on a link without a delay line. The veth
+//! offloads that would hand it frames bigger than the MTU are off ([`crate::offload`]).
+//!
+//! It sleeps until the next frame is due or a frame arrives, never spins, and moves frames in
+//! batches (`recvmmsg`/`sendmmsg`).
+//!
+//! Process model: [`start`] runs the daemon from the `baton-lab` binary inside the delay-line
+//! namespace. It opens its sockets, forks, and the parent writes the child's pid to
+//! `<state_dir>/delay-line-<node>.pid` and exits, so [`start`] returns once the line runs; the
+//! child is its own session, logs to `<state_dir>/delay-line-<node>.log`, and outlives
+//! whatever started it (`baton-lab up` exits, the lab stays). `down` stops it like any process
+//! in the lab's namespaces, and it also exits by itself when one of its interfaces disappears
+//! (its namespace or a peer namespace was deleted).
+//!
+//! A delay line never sends a frame it did not receive, never changes one, and never touches
+//! an interface outside its namespace.
+
+use std::ffi::{CString, OsString};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+
+use crate::impairment::{Counters, Impairment, Schedule, QUEUE_LIMIT_FRAMES};
+use crate::lab::LabError;
+use crate::netns::{command_in, run};
+use crate::units::{Delay, Loss};
+
+/// The delay line's interface towards the node, inside the delay-line namespace.
+pub const NODE_SIDE_IFACE: &str = "to-node";
+
+/// The delay line's interface towards the router, inside the delay-line namespace.
+pub const ROUTER_SIDE_IFACE: &str = "to-router";
+
+/// The environment variable that names the `baton-lab` binary that runs delay lines.
+pub const BIN_ENV: &str = "BATON_LAB_BIN";
+
+/// The file name of the `baton-lab` binary.
+pub const BIN_NAME: &str = "baton-lab";
+
+/// The hidden subcommand of `baton-lab` that runs a delay line.
+pub const SUBCOMMAND: &str = "delay-line";
+
+/// Frames moved per `recvmmsg`/`sendmmsg` call: one system call per 64 frames keeps a
+/// 400 Mbit/s link (about 33,000 frames/s) at a few hundred calls per second.
+pub const BATCH: usize = 64;
+
+/// Most batches read from one side before the delay line turns to sending, so that a flood on
+/// one side cannot hold back frames that are due.
+pub const MAX_BATCHES_PER_TURN: usize = 16;
+
+/// Bytes of one receive buffer. Lab links have an MTU of 1500, so with the offloads off every
+/// frame is at most 1514 bytes (1518 with a VLAN tag); longer ones are dropped and counted.
+pub const FRAME_CAPACITY: usize = 2048;
+
+/// Kernel socket buffer for each side, in bytes (`SO_RCVBUFFORCE`/`SO_SNDBUFFORCE`): frames
+/// wait here between two reads, and 8 MiB holds well over a millisecond of a 10 Gbit/s burst.
+pub const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
+
+/// Longest sleep of an idle delay line before it checks that its interfaces still exist.
+pub const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// How often a delay line logs its counters when they changed.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why a delay line could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DelayLineError {
+    /// A socket or file operation failed.
+    #[error("{action} {what}: {error}")]
+    Io {
+        /// What was being done (`bind`, `recvmmsg`, ...).
+        action: &'static str,
+        /// The interface or file.
+        what: String,
+        /// Why.
+        error: io::Error,
+    },
+    /// The daemon could not fork.
+    #[error("fork: {0}")]
+    Fork(nix::Error),
+}
+
+fn io_error(action: &'static str, what: &str) -> impl FnOnce(io::Error) -> DelayLineError {
+    let what = what.to_owned();
+    move |error| DelayLineError::Io {
+        action,
+        what,
+        error,
+    }
+}
+
+/// What `baton-lab delay-line` is told to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The interface towards the node.
+    pub node_iface: String,
+    /// The interface towards the router.
+    pub router_iface: String,
+    /// What happens to frames, in both directions.
+    pub impairment: Impairment,
+    /// Seed of the randomness (each direction derives its own stream).
+    pub seed: u64,
+    /// Where the daemon's pid goes.
+    pub pid_file: PathBuf,
+    /// Where the daemon logs.
+    pub log_file: PathBuf,
+}
+
+/// A delay line of a running lab, as [`crate::Lab::delay_lines`] lists them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DelayLine {
+    /// The node whose link it sits on.
+    pub node: String,
+    /// Its namespace, `<lab>-<node>_dl`.
+    pub ns: String,
+    /// What it does to frames.
+    pub impairment: Impairment,
+    /// The file holding its pid.
+    pub pid_file: PathBuf,
+    /// Its log.
+    pub log_file: PathBuf,
+}
+
+impl DelayLine {
+    /// The delay line of `node` in a lab whose state lives in `state_dir`.
+    pub(crate) fn new(state_dir: &Path, node: &str, ns: String, impairment: Impairment) -> Self {
+        DelayLine {
+            node: node.to_owned(),
+            ns,
+            impairment,
+            pid_file: pid_file(state_dir, node),
+            log_file: state_dir.join(format!("delay-line-{node}.log")),
+        }
+    }
+
+    /// The daemon's pid, from its pid file; `None` if the file is missing or unreadable.
+    pub fn pid(&self) -> Option<i32> {
+        read_pid(&self.pid_file)
+    }
+}
+
+/// The pid file of `node`'s delay line.
+fn pid_file(state_dir: &Path, node: &str) -> PathBuf {
+    state_dir.join(format!("delay-line-{node}.pid"))
+}
+
+/// The pid in `path`.
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The delay-line daemons that pid files in `state_dir` name and that still run as the delay
+/// line of that very pid file (checked on their command line, so a reused pid is never
+/// taken for one).
+pub(crate) fn running_daemons(state_dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("delay-line-") && name.ends_with(".pid")) {
+            continue;
+        }
+        let Some(pid) = read_pid(&path) else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let ours = args.contains(&SUBCOMMAND.as_bytes())
+            && args.contains(&path.as_os_str().as_encoded_bytes());
+        if ours {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The `baton-lab` binary: `$BATON_LAB_BIN`, else this program if it is `baton-lab`, else
+/// `baton-lab` next to this program or in its parent directory (integration tests run from
+/// `target/<profile>/deps/`, the binary is in `target/<profile>/`).
+pub fn binary() -> Result<PathBuf, LabError> {
+    if let Some(path) = std::env::var_os(BIN_ENV) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(LabError::MissingBinary {
+                tried: format!("{} (from ${BIN_ENV})", path.display()),
+            })
+        };
+    }
+    let exe = std::env::current_exe().map_err(|error| LabError::MissingBinary {
+        tried: format!("nothing: the path of this program is unknown ({error})"),
+    })?;
+    if exe.file_name() == Some(BIN_NAME.as_ref()) {
+        return Ok(exe);
+    }
+    let mut tried = Vec::new();
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join(BIN_NAME);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        tried.push(candidate.display().to_string());
+    }
+    Err(LabError::MissingBinary {
+        tried: tried.join(", "),
+    })
+}
+
+/// Starts delay line `line` in its namespace and returns once it runs. The impairment fields
+/// are the node's, as the topology writes them.
+pub(crate) fn start(
+    line: &DelayLine,
+    seed: u64,
+    delay: Option<Delay>,
+    jitter: Option<Delay>,
+    loss: Option<Loss>,
+) -> Result<(), LabError> {
+    let binary = binary()?;
+    let mut command = command_in(&line.ns, &binary)?;
+    let text = |value: Option<String>| value.unwrap_or_else(|| "0".to_owned());
+    command
+        .arg(SUBCOMMAND)
+        .args(["--node-iface", NODE_SIDE_IFACE])
+        .args(["--router-iface", ROUTER_SIDE_IFACE])
+        .args(["--delay", &text(delay.map(|d| d.to_string()))])
+        .args(["--jitter", &text(jitter.map(|d| d.to_string()))])
+        .args(["--loss", &text(loss.map(|l| l.to_string()))])
+        .args(["--seed", &seed.to_string()])
+        .arg("--pid-file")
+        .arg(&line.pid_file)
+        .arg("--log-file")
+        .arg(&line.log_file);
+    run(command)?;
+    tracing::info!(
+        node = line.node,
+        ns = line.ns,
+        pid = line.pid(),
+        impairment = ?line.impairment,
+        "delay line up"
+    );
+    Ok(())
+}
+
+/// Set by SIGTERM/SIGINT; the loop sees it after `ppoll` returns.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_signal: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// One side of the delay line: an AF_PACKET socket bound to one interface.
+#[derive(Debug)]
+struct Port {
+    socket: OwnedFd,
+    iface: String,
+    ifindex: libc::c_int,
+    /// Frames longer than [`FRAME_CAPACITY`], dropped.
+    oversize: u64,
+    /// Frames the kernel refused to send (`ENOBUFS`, link down), dropped.
+    send_failed: u64,
+    /// Frames the kernel dropped before we read them (socket buffer full).
+    kernel_drops: u64,
+}
+
+fn setsockopt<T>(
+    socket: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(0);
+    // SAFETY: `value` is a live `T` of `len` bytes, as the option expects.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(value).cast(),
+            len,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The ifindex of `iface` in this namespace, if it exists.
+fn ifindex_of(iface: &str) -> Option<libc::c_int> {
+    let name = CString::new(iface).ok()?;
+    // SAFETY: `name` is a valid C string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    libc::c_int::try_from(index)
+        .ok()
+        .filter(|&index| index != 0)
+}
+
+impl Port {
+    fn open(iface: &str) -> Result<Port, DelayLineError> {
+        let ifindex = ifindex_of(iface).ok_or_else(|| DelayLineError::Io {
+            action: "find interface",
+            what: iface.to_owned(),
+            error: io::Error::from(io::ErrorKind::NotFound),
+        })?;
+        // Protocol 0: the socket receives nothing until it is bound to the one interface.
+        // SAFETY: plain socket(2).
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        if fd < 0 {
+            return Err(io_error("open packet socket on", iface)(
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        setsockopt(
+            &socket,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &SOCKET_BUFFER_BYTES,
+        )
+        .map_err(io_error("set SO_RCVBUFFORCE on", iface))?;
+        setsockopt(
+            &socket,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            &SOCKET_BUFFER_BYTES,
+        )
+        .map_err(io_error("set SO_SNDBUFFORCE on", iface))?;
+        // Our own output on this interface must not come back in as input.
+        setsockopt(
+            &socket,
+            libc::SOL_PACKET,
+            libc::PACKET_IGNORE_OUTGOING,
+            &1 as &libc::c_int,
+        )
+        .map_err(io_error("set PACKET_IGNORE_OUTGOING on", iface))?;
+        let protocol = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: all-zero is a valid sockaddr_ll.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_protocol = protocol;
+        address.sll_ifindex = ifindex;
+        let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or(0);
+        // SAFETY: `address` is a sockaddr_ll of `len` bytes.
+        let bound =
+            unsafe { libc::bind(socket.as_raw_fd(), std::ptr::from_ref(&address).cast(), len) };
+        if bound != 0 {
+            return Err(io_error("bind packet socket to", iface)(
+                io::Error::last_os_error(),
+            ));
+        }
+        // Frames on the link are addressed to the MAC at the far end, not to our interface.
+        // The membership ends with the socket.
+        // SAFETY: all-zero is a valid packet_mreq.
+        let mut membership: libc::packet_mreq = unsafe { std::mem::zeroed() };
+        membership.mr_ifindex = ifindex;
+        membership.mr_type = libc::PACKET_MR_PROMISC as u16;
+        setsockopt(
+            &socket,
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            &membership,
+        )
+        .map_err(io_error("make promiscuous", iface))?;
+        Ok(Port {
+            socket,
+            iface: iface.to_owned(),
+            ifindex,
+            oversize: 0,
+            send_failed: 0,
+            kernel_drops: 0,
+        })
+    }
+
+    /// Whether the interface this port is bound to still exists.
+    fn present(&self) -> bool {
+        ifindex_of(&self.iface) == Some(self.ifindex)
+    }
+
+    /// Adds the kernel's drop count since the last call (reading resets it).
+    fn collect_kernel_drops(&mut self) {
+        // SAFETY: all-zero is a valid tpacket_stats.
+        let mut stats: libc::tpacket_stats = unsafe { std::mem::zeroed() };
+        let mut len =
+            libc::socklen_t::try_from(std::mem::size_of::<libc::tpacket_stats>()).unwrap_or(0);
+        // SAFETY: `stats` has room for `len` bytes.
+        let result = unsafe {
+            libc::getsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                std::ptr::from_mut(&mut stats).cast(),
+                &mut len,
+            )
+        };
+        if result == 0 {
+            self.kernel_drops += u64::from(stats.tp_drops);
+        }
+    }
+}
+
+/// `len` all-zero values of `T`.
+///
+/// # Safety
+///
+/// All-zero bytes must be a valid `T` (true of the plain C structs used here).
+unsafe fn zeroed_vec<T>(len: usize) -> Vec<T> {
+    // SAFETY: the caller guarantees that all-zero is a valid T.
+    (0..len).map(|_| unsafe { std::mem::zeroed() }).collect()
+}
+
+/// Receive buffers and headers for one `recvmmsg` of up to [`BATCH`] frames.
+struct RxBatch {
+    buffers: Vec<[u8; FRAME_CAPACITY]>,
+    addresses: Vec<libc::sockaddr_ll>,
+    iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
+}
+
+impl RxBatch {
+    fn new() -> RxBatch {
+        // SAFETY: all-zero is a valid sockaddr_ll, iovec and mmsghdr (null pointers, zero
+        // lengths); the pointers are set before every use.
+        unsafe {
+            RxBatch {
+                buffers: vec![[0; FRAME_CAPACITY]; BATCH],
+                addresses: zeroed_vec(BATCH),
+                iovecs: zeroed_vec(BATCH),
+                headers: zeroed_vec(BATCH),
+            }
+        }
+    }
+
+    /// Reads up to [`BATCH`] frames without waiting; `Ok(0)` when none is waiting.
+    fn receive(&mut self, socket: &OwnedFd) -> io::Result<usize> {
+        let address_len =
+            libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or(0);
+        for i in 0..BATCH {
+            self.iovecs[i] = libc::iovec {
+                iov_base: self.buffers[i].as_mut_ptr().cast(),
+                iov_len: FRAME_CAPACITY,
+            };
+            let header = &mut self.headers[i];
+            header.msg_hdr.msg_name = std::ptr::from_mut(&mut self.addresses[i]).cast();
+            header.msg_hdr.msg_namelen = address_len;
+            header.msg_hdr.msg_iov = std::ptr::from_mut(&mut self.iovecs[i]);
+            header.msg_hdr.msg_iovlen = 1;
+            header.msg_hdr.msg_control = std::ptr::null_mut();
+            header.msg_hdr.msg_controllen = 0;
+            header.msg_hdr.msg_flags = 0;
+            header.msg_len = 0;
+        }
+        // MSG_TRUNC: msg_len is the frame's real length, so an oversize frame is seen as such.
+        // SAFETY: every header points at a live buffer and address of the sizes given.
+        let count = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                self.headers.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                std::ptr::null_mut(),
+            )
+        };
+        if count >= 0 {
+            return Ok(usize::try_from(count).unwrap_or(0));
+        }
+        let error = io::Error::last_os_error();
+        match error.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+            _ => Err(error),
+        }
+    }
+
+    /// Frame `i` of the last receive: `Some(bytes)`, or `None` if it was our own output or
+    /// too long (`Err(len)`).
+    fn frame(&self, i: usize) -> Result<Option<&[u8]>, usize> {
+        if self.addresses[i].sll_pkttype == libc::PACKET_OUTGOING {
+            return Ok(None);
+        }
+        let len = self.headers[i].msg_len as usize;
+        if len > FRAME_CAPACITY {
+            return Err(len);
+        }
+        Ok(Some(&self.buffers[i][..len]))
+    }
+}
+
+/// Sends `frames` on `socket`; returns how many the kernel refused (dropped) or the error that
+/// stopped sending (the link went away).
+fn send_batch(socket: &OwnedFd, frames: &[Box<[u8]>]) -> Result<u64, io::Error> {
+    // SAFETY: all-zero is a valid iovec and mmsghdr (null pointers, zero lengths).
+    let (mut iovecs, mut headers): (Vec<libc::iovec>, Vec<libc::mmsghdr>) =
+        unsafe { (zeroed_vec(frames.len()), zeroed_vec(frames.len())) };
+    for (i, frame) in frames.iter().enumerate() {
+        iovecs[i] = libc::iovec {
+            // sendmmsg only reads the frame.
+            iov_base: frame.as_ptr().cast_mut().cast(),
+            iov_len: frame.len(),
+        };
+        headers[i].msg_hdr.msg_iov = std::ptr::from_mut(&mut iovecs[i]);
+        headers[i].msg_hdr.msg_iovlen = 1;
+    }
+    let mut refused = 0;
+    let mut next = 0;
+    while next < frames.len() {
+        let rest = &mut headers[next..];
+        // SAFETY: every header points at a live iovec over a live frame. The socket is bound,
+        // so no address is needed.
+        let sent = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                rest.as_mut_ptr(),
+                libc::c_uint::try_from(rest.len()).unwrap_or(0),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if sent > 0 {
+            next += usize::try_from(sent).unwrap_or(0);
+            continue;
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::EINTR) => {}
+            // A full socket buffer or device backlog: drop the frame, as a full queue does.
+            Some(libc::EAGAIN | libc::ENOBUFS) => {
+                refused += 1;
+                next += 1;
+            }
+            _ => return Err(error),
+        }
+    }
+    Ok(refused)
+}
+
+/// Why the loop ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+enum Exit {
+    /// SIGTERM or SIGINT.
+    Signalled,
+    /// An interface disappeared (a peer namespace or ours was deleted).
+    InterfaceGone(String),
+}
+
+/// The running delay line: two ports and a schedule per direction. Direction 0 carries frames
+/// from the node to the router, direction 1 from the router to the node.
+struct Line {
+    ports: [Port; 2],
+    schedules: [Schedule<Box<[u8]>>; 2],
+    rx: RxBatch,
+    due: Vec<Box<[u8]>>,
+}
+
+impl Line {
+    /// Reads what waits on `side` and schedules it in direction `side`.
+    fn receive(&mut self, side: usize) -> Result<Option<Exit>, DelayLineError> {
+        for _ in 0..MAX_BATCHES_PER_TURN {
+            let count = match self.rx.receive(&self.ports[side].socket) {
+                Ok(count) => count,
+                Err(error) if error.raw_os_error() == Some(libc::ENETDOWN) => {
+                    return Ok(self.check_ports());
+                }
+                Err(error) => {
+                    return Err(io_error("recvmmsg on", &self.ports[side].iface)(error));
+                }
+            };
+            let now = Instant::now();
+            for i in 0..count {
+                match self.rx.frame(i) {
+                    Ok(Some(frame)) => {
+                        self.schedules[side].arrive(frame.into(), now);
+                    }
+                    Ok(None) => {}
+                    Err(len) => {
+                        let port = &mut self.ports[side];
+                        if port.oversize == 0 {
+                            tracing::warn!(
+                                iface = port.iface,
+                                len,
+                                "dropping a frame longer than {FRAME_CAPACITY} bytes \
+                                 (are the sender's offloads on?)"
+                            );
+                        }
+                        port.oversize += 1;
+                    }
+                }
+            }
+            if count < BATCH {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Sends what is due in direction `side` out of the other side.
+    fn transmit(&mut self, side: usize, now: Instant) -> Result<Option<Exit>, DelayLineError> {
+        let out = 1 - side;
+        loop {
+            self.due.clear();
+            while self.due.len() < BATCH {
+                match self.schedules[side].pop_due(now) {
+                    Some(frame) => self.due.push(frame),
+                    None => break,
+                }
+            }
+            if self.due.is_empty() {
+                return Ok(None);
+            }
+            match send_batch(&self.ports[out].socket, &self.due) {
+                Ok(refused) => self.ports[out].send_failed += refused,
+                Err(error)
+                    if matches!(error.raw_os_error(), Some(libc::ENETDOWN | libc::ENXIO)) =>
+                {
+                    // The link is down: its frames are lost, as on a cable that was pulled.
+                    self.ports[out].send_failed += self.due.len() as u64;
+                    if let Some(exit) = self.check_ports() {
+                        return Ok(Some(exit));
+                    }
+                }
+                Err(error) => return Err(io_error("sendmmsg on", &self.ports[out].iface)(error)),
+            }
+        }
+    }
+
+    /// `Some` when an interface is gone.
+    fn check_ports(&self) -> Option<Exit> {
+        self.ports
+            .iter()
+            .find(|port| !port.present())
+            .map(|port| Exit::InterfaceGone(port.iface.clone()))
+    }
+
+    fn log_counters(&mut self, why: &str) {
+        for port in &mut self.ports {
+            port.collect_kernel_drops();
+        }
+        for (side, name) in [(0, "node->router"), (1, "router->node")] {
+            let Counters {
+                arrived,
+                lost,
+                overflow,
+                released,
+            } = self.schedules[side].counters();
+            let input = &self.ports[side];
+            let output = &self.ports[1 - side];
+            tracing::info!(
+                direction = name,
+                arrived,
+                lost,
+                overflow,
+                released,
+                queued = self.schedules[side].len(),
+                oversize = input.oversize,
+                kernel_drops = input.kernel_drops,
+                send_failed = output.send_failed,
+                "{why}"
+            );
+        }
+    }
+
+    /// Moves frames until a signal or a vanished interface ends it.
+    fn run(&mut self, wait_mask: &libc::sigset_t) -> Result<Exit, DelayLineError> {
+        let mut last_check = Instant::now();
+        let mut last_stats = Instant::now();
+        let mut logged_arrivals = 0;
+        loop {
+            for side in 0..2 {
+                if let Some(exit) = self.receive(side)? {
+                    return Ok(exit);
+                }
+            }
+            let now = Instant::now();
+            for side in 0..2 {
+                if let Some(exit) = self.transmit(side, now)? {
+                    return Ok(exit);
+                }
+            }
+            let now = Instant::now();
+            if now.duration_since(last_check) >= IDLE_CHECK {
+                last_check = now;
+                if let Some(exit) = self.check_ports() {
+                    return Ok(exit);
+                }
+            }
+            if now.duration_since(last_stats) >= STATS_INTERVAL {
+                last_stats = now;
+                let arrivals: u64 = self.schedules.iter().map(|s| s.counters().arrived).sum();
+                if arrivals != logged_arrivals {
+                    logged_arrivals = arrivals;
+                    self.log_counters("counters");
+                }
+            }
+            let next_due = self.schedules.iter().filter_map(Schedule::next_due).min();
+            let wait = next_due
+                .map_or(IDLE_CHECK, |due| due.saturating_duration_since(now))
+                .min(IDLE_CHECK);
+            if self.wait(wait, wait_mask)? {
+                return Ok(Exit::Signalled);
+            }
+        }
+    }
+
+    /// Sleeps until a frame arrives, `timeout` passes or a stop signal comes; `true` on the
+    /// signal. Stop signals are blocked except inside `ppoll`, so none is missed.
+    fn wait(
+        &mut self,
+        timeout: Duration,
+        wait_mask: &libc::sigset_t,
+    ) -> Result<bool, DelayLineError> {
+        if timeout.is_zero() {
+            return Ok(STOP.load(Ordering::SeqCst));
+        }
+        let mut fds = self.ports.each_ref().map(|port| libc::pollfd {
+            fd: port.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let timeout = libc::timespec {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
+        };
+        // SAFETY: `fds` holds two pollfds; timeout and mask are live.
+        let result = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &timeout, wait_mask) };
+        if result < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(io_error("ppoll on", "both sides")(error));
+            }
+        }
+        // POLLERR (ENETDOWN after the link went down or away) is read and judged by the next
+        // receive.
+        Ok(STOP.load(Ordering::SeqCst))
+    }
+}
+
+/// Blocks SIGTERM and SIGINT, installs a handler that sets [`STOP`], and returns the signal
+/// mask to wait with (the old one, with both unblocked).
+fn prepare_signals() -> Result<libc::sigset_t, DelayLineError> {
+    let signal_error = |error: nix::Error| DelayLineError::Io {
+        action: "set up",
+        what: "signal handling".to_owned(),
+        error: error.into(),
+    };
+    let mut stop = SigSet::empty();
+    stop.add(Signal::SIGTERM);
+    stop.add(Signal::SIGINT);
+    let handler = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &handler) }.map_err(signal_error)?;
+    }
+    let mut old = SigSet::empty();
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&stop), Some(&mut old))
+        .map_err(signal_error)?;
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        old.remove(signal);
+    }
+    Ok(*old.as_ref())
+}
+
+/// Points stdin at /dev/null and stdout and stderr at `log`.
+fn redirect_stdio(log: &File) -> io::Result<()> {
+    let null = File::open("/dev/null")?;
+    for (from, to) in [
+        (null.as_raw_fd(), libc::STDIN_FILENO),
+        (log.as_raw_fd(), libc::STDOUT_FILENO),
+        (log.as_raw_fd(), libc::STDERR_FILENO),
+    ] {
+        // SAFETY: dup2 onto the standard descriptors, which this process owns.
+        if unsafe { libc::dup2(from, to) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Writes `pid` to `path` through a temporary file, so a reader never sees half of it.
+fn write_pid(path: &Path, pid: i32) -> io::Result<()> {
+    let mut temp = OsString::from(path.as_os_str());
+    temp.push(".tmp");
+    let temp = PathBuf::from(temp);
+    let mut file = File::create(&temp)?;
+    writeln!(file, "{pid}")?;
+    drop(file);
+    std::fs::rename(&temp, path)
+}
+
+/// Runs a delay line as a daemon (the body of `baton-lab delay-line`): opens both sockets,
+/// forks, and returns in the parent once the child's pid is in `options.pid_file`. The child
+/// returns when it is told to stop or its interfaces are gone.
+pub fn serve(options: &Options) -> Result<(), DelayLineError> {
+    let ports = [
+        Port::open(&options.node_iface)?,
+        Port::open(&options.router_iface)?,
+    ];
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&options.log_file)
+        .map_err(io_error("open", &options.log_file.display().to_string()))?;
+    // SAFETY: this process is single-threaded here, so the child may run any code.
+    match unsafe { nix::unistd::fork() }.map_err(DelayLineError::Fork)? {
+        nix::unistd::ForkResult::Parent { child } => {
+            if let Err(error) = write_pid(&options.pid_file, child.as_raw()) {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                return Err(io_error("write", &options.pid_file.display().to_string())(
+                    error,
+                ));
+            }
+            Ok(())
+        }
+        nix::unistd::ForkResult::Child => {
+            // Before anything else: the parent's caller waits for our copy of its pipes to
+            // close.
+            redirect_stdio(&log).map_err(io_error("redirect output to", "the log"))?;
+            // Its own session: a terminal's Ctrl-C or hangup never reaches the lab's links.
+            let _ = nix::unistd::setsid();
+            let _ = std::env::set_current_dir("/");
+            let wait_mask = prepare_signals()?;
+            let impairment = options.impairment;
+            tracing::info!(
+                pid = std::process::id(),
+                node_iface = options.node_iface,
+                router_iface = options.router_iface,
+                ?impairment,
+                seed = options.seed,
+                queue_limit = QUEUE_LIMIT_FRAMES,
+                "delay line running"
+            );
+            let mut line = Line {
+                ports,
+                schedules: [
+                    Schedule::new(impairment, options.seed, QUEUE_LIMIT_FRAMES),
+                    Schedule::new(impairment, !options.seed, QUEUE_LIMIT_FRAMES),
+                ],
+                rx: RxBatch::new(),
+                due: Vec::with_capacity(BATCH),
+            };
+            let exit = line.run(&wait_mask);
+            line.log_counters("final counters");
+            match exit? {
+                Exit::Signalled => tracing::info!("stopped by signal"),
+                Exit::InterfaceGone(iface) => {
+                    tracing::info!(iface, "interface is gone; stopping");
+                }
+            }
+            // The pid file is ours only while it names us.
+            if read_pid(&options.pid_file) == i32::try_from(std::process::id()).ok() {
+                let _ = std::fs::remove_file(&options.pid_file);
+            }
+            Ok(())
+        }
+    }
+}
