@@ -19,6 +19,14 @@
 #define FLOW_FROZEN 1  /* connection is being moved: drop client packets */
 #define FLOW_FORWARD 2 /* connection lives on a participant: encapsulate */
 
+/* Attempts of the compare-and-swap that moves a flow's forward-only
+ * observations. A failed attempt means another CPU stored a newer value for
+ * the same flow at that instant; the next attempt compares against it. Two
+ * CPUs rarely see one flow at once (RSS keeps a flow on one queue), so a few
+ * attempts always suffice in practice; when they run out the newer value
+ * another CPU wrote stands, and the client's next segment repeats ours. */
+#define OBSERVE_CAS_TRIES 4
+
 /* Encapsulation kinds written by userspace into the config maps. */
 #define ENCAP_IPIP 0 /* outer IPv4, protocol 4 */
 #define ENCAP_GUE 1  /* outer IPv4 + UDP, payload is the inner IPv4 packet

@@ -3,8 +3,8 @@
  * Main ingress program: runs on the main server's interface before the
  * kernel stack sees a packet.
  *
- * For a TCP segment of a flow in baton_flows it records what the client last
- * acknowledged, then either drops it (FROZEN: the connection is being moved,
+ * For a TCP segment of a flow in baton_flows it records what the client has
+ * acknowledged and sent (forward-only, see flow_observe), then either drops it (FROZEN: the connection is being moved,
  * the client will retransmit) or encapsulates it toward the participant that
  * now owns the connection (FORWARD) and sends it out. Everything else passes
  * untouched. A packet of a flow in the map is never passed up: the kernel
@@ -36,20 +36,111 @@ enum main_action {
 	MAIN_ACT_FORWARD,
 };
 
-/* Record what this client segment tells about the connection. The program
- * may run on several CPUs for one flow at once; counters are atomic, the
- * observation fields are last-writer-wins. */
+/* The (last_ack, ack_wraps) pair as one 64-bit word, whatever the byte order. */
+union ack_pos {
+	struct {
+		__u32 ack;
+		__u32 wraps;
+	} p;
+	__u64 raw;
+};
+
+/*
+ * Move the flow's highest ACK forward to `ack` if it is ahead in TCP sequence
+ * space ((s32)(ack - last_ack) > 0), counting a wrap when the accepted ACK is
+ * numerically smaller than the one it replaces. Returns 1 when `ack` is not
+ * behind the highest ACK (ahead or equal) once this returns, 0 when it is an
+ * old ACK (reordered or duplicated) that must not touch the observations.
+ *
+ * An entry without a valid ACK (created by a plain freeze) takes the first one
+ * as it is. Seeded entries start from the main's snd_nxt at handoff, so even
+ * the first segment is compared against a correct base.
+ */
+static __always_inline int observe_ack(struct flow_value *fv, __u32 ack)
+{
+	__u64 *slot = (__u64 *)&fv->last_ack;
+	union ack_pos old, new;
+	__s32 ahead;
+	int i;
+
+	if (!fv->has_ack) {
+		new.p.ack = ack;
+		new.p.wraps = 0;
+		*slot = new.raw;
+		fv->has_ack = 1;
+		return 1;
+	}
+	for (i = 0; i < OBSERVE_CAS_TRIES; i++) {
+		old.raw = *(volatile __u64 *)slot;
+		ahead = (__s32)(ack - old.p.ack);
+		if (ahead < 0)
+			return 0;
+		if (ahead == 0)
+			return 1;
+		new.p.ack = ack;
+		new.p.wraps = old.p.wraps + (ack < old.p.ack ? 1 : 0);
+		if (__sync_val_compare_and_swap(slot, old.raw, new.raw) == old.raw)
+			return 1;
+	}
+	/* Another CPU kept storing newer ACKs; ours is at best equal to theirs. */
+	return 1;
+}
+
+/* Move client_next_seq forward to `end` (sequence space), like observe_ack. */
+static __always_inline void observe_next_seq(struct flow_value *fv, __u32 end)
+{
+	__u32 old;
+	int i;
+
+	if (!fv->has_next_seq) {
+		fv->client_next_seq = end;
+		fv->has_next_seq = 1;
+		return;
+	}
+	for (i = 0; i < OBSERVE_CAS_TRIES; i++) {
+		old = *(volatile __u32 *)&fv->client_next_seq;
+		if ((__s32)(end - old) <= 0)
+			return;
+		if (__sync_val_compare_and_swap(&fv->client_next_seq, old, end) == old)
+			return;
+	}
+}
+
+/*
+ * Record what this client segment tells about the connection. The program may
+ * run on several CPUs for one flow at once: counters are atomic; the ACK (with
+ * its wrap count) and client_next_seq move by compare-and-swap and only
+ * forward; window and TSecr are plain stores taken only from segments whose
+ * ACK is not behind the highest one, so an old reordered segment never
+ * overwrites them.
+ *
+ * - window: from the latest ACK segment not behind the highest ACK (a pure
+ *   window update repeats the ACK, so "equal" counts).
+ * - TSecr: from those same segments, and only forward in its own (modular)
+ *   space: it echoes the sender's clock, which a new owner must continue above.
+ * - client_next_seq: seq + payload length (+1 for SYN, +1 for FIN), the next
+ *   byte the client will send; RST segments occupy no sequence space and are
+ *   not used.
+ */
 static __always_inline void flow_observe(struct flow_value *fv, const struct packet_info *pi)
 {
 	__u8 flags = pi->tcp_flags & (TCPF_BYTE_FIN | TCPF_BYTE_RST);
+	__u32 end;
 
-	if (pi->tcp_flags & TCPF_BYTE_ACK) {
-		fv->last_ack = pi->ack_seq;
+	if ((pi->tcp_flags & TCPF_BYTE_ACK) && observe_ack(fv, pi->ack_seq)) {
 		fv->last_window = pi->window;
+		if (pi->has_tsecr && (!fv->has_tsecr || (__s32)(pi->tsecr - fv->last_tsecr) > 0)) {
+			fv->last_tsecr = pi->tsecr;
+			fv->has_tsecr = 1;
+		}
 	}
-	if (pi->has_tsecr) {
-		fv->last_tsecr = pi->tsecr;
-		fv->has_tsecr = 1;
+	if (!(pi->tcp_flags & TCPF_BYTE_RST)) {
+		end = pi->seq + pi->payload_len;
+		if (pi->tcp_flags & TCPF_BYTE_SYN)
+			end += 1;
+		if (pi->tcp_flags & TCPF_BYTE_FIN)
+			end += 1;
+		observe_next_seq(fv, end);
 	}
 	if ((fv->tcp_flags_seen & flags) != flags)
 		fv->tcp_flags_seen |= flags;
@@ -143,17 +234,6 @@ static __always_inline void fib_prepare(struct bpf_fib_lookup *fib, __be32 src, 
 	fib->ipv4_src = src;
 	fib->ipv4_dst = dst;
 	fib->ifindex = ifindex;
-}
-
-/* Linearise the headers of a non-linear skb so direct packet access can see
- * them (a no-op for the usual, already linear, frame). */
-static __always_inline void tc_pull_headers(struct __sk_buff *skb)
-{
-	__u32 linear = skb->data_end - skb->data;
-	__u32 want = skb->len < MAX_HEADERS_LEN ? skb->len : MAX_HEADERS_LEN;
-
-	if (linear < want)
-		bpf_skb_pull_data(skb, want);
 }
 
 /* Encapsulate first, then route: when routing fails the packet has already

@@ -35,7 +35,9 @@ enum parse_result {
 struct packet_info {
 	struct flow_key key;
 	__u32 l3_len;	  /* IPv4 total length, host order */
+	__u32 seq;	  /* host order */
 	__u32 ack_seq;	  /* host order */
+	__u32 payload_len; /* TCP payload bytes (tot_len - IPv4 and TCP headers) */
 	__u32 tsecr;	  /* host order, valid when has_tsecr */
 	__u16 window;	  /* host order, raw window field */
 	__be16 ip_id;	  /* copied into the outer header */
@@ -79,6 +81,18 @@ static __always_inline int parse_eth_ipv4(void *data, void *data_end, __u64 pkt_
 	*iph_out = iph;
 	*ihl_len_out = ihl_len;
 	return PARSE_OK;
+}
+
+/* Linearise the headers of a non-linear skb so direct packet access can see
+ * them (a no-op for the usual, already linear, frame). Only the layout of the
+ * skb changes, never its bytes. tc programs only. */
+static __always_inline void tc_pull_headers(struct __sk_buff *skb)
+{
+	__u32 linear = skb->data_end - skb->data;
+	__u32 want = skb->len < MAX_HEADERS_LEN ? skb->len : MAX_HEADERS_LEN;
+
+	if (linear < want)
+		bpf_skb_pull_data(skb, want);
 }
 
 static __always_inline int ipv4_is_fragment(const struct iphdr *iph)
@@ -214,7 +228,9 @@ static __always_inline int parse_client_segment(void *data, void *data_end, __u6
 	pi->key.client_port = tcp->source;
 	pi->key.vip_port = tcp->dest;
 	pi->l3_len = tot_len;
+	pi->seq = bpf_ntohl(tcp->seq);
 	pi->ack_seq = bpf_ntohl(tcp->ack_seq);
+	pi->payload_len = tot_len - ihl_len - doff_len;
 	pi->window = bpf_ntohs(tcp->window);
 	pi->ip_id = iph->id;
 	pi->frag_off = iph->frag_off;

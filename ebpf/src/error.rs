@@ -124,6 +124,12 @@ pub enum DataplaneError {
         /// aya's error.
         source: Box<aya::maps::MapError>,
     },
+    /// The flow is not in the flow map.
+    #[error("flow {key} is not in the flow map")]
+    NoSuchFlow {
+        /// The flow.
+        key: crate::types::FlowKey,
+    },
     /// The counters map has a different size than this build's counter list.
     #[error("map {map} has {actual} entries, this build counts {expected} reasons")]
     CounterCountMismatch {

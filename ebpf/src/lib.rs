@@ -30,8 +30,8 @@ pub use test_run::{
     XDP_REDIRECT, XDP_TX,
 };
 pub use types::{
-    monotonic_now_ns, Encap, FlowKey, FlowState, FlowValue, MainConfig, MainCounter,
-    ParticipantConfig, ParticipantCounter, FLOW_MAP_MAX_ENTRIES,
+    monotonic_now_ns, Encap, FlowKey, FlowSeed, FlowState, FlowTarget, FlowValue, MainConfig,
+    MainCounter, ParticipantConfig, ParticipantCounter, FLOW_MAP_MAX_ENTRIES,
 };
 
 /// The data planes are shared between tokio tasks.

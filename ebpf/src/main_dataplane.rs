@@ -16,7 +16,13 @@ use crate::error::DataplaneError;
 use crate::pin::ExpectedMap;
 use crate::program::{AttachMode, Loaded, ObjectSpec};
 use crate::test_run::TestRunOutput;
-use crate::types::{Encap, FlowKey, FlowValue, MainConfig, MainCounter, FLOW_MAP_MAX_ENTRIES};
+use crate::types::{
+    Encap, FlowKey, FlowSeed, FlowTarget, FlowValue, MainConfig, MainCounter,
+    FLOW_MAP_MAX_ENTRIES,
+};
+
+/// `BPF_EXIST`: update an element only if it is there.
+const BPF_EXIST: u64 = 2;
 
 /// The flow map (pinned).
 const FLOWS_MAP: &str = "baton_flows";
@@ -147,6 +153,47 @@ impl MainDataplane {
         flows
             .insert(key, current.with_forward(participant), 0)
             .map_err(|e| DataplaneError::map(FLOWS_MAP, e))
+    }
+
+    /// Marks a flow frozen with its observations seeded from the main's
+    /// `TCP_REPAIR` dump at handoff: `last_ack` = `seed.snd_nxt` (no wraps),
+    /// `client_next_seq` = `seed.rcv_nxt`. The program's forward-only
+    /// comparisons then start from a correct base: an old segment that
+    /// arrives late cannot set a lower ACK. Overwrites any existing entry.
+    pub fn freeze_seeded(&self, key: &FlowKey, seed: FlowSeed) -> Result<(), DataplaneError> {
+        let mut flows = self.flows.lock().map_err(|_| DataplaneError::Poisoned)?;
+        flows
+            .insert(key, FlowValue::frozen_seeded(seed), 0)
+            .map_err(|e| DataplaneError::map(FLOWS_MAP, e))
+    }
+
+    /// Changes only the state and participant of an existing flow (a move
+    /// between participants: freeze, then forward to the new one), keeping
+    /// every observation. Fails with [`DataplaneError::NoSuchFlow`] when the
+    /// flow is not in the map (never created here: an entry without its
+    /// observations would mislead a later recovery).
+    ///
+    /// This is a read-modify-write of the whole entry, and the program may
+    /// update the entry between the read and the write: that update is lost
+    /// (the write carries the older observations). The forward-only fields
+    /// then lag behind, never run ahead: the ACK and its wrap count are read
+    /// and written together, so they stay consistent, and the client's next
+    /// segment moves them forward again. A recovery that uses a lagging ACK
+    /// resends bytes the client already has, which TCP discards; it never
+    /// skips any. Packet and byte counts may miss the racing packet.
+    pub fn set_state(&self, key: &FlowKey, target: FlowTarget) -> Result<(), DataplaneError> {
+        let mut flows = self.flows.lock().map_err(|_| DataplaneError::Poisoned)?;
+        let current = match flows.get(key, 0) {
+            Ok(value) => value,
+            Err(MapError::KeyNotFound) => return Err(DataplaneError::NoSuchFlow { key: *key }),
+            Err(e) => return Err(DataplaneError::map(FLOWS_MAP, e)),
+        };
+        // BPF_EXIST: if the program deleted the entry meanwhile (a stale SYN), do not revive it.
+        match flows.insert(key, current.with_target(target), BPF_EXIST) {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(DataplaneError::NoSuchFlow { key: *key }),
+            Err(e) => Err(DataplaneError::map(FLOWS_MAP, e)),
+        }
     }
 
     /// Forgets a flow; its packets go to the local stack again. Absent is fine.

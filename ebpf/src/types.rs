@@ -148,19 +148,71 @@ pub enum FlowState {
     Forward,
 }
 
+/// The state to put a flow in with
+/// [`MainDataplane::set_state`](crate::MainDataplane::set_state):
+/// [`FlowState`] plus the participant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlowTarget {
+    /// Drop the flow's packets (it is being moved).
+    Frozen,
+    /// Encapsulate the flow's packets to this participant.
+    Forward(Ipv4Addr),
+}
+
+/// Where a handed-off connection stood when the main took it out of its
+/// kernel (`TCP_REPAIR` dump), so the program's forward-only observations
+/// start from a correct base instead of from whatever segment comes first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowSeed {
+    /// The main's `snd_nxt` at handoff. Seeds `last_ack`: from then on an ACK
+    /// below it counts as old and is ignored, so it must be a position the
+    /// client has really acknowledged. At a handoff or a graceful move
+    /// nothing is in flight (`snd_una == snd_nxt`); if something were, seed
+    /// with `snd_una` instead, or recovery would skip the unacknowledged bytes.
+    pub snd_nxt: u32,
+    /// The main's `rcv_nxt` at handoff: the next byte expected from the
+    /// client. Seeds `client_next_seq`.
+    pub rcv_nxt: u32,
+}
+
+/// Bit of 2^32: one wrap of the 32-bit ACK number.
+const ACK_EPOCH: u64 = 1 << 32;
+
 /// Per-flow state (`struct flow_value`). The main sets the state and the
-/// participant; the program keeps the observations current.
+/// participant (and may seed the observations); the program keeps the
+/// observations current.
+///
+/// The observations are what a new owner needs to rebuild the connection:
+/// - [`last_ack`](Self::last_ack) is the highest ACK the client sent (TCP
+///   sequence comparison, so reordering never takes it back) and
+///   [`ack_wraps`](Self::ack_wraps) counts how often it passed 2^32;
+///   [`acked_position`](Self::acked_position) turns both into a 64-bit
+///   stream position.
+/// - [`client_next_seq`](Self::client_next_seq) is the next byte the client
+///   will send (highest `seq + payload`, +1 for SYN and FIN), forward-only
+///   too.
+/// - [`last_window`](Self::last_window) and [`last_tsecr`](Self::last_tsecr)
+///   come from the latest ACK segment whose ACK was not behind the highest
+///   one; TSecr in addition never moves backwards.
+///
+/// The program does not validate ACKs (it cannot know what the participant
+/// has sent): an ACK the client never could have sent (a forged segment with
+/// the right 4-tuple) would be taken. Bound it by what was really sent.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct FlowValue {
     state: u32,
     participant_addr: [u8; 4],
     last_ack: u32,
+    ack_wraps: u32,
     last_tsecr: u32,
+    client_next_seq: u32,
     last_window: u16,
     tcp_flags_seen: u8,
     has_tsecr: u8,
-    pad: u32,
+    has_ack: u8,
+    has_next_seq: u8,
+    pad: u16,
     last_seen_ns: u64,
     packets: u64,
     bytes: u64,
@@ -171,6 +223,20 @@ impl FlowValue {
     pub fn frozen() -> Self {
         Self {
             state: FLOW_FROZEN,
+            ..Self::default()
+        }
+    }
+
+    /// A frozen flow whose observations start at `seed`: `last_ack` =
+    /// `seed.snd_nxt` (no wraps), `client_next_seq` = `seed.rcv_nxt`, no
+    /// window or TSecr yet, no packets.
+    pub fn frozen_seeded(seed: FlowSeed) -> Self {
+        Self {
+            state: FLOW_FROZEN,
+            last_ack: seed.snd_nxt,
+            has_ack: 1,
+            client_next_seq: seed.rcv_nxt,
+            has_next_seq: 1,
             ..Self::default()
         }
     }
@@ -190,11 +256,33 @@ impl FlowValue {
         }
     }
 
+    /// This value with state and participant set as `target` says (frozen
+    /// clears the participant); the observations are kept.
+    pub fn with_target(self, target: FlowTarget) -> Self {
+        match target {
+            FlowTarget::Frozen => Self {
+                state: FLOW_FROZEN,
+                participant_addr: [0; 4],
+                ..self
+            },
+            FlowTarget::Forward(participant) => self.with_forward(participant),
+        }
+    }
+
     /// The state, or `None` when the raw value is not one this build knows.
     pub fn state(&self) -> Option<FlowState> {
         match self.state {
             FLOW_FROZEN => Some(FlowState::Frozen),
             FLOW_FORWARD => Some(FlowState::Forward),
+            _ => None,
+        }
+    }
+
+    /// State and participant together, or `None` for an unknown raw state.
+    pub fn target(&self) -> Option<FlowTarget> {
+        match self.state {
+            FLOW_FROZEN => Some(FlowTarget::Frozen),
+            FLOW_FORWARD => Some(FlowTarget::Forward(self.participant())),
             _ => None,
         }
     }
@@ -210,18 +298,62 @@ impl FlowValue {
         Ipv4Addr::from(self.participant_addr)
     }
 
-    /// ACK number of the latest client segment with ACK set: the client's
-    /// next expected byte (0 until one is seen).
+    /// The highest ACK number the client sent (TCP sequence comparison), or
+    /// the seed's `snd_nxt` until a higher one arrives: the client's next
+    /// expected byte. 0 when neither seeded nor seen (see
+    /// [`has_ack`](Self::has_ack)).
     pub fn last_ack(&self) -> u32 {
         self.last_ack
     }
 
-    /// Raw (unscaled) window field of the latest client segment with ACK set.
+    /// Whether [`last_ack`](Self::last_ack) is valid (seeded or seen).
+    pub fn has_ack(&self) -> bool {
+        self.has_ack != 0
+    }
+
+    /// How many times the accepted ACK number wrapped past 2^32 since it was
+    /// seeded (or first seen).
+    pub fn ack_wraps(&self) -> u32 {
+        self.ack_wraps
+    }
+
+    /// The client's acknowledged position as a 64-bit sequence number, or
+    /// `None` without a valid ACK.
+    ///
+    /// `base` is the 64-bit value of the ACK number the entry was seeded with
+    /// (typically the 64-bit `snd_nxt` at handoff, whose low 32 bits are
+    /// [`FlowSeed::snd_nxt`]); only its upper 32 bits are used, so any value
+    /// in the same 2^32 epoch gives the same answer. The result is
+    /// `epoch(base) + ack_wraps * 2^32 + last_ack`, never below `base`'s epoch.
+    /// For an entry that was not seeded, the epoch is that of the first ACK
+    /// the program saw, which the caller must know by other means.
+    ///
+    /// Example: seeded with `snd_nxt = 0xffff_fff0` and 64-bit base
+    /// `0x1_ffff_fff0`; the client then acknowledges 0x20 (one wrap): the
+    /// position is `0x2_0000_0020`.
+    pub fn acked_position(&self, base: u64) -> Option<u64> {
+        self.has_ack().then(|| {
+            (base & !(ACK_EPOCH - 1))
+                .wrapping_add(u64::from(self.ack_wraps) << 32)
+                .wrapping_add(u64::from(self.last_ack))
+        })
+    }
+
+    /// The next sequence number the client will send (highest `seq +
+    /// payload`, +1 for SYN and FIN), or the seed's `rcv_nxt` until the
+    /// client goes beyond it; `None` when neither seeded nor seen.
+    pub fn client_next_seq(&self) -> Option<u32> {
+        (self.has_next_seq != 0).then_some(self.client_next_seq)
+    }
+
+    /// Raw (unscaled) window field of the latest client segment whose ACK was
+    /// not behind the highest ACK (0 before any).
     pub fn last_window(&self) -> u16 {
         self.last_window
     }
 
-    /// TSecr of the latest client segment that carried timestamps.
+    /// The highest TSecr of the client's ACK segments that were not behind
+    /// the highest ACK.
     pub fn last_tsecr(&self) -> Option<u32> {
         (self.has_tsecr != 0).then_some(self.last_tsecr)
     }
@@ -258,7 +390,9 @@ impl fmt::Debug for FlowValue {
         f.debug_struct("FlowValue")
             .field("state", &self.state())
             .field("participant", &self.participant())
-            .field("last_ack", &self.last_ack)
+            .field("last_ack", &self.has_ack().then_some(self.last_ack))
+            .field("ack_wraps", &self.ack_wraps)
+            .field("client_next_seq", &self.client_next_seq())
             .field("last_window", &self.last_window)
             .field("last_tsecr", &self.last_tsecr())
             .field("fin_seen", &self.fin_seen())
@@ -348,16 +482,21 @@ const _: () = assert!(size_of::<FlowKey>() == 12);
 const _: () = assert!(offset_of!(FlowKey, vip_addr) == 4);
 const _: () = assert!(offset_of!(FlowKey, client_port) == 8);
 const _: () = assert!(offset_of!(FlowKey, vip_port) == 10);
-const _: () = assert!(size_of::<FlowValue>() == 48);
+const _: () = assert!(size_of::<FlowValue>() == 56);
 const _: () = assert!(offset_of!(FlowValue, participant_addr) == 4);
 const _: () = assert!(offset_of!(FlowValue, last_ack) == 8);
-const _: () = assert!(offset_of!(FlowValue, last_tsecr) == 12);
-const _: () = assert!(offset_of!(FlowValue, last_window) == 16);
-const _: () = assert!(offset_of!(FlowValue, tcp_flags_seen) == 18);
-const _: () = assert!(offset_of!(FlowValue, has_tsecr) == 19);
-const _: () = assert!(offset_of!(FlowValue, last_seen_ns) == 24);
-const _: () = assert!(offset_of!(FlowValue, packets) == 32);
-const _: () = assert!(offset_of!(FlowValue, bytes) == 40);
+const _: () = assert!(offset_of!(FlowValue, ack_wraps) == 12);
+const _: () = assert!(offset_of!(FlowValue, last_tsecr) == 16);
+const _: () = assert!(offset_of!(FlowValue, client_next_seq) == 20);
+const _: () = assert!(offset_of!(FlowValue, last_window) == 24);
+const _: () = assert!(offset_of!(FlowValue, tcp_flags_seen) == 26);
+const _: () = assert!(offset_of!(FlowValue, has_tsecr) == 27);
+const _: () = assert!(offset_of!(FlowValue, has_ack) == 28);
+const _: () = assert!(offset_of!(FlowValue, has_next_seq) == 29);
+const _: () = assert!(offset_of!(FlowValue, pad) == 30);
+const _: () = assert!(offset_of!(FlowValue, last_seen_ns) == 32);
+const _: () = assert!(offset_of!(FlowValue, packets) == 40);
+const _: () = assert!(offset_of!(FlowValue, bytes) == 48);
 const _: () = assert!(size_of::<MainConfig>() == 12);
 const _: () = assert!(offset_of!(MainConfig, encap) == 4);
 const _: () = assert!(offset_of!(MainConfig, gue_port) == 8);
@@ -516,6 +655,55 @@ mod tests {
         assert_eq!(fwd.last_ack(), 5);
         assert_eq!(fwd.last_tsecr(), Some(9));
         assert_eq!(FlowValue::forward(p).last_ack(), 0);
+    }
+
+    #[test]
+    fn seeded_value_and_targets() {
+        let seed = FlowSeed {
+            snd_nxt: 0xffff_fff0,
+            rcv_nxt: 77,
+        };
+        let v = FlowValue::frozen_seeded(seed);
+        assert_eq!(v.state(), Some(FlowState::Frozen));
+        assert!(v.has_ack());
+        assert_eq!((v.last_ack(), v.ack_wraps()), (0xffff_fff0, 0));
+        assert_eq!(v.client_next_seq(), Some(77));
+        assert_eq!(v.last_tsecr(), None);
+        assert_eq!(v.packets(), 0);
+        let p = Ipv4Addr::new(198, 19, 184, 2);
+        let fwd = v.with_target(FlowTarget::Forward(p));
+        assert_eq!(fwd.target(), Some(FlowTarget::Forward(p)));
+        assert_eq!((fwd.last_ack(), fwd.client_next_seq()), (0xffff_fff0, Some(77)));
+        let back = fwd.with_target(FlowTarget::Frozen);
+        assert_eq!(back.target(), Some(FlowTarget::Frozen));
+        assert_eq!(back.participant(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(back.last_ack(), 0xffff_fff0);
+        assert_eq!(FlowValue::frozen().client_next_seq(), None);
+        assert!(!FlowValue::frozen().has_ack());
+    }
+
+    #[test]
+    fn acked_position_extends_with_wraps() {
+        let seeded = FlowValue::frozen_seeded(FlowSeed {
+            snd_nxt: 0xffff_fff0,
+            rcv_nxt: 0,
+        });
+        assert_eq!(FlowValue::frozen().acked_position(0x1_0000_0000), None);
+        assert_eq!(seeded.acked_position(0x1_ffff_fff0), Some(0x1_ffff_fff0));
+        // Any base in the same epoch gives the same answer.
+        assert_eq!(seeded.acked_position(0x1_0000_0000), Some(0x1_ffff_fff0));
+        let wrapped = FlowValue {
+            last_ack: 0x20,
+            ack_wraps: 1,
+            ..seeded
+        };
+        assert_eq!(wrapped.acked_position(0x1_ffff_fff0), Some(0x2_0000_0020));
+        let twice = FlowValue {
+            last_ack: 5,
+            ack_wraps: 2,
+            ..seeded
+        };
+        assert_eq!(twice.acked_position(0xffff_fff0), Some(0x2_0000_0005));
     }
 
     #[test]

@@ -255,12 +255,24 @@ fn foreign_flow_map_pin_is_refused_and_kept() {
     let _ns = NetNs::new();
     lab::build();
     let pin = PinDir::new();
-    // A hash map with the old (hypothetical) 40-byte value.
-    pin_raw_map(&pin.path.join("baton_flows"), 1, 12, 40, 65_536);
+    // A hash map with the previous build's 48-byte value (before the ACK
+    // wrap count and the client's next sequence number).
+    pin_raw_map(&pin.path.join("baton_flows"), 1, 12, 48, 65_536);
     match MainDataplane::load(&options(&pin, AttachMode::Tc)) {
-        Err(DataplaneError::PinnedMapMismatch { path, detail }) => {
-            assert_eq!(path, pin.path.join("baton_flows"));
-            assert_eq!(detail, "value size 40, expected 48");
+        Err(err @ DataplaneError::PinnedMapMismatch { .. }) => {
+            let DataplaneError::PinnedMapMismatch { path, detail } = &err else {
+                unreachable!()
+            };
+            assert_eq!(*path, pin.path.join("baton_flows"));
+            assert_eq!(detail, "value size 48, expected 56");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "pinned map {} does not match this build (value size 48, expected 56); \
+                     remove it to start with an empty map",
+                    pin.path.join("baton_flows").display()
+                )
+            );
         }
         other => panic!("expected PinnedMapMismatch, got {other:?}"),
     }

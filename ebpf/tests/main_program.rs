@@ -60,7 +60,9 @@ enum Expect {
 /// The observations the flow entry must hold after the run.
 #[derive(Clone, Copy, Debug, Default)]
 struct Observed {
+    /// 0: no valid ACK (`has_ack` false).
     last_ack: u32,
+    next_seq: Option<u32>,
     last_window: u16,
     last_tsecr: Option<u32>,
     fin: bool,
@@ -101,6 +103,7 @@ fn same_iface() -> Expect {
 fn default_observed(t: &Tcp) -> Observed {
     Observed {
         last_ack: 2_000_000,
+        next_seq: Some(t.seq + t.payload.len() as u32 + u32::from(t.fin) + u32::from(t.syn)),
         last_window: 501,
         last_tsecr: Some(222_222),
         bytes: (t.frame().len() - 14) as u64,
@@ -338,6 +341,7 @@ fn fixtures() -> Vec<Fixture> {
             expect: Expect::Drop(MainCounter::DropFrozen),
             observed: Some(Observed {
                 last_ack: 7_000,
+                next_seq: Some(1_000_001),
                 last_window: 0,
                 last_tsecr: Some(6),
                 fin: true,
@@ -346,7 +350,7 @@ fn fixtures() -> Vec<Fixture> {
             }),
         },
         Fixture {
-            description: "frozen flow, RST without ACK: ACK and window not recorded",
+            description: "frozen flow, RST without ACK: ACK, window and next sequence not recorded",
             frame: rst_no_ack.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
@@ -611,7 +615,7 @@ fn fixtures() -> Vec<Fixture> {
 }
 
 /// Direct access to the pinned flow map, for entries the API refuses to write.
-fn raw_flows(pin_dir: &Path) -> HashMap<MapData, [u8; 12], [u8; 48]> {
+fn raw_flows(pin_dir: &Path) -> HashMap<MapData, [u8; 12], [u8; 56]> {
     HashMap::try_from(aya::maps::Map::HashMap(
         MapData::from_pin(pin_dir.join("baton_flows")).unwrap(),
     ))
@@ -735,7 +739,7 @@ fn run_table(mode: AttachMode, encap: Encap) {
                 Setup::Frozen => dp.freeze(k).unwrap(),
                 Setup::Forward(p) => dp.forward(k, *p).unwrap(),
                 Setup::RawState(state) => {
-                    let mut value = [0u8; 48];
+                    let mut value = [0u8; 56];
                     value[0..4].copy_from_slice(&state.to_ne_bytes());
                     value[4..8].copy_from_slice(&lab::PARTICIPANT.octets());
                     raw.insert(key_bytes(k), value, 0).unwrap();
@@ -791,6 +795,9 @@ fn run_table(mode: AttachMode, encap: Encap) {
             assert_eq!(value.packets(), u64::from(seen), "{ctx}: packets");
             assert_eq!(value.bytes(), obs.bytes, "{ctx}: bytes");
             assert_eq!(value.last_ack(), obs.last_ack, "{ctx}: last_ack");
+            assert_eq!(value.has_ack(), obs.last_ack != 0, "{ctx}: has_ack");
+            assert_eq!(value.ack_wraps(), 0, "{ctx}: ack_wraps");
+            assert_eq!(value.client_next_seq(), obs.next_seq, "{ctx}: client_next_seq");
             assert_eq!(value.last_window(), obs.last_window, "{ctx}: last_window");
             assert_eq!(value.last_tsecr(), obs.last_tsecr, "{ctx}: last_tsecr");
             assert_eq!(value.fin_seen(), obs.fin, "{ctx}: fin");
