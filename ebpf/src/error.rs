@@ -98,14 +98,6 @@ pub enum DataplaneError {
         /// aya's error (the verifier log is in here).
         source: Box<aya::programs::ProgramError>,
     },
-    /// Adding the clsact qdisc failed.
-    #[error("adding clsact qdisc to {iface}: {source}")]
-    Qdisc {
-        /// Interface name.
-        iface: String,
-        /// The netlink error.
-        source: io::Error,
-    },
     /// Attaching a program to an interface failed.
     #[error("attaching {program} to {iface}: {source}")]
     Attach {
@@ -139,6 +131,51 @@ pub enum DataplaneError {
         actual: u32,
         /// Counters this build knows.
         expected: usize,
+    },
+    /// The kernel has no BPF link type for this hook. Baton attaches only
+    /// through pinned links, so its programs outlive the process.
+    #[error(
+        "cannot attach {program} to {iface}: this kernel ({kernel}) lacks bpf_link support for \
+         {hook} attachments (Linux {needs} or later), which Baton needs so that its programs \
+         stay attached while its processes restart"
+    )]
+    LinkUnsupported {
+        /// Program name.
+        program: &'static str,
+        /// Interface name.
+        iface: String,
+        /// `"tcx ingress"`, `"tcx egress"` or `"xdp"`.
+        hook: &'static str,
+        /// The first kernel version with that link type.
+        needs: String,
+        /// The running kernel's version.
+        kernel: String,
+    },
+    /// A pinned link could not be opened, inspected, updated or unpinned.
+    #[error("pinned link {path}: {source}")]
+    PinnedLink {
+        /// The pinned file.
+        path: PathBuf,
+        /// The bpf(2) or file-system error.
+        source: io::Error,
+    },
+    /// A file where this build pins a link holds something else.
+    #[error("pinned link {path} does not fit ({detail}); remove it to attach afresh")]
+    PinnedLinkMismatch {
+        /// The pinned file.
+        path: PathBuf,
+        /// What differs.
+        detail: String,
+    },
+    /// Pinning a new link failed (it is detached again).
+    #[error("pinning the link of {program} at {path}: {source}")]
+    PinLink {
+        /// Program name.
+        program: &'static str,
+        /// Where it was to be pinned.
+        path: PathBuf,
+        /// aya's error.
+        source: Box<aya::pin::PinError>,
     },
     /// BPF_PROG_TEST_RUN failed.
     #[error("test run of {program}: {source}")]

@@ -8,11 +8,16 @@
 //! - The **participant** program removes that encapsulation, accepting it
 //!   only from its main, so the segment reaches the restored socket.
 //!
+//! Programs are attached through BPF links pinned next to the maps
+//! ([`detach_pinned`] removes them): they keep running while the processes
+//! restart or after they die, and a new load swaps them atomically.
+//!
 //! This crate holds no policy: it never decides which flow goes where or
 //! when, and never removes flows on its own.
 
 mod caps;
 mod error;
+mod link;
 mod main_dataplane;
 mod participant_dataplane;
 mod pin;
@@ -22,6 +27,7 @@ mod types;
 
 pub use caps::check_capabilities;
 pub use error::DataplaneError;
+pub use link::{detach_pinned, pinned_links, LinkKind, LinkPin};
 pub use main_dataplane::{MainDataplane, MainOptions};
 pub use participant_dataplane::{ParticipantDataplane, ParticipantOptions};
 pub use program::AttachMode;

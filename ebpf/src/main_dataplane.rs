@@ -1,5 +1,9 @@
 //! The main server's data plane: loads `main.bpf.o`, attaches it to the
-//! ingress of the VIP interface and drives the flow map.
+//! ingress of the VIP interface through a pinned link and drives the flow map.
+//!
+//! The attachment outlives this process: while `baton-main` is down or
+//! restarting, the last loaded program keeps forwarding every flow in the
+//! pinned map, and the next load replaces it atomically (see `link.rs`).
 //!
 //! Policy (which flow goes where, when to freeze) belongs to the caller; this
 //! module only writes what it is told. It must never remove a flow on its own
@@ -7,7 +11,7 @@
 //! connection).
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use aya::maps::{HashMap, MapData, MapError, MapType, PerCpuArray};
@@ -36,6 +40,7 @@ static MAIN_OBJECT: ObjectSpec = ObjectSpec {
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/main.bpf.o")),
     tc_program: "baton_main_tc",
     xdp_program: "baton_main_xdp",
+    egress_program: None,
     pinned: &[
         ExpectedMap {
             name: FLOWS_MAP,
@@ -63,7 +68,8 @@ pub struct MainOptions {
     pub iface: String,
     /// tc or XDP.
     pub mode: AttachMode,
-    /// bpffs directory for the pinned maps (created if missing).
+    /// bpffs directory for the pinned maps and the program's link (created
+    /// if missing). Removing it detaches the program.
     pub pin_dir: PathBuf,
     /// Outer source address of encapsulated packets.
     pub local_addr: Ipv4Addr,
@@ -72,7 +78,10 @@ pub struct MainOptions {
 }
 
 /// The loaded and attached main program and its maps. Dropping it detaches
-/// the program; the pinned maps (and the flows in them) stay.
+/// nothing: the program stays attached through its pinned link and keeps
+/// forwarding the flows in the pinned map until the next load replaces it or
+/// [`detach_pinned`](crate::detach_pinned) / [`MainDataplane::detach`]
+/// removes the link.
 pub struct MainDataplane {
     loaded: Loaded,
     flows: Mutex<HashMap<MapData, FlowKey, FlowValue>>,
@@ -93,7 +102,11 @@ impl std::fmt::Debug for MainDataplane {
 
 impl MainDataplane {
     /// Creates `pin_dir`, loads the program (reusing pinned maps), writes the
-    /// configuration and attaches to the ingress of `iface`.
+    /// configuration and attaches to the ingress of `iface` through the link
+    /// pinned in `pin_dir`: when an earlier run left one there, its program
+    /// is swapped for this one atomically, so the flows never meet the
+    /// kernel's stack in between. A link of the other [`AttachMode`] on the
+    /// same interface is unpinned once this one is attached.
     pub fn load(opts: &MainOptions) -> Result<Self, DataplaneError> {
         crate::program::ifindex(&opts.iface)?;
         warn_if_forwarding_disabled(&opts.iface);
@@ -250,6 +263,26 @@ impl MainDataplane {
     /// How the program is attached.
     pub fn mode(&self) -> AttachMode {
         self.loaded.mode()
+    }
+
+    /// The pin directory (maps and link).
+    pub fn pin_dir(&self) -> &Path {
+        self.loaded.pin_dir()
+    }
+
+    /// The kernel's id of this load's program: what the pinned link runs
+    /// until the next load replaces it.
+    pub fn program_id(&self) -> Result<u32, DataplaneError> {
+        self.loaded.program_id(false)
+    }
+
+    /// Detaches the program for a clean shutdown: unpins every link in the
+    /// pin directory (see [`detach_pinned`](crate::detach_pinned)). The
+    /// pinned maps stay, so flows are kept for a later load, but until then
+    /// their packets reach the kernel, which resets them. Returns the pins
+    /// removed.
+    pub fn detach(self) -> Result<Vec<PathBuf>, DataplaneError> {
+        crate::link::detach_pinned(self.loaded.pin_dir())
     }
 }
 

@@ -1,12 +1,13 @@
-//! A participant's data plane: loads `participant.bpf.o` and attaches it to
-//! the ingress of the interface encapsulated traffic from the main arrives on.
+//! A participant's data plane: loads `participant.bpf.o` and attaches its
+//! decapsulation to the ingress of the interface encapsulated traffic from
+//! the main arrives on, through a pinned link that outlives the process.
 //!
 //! It must never accept encapsulated packets from anyone but the configured
 //! main: that is what keeps strangers from injecting segments into restored
 //! connections.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use aya::maps::{MapData, MapType, PerCpuArray};
@@ -27,6 +28,7 @@ static PARTICIPANT_OBJECT: ObjectSpec = ObjectSpec {
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/participant.bpf.o")),
     tc_program: "baton_participant_tc",
     xdp_program: "baton_participant_xdp",
+    egress_program: None,
     pinned: &[ExpectedMap {
         name: STATS_MAP,
         map_type: MapType::PerCpuArray,
@@ -44,7 +46,8 @@ pub struct ParticipantOptions {
     pub iface: String,
     /// tc or XDP.
     pub mode: AttachMode,
-    /// bpffs directory for the pinned counters (created if missing).
+    /// bpffs directory for the pinned counters and the link (created if
+    /// missing). Removing it detaches the program.
     pub pin_dir: PathBuf,
     /// The only outer source address accepted.
     pub main_addr: Ipv4Addr,
@@ -55,7 +58,8 @@ pub struct ParticipantOptions {
     pub require_socket: bool,
 }
 
-/// The loaded and attached participant program. Dropping it detaches it.
+/// The loaded and attached participant program. Dropping it detaches
+/// nothing (pinned link); see [`ParticipantDataplane::detach`].
 pub struct ParticipantDataplane {
     loaded: Loaded,
     stats: Mutex<PerCpuArray<MapData, u64>>,
@@ -75,7 +79,8 @@ impl std::fmt::Debug for ParticipantDataplane {
 
 impl ParticipantDataplane {
     /// Creates `pin_dir`, loads the program, writes the configuration and
-    /// attaches to the ingress of `iface`.
+    /// attaches to the ingress of `iface` through a link pinned in `pin_dir`
+    /// (an earlier run's pinned link gets the new program atomically).
     pub fn load(opts: &ParticipantOptions) -> Result<Self, DataplaneError> {
         crate::program::ifindex(&opts.iface)?;
         let mut loaded = PARTICIPANT_OBJECT.load(&opts.pin_dir, opts.mode)?;
@@ -132,5 +137,22 @@ impl ParticipantDataplane {
     /// How the program is attached.
     pub fn mode(&self) -> AttachMode {
         self.loaded.mode()
+    }
+
+    /// The pin directory (maps and links).
+    pub fn pin_dir(&self) -> &Path {
+        self.loaded.pin_dir()
+    }
+
+    /// The kernel's id of this load's ingress program.
+    pub fn program_id(&self) -> Result<u32, DataplaneError> {
+        self.loaded.program_id(false)
+    }
+
+    /// Detaches the program for a clean shutdown by unpinning every link in
+    /// the pin directory (see [`detach_pinned`](crate::detach_pinned)). The
+    /// counters stay pinned. Returns the pins removed.
+    pub fn detach(self) -> Result<Vec<PathBuf>, DataplaneError> {
+        crate::link::detach_pinned(self.loaded.pin_dir())
     }
 }

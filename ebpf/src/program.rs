@@ -1,26 +1,33 @@
-//! Loading the embedded objects, loading and attaching one of their entry
-//! points, and test-running it. Shared by the main and participant loaders.
+//! Loading the embedded objects, loading and attaching their entry points,
+//! and test-running them. Shared by the main and participant loaders.
 //!
-//! Attachment lives exactly as long as the returned [`Loaded`]: dropping it
-//! detaches the program. This module never detaches anything it did not
-//! attach and never touches another program's qdisc filters.
+//! Attachments go through pinned links (see [`crate::link`]): they outlive
+//! the returned [`Loaded`] and the process, and a later load in the same pin
+//! directory swaps the program atomically. Dropping a [`Loaded`] only closes
+//! this process's handles. This module never detaches anything but the other
+//! mode's entry point of the same object on the same interface (a mode
+//! change), and never touches another program's qdisc filters.
 
 use std::path::Path;
 use std::sync::Mutex;
 
-use aya::programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpFlags};
+use std::path::PathBuf;
+
+use aya::programs::{SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::error::DataplaneError;
+use crate::link::{self, AttachOutcome};
 use crate::pin::{check_pinned, prepare_pin_dir, ExpectedMap};
 use crate::test_run::{self, Hook, TestRunOutput, Verdict};
 
 /// Where a program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AttachMode {
-    /// tc ingress (tcx on kernels >= 6.6, clsact otherwise).
+    /// tc ingress, through a tcx link (Linux 6.6 or later).
     Tc,
-    /// XDP (native when the driver supports it, generic otherwise).
+    /// XDP (native when the driver supports it, generic otherwise), through
+    /// an XDP link (Linux 5.9 or later).
     ///
     /// Faster, with limits the tc mode does not have: XDP cannot resolve a
     /// neighbour, so a participant whose next hop has no ARP entry is dropped
@@ -38,6 +45,9 @@ pub(crate) struct ObjectSpec {
     pub(crate) bytes: &'static [u8],
     pub(crate) tc_program: &'static str,
     pub(crate) xdp_program: &'static str,
+    /// A tc program attached to interfaces' egress in either mode (the
+    /// participant's guard), loaded with the object.
+    pub(crate) egress_program: Option<&'static str>,
     pub(crate) pinned: &'static [ExpectedMap],
 }
 
@@ -49,8 +59,16 @@ impl ObjectSpec {
         }
     }
 
+    fn other_mode_program(&self, mode: AttachMode) -> &'static str {
+        match mode {
+            AttachMode::Tc => self.xdp_program,
+            AttachMode::Xdp => self.tc_program,
+        }
+    }
+
     /// Checks the pin directory and loads the object's maps (reusing pinned
-    /// ones) and the entry point for `mode` into the kernel, unattached.
+    /// ones), the entry point for `mode` and the egress program (if any) into
+    /// the kernel, unattached.
     pub(crate) fn load(
         &'static self,
         pin_dir: &Path,
@@ -89,24 +107,38 @@ impl ObjectSpec {
                 p.load().map_err(|e| DataplaneError::program(program, e))?;
             }
         }
+        if let Some(egress) = self.egress_program {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(egress)
+                .ok_or(DataplaneError::MissingFromObject {
+                    what: "program",
+                    name: egress,
+                    object: self.name,
+                })?
+                .try_into()
+                .map_err(|e| DataplaneError::program(egress, e))?;
+            p.load().map_err(|e| DataplaneError::program(egress, e))?;
+        }
         Ok(Loaded {
             ebpf: Mutex::new(ebpf),
             object: self,
             program,
             mode,
+            pin_dir: pin_dir.to_owned(),
             attached: None,
         })
     }
 }
 
 /// An object whose entry point is loaded (and, after [`Loaded::attach`],
-/// attached to an interface's ingress).
+/// attached to an interface's ingress through a pinned link).
 #[derive(Debug)]
 pub(crate) struct Loaded {
     ebpf: Mutex<Ebpf>,
     object: &'static ObjectSpec,
     program: &'static str,
     mode: AttachMode,
+    pin_dir: PathBuf,
     attached: Option<(String, u32)>,
 }
 
@@ -138,51 +170,85 @@ impl Loaded {
             })
     }
 
-    /// Attaches the loaded entry point to the ingress of `iface`.
-    pub(crate) fn attach(&mut self, iface: &str) -> Result<(), DataplaneError> {
+    /// Attaches the loaded entry point to the ingress of `iface` through the
+    /// link pinned as `link_<program>_<iface>` (replacing the program of an
+    /// existing pin atomically). Then, on a mode change, unpins the other
+    /// mode's link on the same interface: both run for that instant (the
+    /// XDP one first), never neither.
+    pub(crate) fn attach(&mut self, iface: &str) -> Result<AttachOutcome, DataplaneError> {
         let index = ifindex(iface)?;
-        let program = self.program;
-        let attach_err = |e| DataplaneError::Attach {
-            program,
-            iface: iface.to_owned(),
-            source: Box::new(e),
+        let hook = match self.mode {
+            AttachMode::Tc => link::Hook::TcIngress,
+            AttachMode::Xdp => link::Hook::Xdp,
         };
-        let mut ebpf = self.ebpf.lock().map_err(|_| DataplaneError::Poisoned)?;
+        let outcome = {
+            let mut ebpf = self.ebpf.lock().map_err(|_| DataplaneError::Poisoned)?;
+            link::attach_pinned(
+                &mut ebpf,
+                self.object.name,
+                self.program,
+                hook,
+                iface,
+                index,
+                &self.pin_dir,
+            )?
+        };
+        link::unpin(
+            &self.pin_dir,
+            self.object.other_mode_program(self.mode),
+            iface,
+        )?;
+        tracing::info!(program = self.program, iface, mode = ?self.mode, ?outcome, "attached");
+        self.attached = Some((iface.to_owned(), index));
+        Ok(outcome)
+    }
+
+    fn egress_program(&self) -> Result<&'static str, DataplaneError> {
+        self.object
+            .egress_program
+            .ok_or(DataplaneError::MissingFromObject {
+                what: "program",
+                name: "egress",
+                object: self.object.name,
+            })
+    }
+
+    /// The pin directory.
+    pub(crate) fn pin_dir(&self) -> &std::path::Path {
+        &self.pin_dir
+    }
+
+    /// Kernel id of the loaded ingress entry point, or of the egress program.
+    pub(crate) fn program_id(&self, egress: bool) -> Result<u32, DataplaneError> {
+        let program = if egress {
+            self.egress_program()?
+        } else {
+            self.program
+        };
+        let ebpf = self.ebpf.lock().map_err(|_| DataplaneError::Poisoned)?;
         let prog = ebpf
-            .program_mut(program)
+            .program(program)
             .ok_or(DataplaneError::MissingFromObject {
                 what: "program",
                 name: program,
                 object: self.object.name,
             })?;
-        match self.mode {
-            AttachMode::Tc => {
-                match tc::qdisc_add_clsact(iface) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(source) => {
-                        return Err(DataplaneError::Qdisc {
-                            iface: iface.to_owned(),
-                            source,
-                        })
-                    }
-                }
-                let p: &mut SchedClassifier = prog
+        let info = match (egress, self.mode) {
+            (false, AttachMode::Xdp) => {
+                let p: &Xdp = prog
                     .try_into()
                     .map_err(|e| DataplaneError::program(program, e))?;
-                p.attach(iface, TcAttachType::Ingress).map_err(attach_err)?;
+                p.info()
             }
-            AttachMode::Xdp => {
-                let p: &mut Xdp = prog
+            _ => {
+                let p: &SchedClassifier = prog
                     .try_into()
                     .map_err(|e| DataplaneError::program(program, e))?;
-                p.attach(iface, XdpFlags::default()).map_err(attach_err)?;
+                p.info()
             }
-        }
-        drop(ebpf);
-        tracing::info!(program, iface, mode = ?self.mode, "attached");
-        self.attached = Some((iface.to_owned(), index));
-        Ok(())
+        };
+        info.map(|i| i.id())
+            .map_err(|e| DataplaneError::program(program, e))
     }
 
     pub(crate) fn mode(&self) -> AttachMode {
@@ -196,13 +262,26 @@ impl Loaded {
             .map(|(name, index)| (name.as_str(), *index))
     }
 
-    /// Runs `frame` through the program as if it arrived on `ifindex`.
+    /// Runs `frame` through the ingress program as if it arrived on `ifindex`.
     pub(crate) fn test_run(
         &self,
         frame: &[u8],
         ifindex: u32,
     ) -> Result<TestRunOutput, DataplaneError> {
-        let program = self.program;
+        let hook = match self.mode {
+            AttachMode::Tc => Hook::Tc,
+            AttachMode::Xdp => Hook::Xdp,
+        };
+        self.run_program(self.program, hook, frame, ifindex)
+    }
+
+    fn run_program(
+        &self,
+        program: &'static str,
+        hook: Hook,
+        frame: &[u8],
+        ifindex: u32,
+    ) -> Result<TestRunOutput, DataplaneError> {
         let ebpf = self.ebpf.lock().map_err(|_| DataplaneError::Poisoned)?;
         let prog = ebpf
             .program(program)
@@ -212,27 +291,28 @@ impl Loaded {
                 object: self.object.name,
             })?;
         let run_err = |source| DataplaneError::TestRun { program, source };
-        let (retval, data) = match self.mode {
-            AttachMode::Tc => {
+        let retval = match hook {
+            Hook::Tc => {
                 let p: &SchedClassifier = prog
                     .try_into()
                     .map_err(|e| DataplaneError::program(program, e))?;
                 let fd = p.fd().map_err(|e| DataplaneError::program(program, e))?;
-                test_run::run(std::os::fd::AsFd::as_fd(fd), Hook::Tc, frame, ifindex)
+                test_run::run(std::os::fd::AsFd::as_fd(fd), hook, frame, ifindex)
                     .map_err(run_err)?
             }
-            AttachMode::Xdp => {
+            Hook::Xdp => {
                 let p: &Xdp = prog
                     .try_into()
                     .map_err(|e| DataplaneError::program(program, e))?;
                 let fd = p.fd().map_err(|e| DataplaneError::program(program, e))?;
-                test_run::run(std::os::fd::AsFd::as_fd(fd), Hook::Xdp, frame, ifindex)
+                test_run::run(std::os::fd::AsFd::as_fd(fd), hook, frame, ifindex)
                     .map_err(run_err)?
             }
         };
-        let verdict = match self.mode {
-            AttachMode::Tc => Verdict::from_tc(retval),
-            AttachMode::Xdp => Verdict::from_xdp(retval),
+        let (retval, data) = retval;
+        let verdict = match hook {
+            Hook::Tc => Verdict::from_tc(retval),
+            Hook::Xdp => Verdict::from_xdp(retval),
         };
         Ok(TestRunOutput {
             verdict,

@@ -1,6 +1,6 @@
 //! The loader and the control API: flow-map semantics, pinning across
-//! restarts, stale or foreign pins, attachment lifetime, errors, sharing
-//! between threads.
+//! restarts, stale or foreign pins, attachment lifetime (pinned links),
+//! errors, sharing between threads.
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
@@ -8,14 +8,12 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
 use std::sync::Arc;
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use baton_ebpf::{
-    check_capabilities, AttachMode, DataplaneError, Encap, FlowKey, FlowState, MainCounter,
-    MainDataplane, MainOptions, ParticipantDataplane, ParticipantOptions, Verdict,
+    check_capabilities, AttachMode, DataplaneError, Encap, FlowKey, FlowState, LinkKind,
+    MainCounter, MainDataplane, MainOptions, ParticipantDataplane, ParticipantOptions, Verdict,
 };
 use common::frames::{Tcp, CLIENT, VIP};
 use common::{lab, NetNs, PinDir};
@@ -41,69 +39,6 @@ fn counter(dp: &MainDataplane, c: MainCounter) -> u64 {
         .find(|(k, _)| *k == c)
         .unwrap()
         .1
-}
-
-/// Creates a BPF map with the given shape and pins it at `path` (raw bpf(2),
-/// to fake what an older build might have left behind).
-fn pin_raw_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_entries: u32) {
-    #[repr(C)]
-    struct Create {
-        map_type: u32,
-        key_size: u32,
-        value_size: u32,
-        max_entries: u32,
-        rest: [u32; 12],
-    }
-    #[repr(C)]
-    struct Pin {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-        pad: u32,
-    }
-    let create = Create {
-        map_type,
-        key_size,
-        value_size,
-        max_entries,
-        rest: [0; 12],
-    };
-    // SAFETY: valid attr of the given size.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            0,
-            &create as *const Create,
-            std::mem::size_of::<Create>() as u32,
-        )
-    };
-    assert!(
-        fd >= 0,
-        "BPF_MAP_CREATE: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: the kernel just gave us this fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    let pin = Pin {
-        pathname: c_path.as_ptr() as u64,
-        bpf_fd: fd.as_raw_fd() as u32,
-        file_flags: 0,
-        path_fd: 0,
-        pad: 0,
-    };
-    // SAFETY: valid attr; BPF_OBJ_PIN = 6.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            6,
-            &pin as *const Pin,
-            std::mem::size_of::<Pin>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
 }
 
 #[test]
@@ -257,7 +192,7 @@ fn foreign_flow_map_pin_is_refused_and_kept() {
     let pin = PinDir::new();
     // A hash map with the previous build's 48-byte value (before the ACK
     // wrap count and the client's next sequence number).
-    pin_raw_map(&pin.path.join("baton_flows"), 1, 12, 48, 65_536);
+    common::pin_raw_map(&pin.path.join("baton_flows"), 1, 12, 48, 65_536);
     match MainDataplane::load(&options(&pin, AttachMode::Tc)) {
         Err(err @ DataplaneError::PinnedMapMismatch { .. }) => {
             let DataplaneError::PinnedMapMismatch { path, detail } = &err else {
@@ -277,6 +212,10 @@ fn foreign_flow_map_pin_is_refused_and_kept() {
         other => panic!("expected PinnedMapMismatch, got {other:?}"),
     }
     assert!(
+        baton_ebpf::pinned_links(&pin.path).unwrap().is_empty(),
+        "nothing attached after a refused load"
+    );
+    assert!(
         pin.path.join("baton_flows").exists(),
         "the flow map pin must never be removed"
     );
@@ -289,62 +228,89 @@ fn stale_counter_pin_is_replaced() {
     lab::build();
     let pin = PinDir::new();
     // A per-CPU array (type 6) with fewer counters than this build has.
-    pin_raw_map(&pin.path.join("baton_main_stats"), 6, 4, 8, 3);
+    common::pin_raw_map(&pin.path.join("baton_main_stats"), 6, 4, 8, 3);
     let dp = MainDataplane::load(&options(&pin, AttachMode::Tc)).unwrap();
     assert_eq!(dp.counters().unwrap().len(), MainCounter::ALL.len());
     let info = aya::maps::MapInfo::from_pin(pin.path.join("baton_main_stats")).unwrap();
     assert_eq!(info.max_entries() as usize, MainCounter::ALL.len());
 }
 
+/// Programs stay attached when the Rust objects drop (pinned links); a mode
+/// change swaps the hook; detach_pinned, detach() and removing the pin
+/// directory detach.
 #[test]
-fn program_is_detached_on_drop() {
+fn attachments_outlive_the_loader_until_unpinned() {
     require_root!();
     let _ns = NetNs::new();
     lab::build();
     let pin = PinDir::new();
-    let tc_programs = || {
-        let (_, programs) =
-            SchedClassifier::query_tcx(lab::MAIN_IFACE, TcAttachType::Ingress).unwrap();
-        programs
-            .iter()
-            .map(|p| p.name_as_str().unwrap_or("").to_owned())
-            .collect::<Vec<_>>()
+    let tc_ids = |iface: &str, attach: TcAttachType| {
+        let (_, programs) = SchedClassifier::query_tcx(iface, attach).unwrap();
+        programs.iter().map(|p| p.id()).collect::<Vec<_>>()
     };
-    let xdp_attached = || {
-        let out = std::process::Command::new("ip")
-            .args(["-d", "link", "show", "dev", lab::MAIN_IFACE])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
-    };
+    let xdp_id = || common::xdp_prog_id(lab::MAIN_IFACE);
 
     let dp = MainDataplane::load(&options(&pin, AttachMode::Tc)).unwrap();
-    assert_eq!(tc_programs(), vec!["baton_main_tc".to_owned()]);
+    let id = dp.program_id().unwrap();
+    assert_eq!(tc_ids(lab::MAIN_IFACE, TcAttachType::Ingress), vec![id]);
     drop(dp);
-    assert!(eventually(|| tc_programs().is_empty()), "tc program still attached after drop");
+    assert_eq!(
+        tc_ids(lab::MAIN_IFACE, TcAttachType::Ingress),
+        vec![id],
+        "dropping the data plane must not detach"
+    );
+    let links = baton_ebpf::pinned_links(&pin.path).unwrap();
+    assert_eq!(links.len(), 1);
+    assert_eq!(links[0].path, pin.path.join("link_baton_main_tc_bt0"));
+    assert_eq!(links[0].kind, LinkKind::TcxIngress);
+    assert_eq!(links[0].program_id, id);
+    assert_eq!(links[0].ifindex, common::ifindex(lab::MAIN_IFACE));
 
+    // Mode change: XDP attached, then the tc link unpinned.
     let dp = MainDataplane::load(&options(&pin, AttachMode::Xdp)).unwrap();
-    assert!(xdp_attached());
+    let xdp = dp.program_id().unwrap();
+    assert_eq!(xdp_id(), Some(xdp));
+    assert!(eventually(|| tc_ids(lab::MAIN_IFACE, TcAttachType::Ingress).is_empty()), "tc link left behind");
     drop(dp);
-    assert!(eventually(|| !xdp_attached()), "xdp program still attached after drop");
+    assert_eq!(xdp_id(), Some(xdp), "dropping must not detach XDP");
+    let removed = baton_ebpf::detach_pinned(&pin.path).unwrap();
+    assert_eq!(removed, vec![pin.path.join("link_baton_main_xdp_bt0")]);
+    assert!(eventually(|| xdp_id().is_none()), "xdp program still attached after detach_pinned");
+    assert!(pin.path.join("baton_flows").exists(), "maps stay pinned");
 
-    let part = ParticipantDataplane::load(&ParticipantOptions {
+    // The participant's decapsulation is pinned too.
+    let part_opts = ParticipantOptions {
         iface: "bt1".into(),
         mode: AttachMode::Tc,
         pin_dir: pin.path.clone(),
         main_addr: lab::LOCAL,
         encap: Encap::Ipip,
         require_socket: false,
-    })
-    .unwrap();
+    };
+    let part = ParticipantDataplane::load(&part_opts).unwrap();
+    let ingress = part.program_id().unwrap();
+    drop(part);
+    assert_eq!(tc_ids("bt1", TcAttachType::Ingress), vec![ingress]);
     let (_, programs) = SchedClassifier::query_tcx("bt1", TcAttachType::Ingress).unwrap();
-    assert_eq!(programs.len(), 1);
     // Kernel program names hold 15 bytes.
     assert_eq!(programs[0].name_as_str(), Some("baton_participa"));
-    drop(part);
+    let part = ParticipantDataplane::load(&part_opts).unwrap();
+    let removed = part.detach().unwrap();
+    assert_eq!(removed, vec![pin.path.join("link_baton_participant_tc_bt1")]);
     assert!(
-        eventually(|| SchedClassifier::query_tcx("bt1", TcAttachType::Ingress).unwrap().1.is_empty()),
-        "participant program still attached after drop"
+        eventually(|| tc_ids("bt1", TcAttachType::Ingress).is_empty()),
+        "participant program still attached after detach"
+    );
+
+    // Removing the pin directory (what `baton-lab down` does) detaches too.
+    let dp = MainDataplane::load(&options(&pin, AttachMode::Tc)).unwrap();
+    let part = ParticipantDataplane::load(&part_opts).unwrap();
+    drop((dp, part));
+    std::fs::remove_dir_all(&pin.path).unwrap();
+    assert!(
+        eventually(|| tc_ids(lab::MAIN_IFACE, TcAttachType::Ingress).is_empty()
+            && tc_ids("bt1", TcAttachType::Ingress).is_empty()),
+        "programs still attached after the pin directory was removed"
     );
 }
 

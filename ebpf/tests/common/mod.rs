@@ -18,7 +18,7 @@
 pub mod frames;
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -177,6 +177,18 @@ pub fn sysctl(path: &str, value: &str) {
     std::fs::write(Path::new("/proc/sys").join(path), value).unwrap();
 }
 
+/// The id of the XDP program attached to `iface` (current namespace), from
+/// the kernel's own report (`ip -d link show`), or `None`.
+pub fn xdp_prog_id(iface: &str) -> Option<u32> {
+    let out = Command::new("ip")
+        .args(["-d", "link", "show", "dev", iface])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rest = text.split("prog/xdp id ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
 pub fn ifindex(name: &str) -> u32 {
     let c_name = std::ffi::CString::new(name).unwrap();
     // SAFETY: valid C string.
@@ -295,7 +307,7 @@ impl NamedNs {
     pub fn new(tag: &str) -> Self {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let name = format!(
-            "baton-ebpf-{}-{}-{tag}",
+            "ebt{}-{}-{tag}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
@@ -417,4 +429,67 @@ pub fn send_frame(iface: &str, frame: &[u8]) {
         "sendto: {}",
         std::io::Error::last_os_error()
     );
+}
+
+/// Creates a BPF map with the given shape and pins it at `path` (raw bpf(2),
+/// to fake what an older build might have left behind).
+pub fn pin_raw_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_entries: u32) {
+    #[repr(C)]
+    struct Create {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        rest: [u32; 12],
+    }
+    #[repr(C)]
+    struct Pin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        pad: u32,
+    }
+    let create = Create {
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        rest: [0; 12],
+    };
+    // SAFETY: valid attr of the given size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            &create as *const Create,
+            std::mem::size_of::<Create>() as u32,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the kernel just gave us this fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let pin = Pin {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+        path_fd: 0,
+        pad: 0,
+    };
+    // SAFETY: valid attr; BPF_OBJ_PIN = 6.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            6,
+            &pin as *const Pin,
+            std::mem::size_of::<Pin>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
 }
