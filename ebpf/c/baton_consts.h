@@ -27,6 +27,18 @@
  * another CPU wrote stands, and the client's next segment repeats ours. */
 #define OBSERVE_CAS_TRIES 4
 
+/* Egress guard map capacity: one entry per connection restored on this
+ * participant. A participant serves far fewer connections than a main hands
+ * off, so the main's flow map size is an upper bound. */
+#define GUARD_MAP_MAX_ENTRIES 65536
+
+/* Guard states written by the participant into baton_guard. Any other value
+ * is treated like GUARD_OWNED: the guard fails closed. */
+#define GUARD_OWNED 1	/* the main decides this connection's fate: no FIN/RST, no orphan */
+#define GUARD_CLOSING 2 /* the participant ends the connection itself: pass everything */
+#define GUARD_FROZEN 3	/* as OWNED, and the client's segments are dropped on ingress: the
+			 * socket is being dumped for a move and must not change under it */
+
 /* Encapsulation kinds written by userspace into the config maps. */
 #define ENCAP_IPIP 0 /* outer IPv4, protocol 4 */
 #define ENCAP_GUE 1  /* outer IPv4 + UDP, payload is the inner IPv4 packet
@@ -78,6 +90,10 @@
 #define AF_INET 2
 #endif
 
+/* struct bpf_sock.type of a TCP socket (SOCK_STREAM in linux/net.h, which
+ * BPF programs cannot include). */
+#define BATON_SOCK_STREAM 1
+
 /* linux/bpf.h in Debian 12 (6.1 headers) predates this flag (kernel 6.3):
  * it tells bpf_skb_adjust_room that an outer IPv4 header is being removed,
  * so the kernel clears the skb's tunnel/GSO encapsulation marks. */
@@ -119,6 +135,14 @@ enum part_counter {
 	PART_DROP_FRAGMENT,	 /* encapsulated from our main, outer fragmented */
 	PART_DROP_DECAP_FAILED,	 /* the kernel refused to remove the header */
 	PART_DROP_NO_SOCKET,	 /* TCP segment for a connection not (yet) restored here */
+	/* Egress guard (baton_guard_tc). Packets of flows not in baton_guard
+	 * are not counted: they are every other packet the host sends. */
+	PART_GUARD_PASS_OWNED,	 /* owned flow, packet allowed */
+	PART_GUARD_PASS_CLOSING, /* flow the participant is closing: passed as is */
+	PART_GUARD_DROP_FIN,	 /* owned flow, FIN (without RST) dropped */
+	PART_GUARD_DROP_RST,	 /* owned flow, RST dropped */
+	PART_GUARD_DROP_ORPHAN,	 /* owned flow, sent by a TCP socket past ESTABLISHED/CLOSE_WAIT */
+	PART_DROP_FROZEN,	 /* ingress: decapsulated segment of a flow frozen for a move */
 	PART_COUNTER_MAX,
 };
 

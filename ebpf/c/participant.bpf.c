@@ -1,17 +1,33 @@
 /* SPDX-License-Identifier: MIT OR GPL-2.0 */
 /*
- * Participant ingress program: removes the outer header the main added and
+ * Participant programs.
+ *
+ * Ingress (baton_participant_tc, baton_participant_xdp): removes the outer header the main added and
  * lets the client's original segment go up the stack, where its destination
  * (the VIP, held on lo) reaches the restored socket.
  *
  * Only encapsulated packets whose outer source is this participant's main are
  * accepted; other encapsulated packets are dropped and counted, so nobody
- * else can inject segments into handed-off connections. IPIP is always
+ * else can inject segments into handed-off connections. Segments of a flow the
+ * participant froze in baton_guard (GUARD_FROZEN: its socket is being dumped
+ * for a move) are dropped too; the client retransmits them to the next owner. IPIP is always
  * recognised; UDP to the GUE port only when GUE is configured. Everything
  * that is not encapsulated passes untouched.
  *
  * Entry points: baton_participant_tc (tc/tcx ingress) and
  * baton_participant_xdp (XDP), same logic.
+ *
+ * Egress (baton_guard_tc, tcx egress of the interface toward clients): the
+ * "fail silent" guard. When baton-participant dies (kill -9, OOM, a crash)
+ * the kernel closes its restored sockets: with unread data it sends a RST,
+ * otherwise a FIN, and the orphaned socket (FIN_WAIT1, LAST_ACK, ...) keeps
+ * retransmitting its queued data -- all from the VIP straight to the client.
+ * Any of that ends or corrupts a connection the main is about to move to
+ * another participant. So for a flow in baton_guard that is not CLOSING
+ * (OWNED, FROZEN, or a value it does not know) the guard drops segments carrying RST or FIN, and segments sent by a TCP socket
+ * in any state but ESTABLISHED or CLOSE_WAIT. Everything else passes
+ * untouched. The guard stays attached (pinned link) and its map stays pinned
+ * after the process is gone, which is the point.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -31,8 +47,6 @@ enum part_action {
 	PART_ACT_DECAP,
 };
 
-/* Decide what to do with a frame. For DECAP, *outer_len is the number of
- * bytes after the Ethernet header to remove; otherwise *reason is set. */
 /* Whether the inner TCP segment of an encapsulated packet has a local socket (established,
  * time-wait or listening). Non-TCP packets, non-first fragments and segments whose TCP header
  * is not in the linear data are not judged here. */
@@ -59,6 +73,31 @@ static __always_inline int inner_has_socket(void *ctx, struct iphdr *inner, void
 		return 0;
 	bpf_sk_release(sk);
 	return 1;
+}
+
+/* Decide what to do with a frame. For DECAP, *outer_len is the number of
+ * bytes after the Ethernet header to remove; otherwise *reason is set. */
+/* Whether the inner TCP segment belongs to a connection frozen here for a
+ * move (baton_guard: GUARD_FROZEN). Fragments and segments whose TCP header
+ * is not in the linear data are not judged. */
+static __always_inline int inner_is_frozen(struct iphdr *inner, void *data_end)
+{
+	struct flow_key key = {};
+	struct tcphdr *tcp;
+	__u32 *state;
+
+	if ((void *)(inner + 1) > data_end || inner->protocol != IPPROTO_TCP ||
+	    ipv4_is_fragment(inner))
+		return 0;
+	tcp = (void *)inner + (inner->ihl & 0x0f) * 4;
+	if ((void *)(tcp + 1) > data_end)
+		return 0;
+	key.client_addr = inner->saddr;
+	key.vip_addr = inner->daddr;
+	key.client_port = tcp->source;
+	key.vip_port = tcp->dest;
+	state = bpf_map_lookup_elem(&baton_guard, &key);
+	return state && *state == GUARD_FROZEN;
 }
 
 static __always_inline int part_classify(void *ctx, void *data, void *data_end, __u64 pkt_len,
@@ -114,6 +153,10 @@ static __always_inline int part_classify(void *ctx, void *data, void *data_end, 
 	}
 	if (inner_ipv4_valid(iph, hdr_len, data_end)) {
 		*reason = PART_DROP_MALFORMED;
+		return PART_ACT_DROP;
+	}
+	if (inner_is_frozen((void *)iph + hdr_len, data_end)) {
+		*reason = PART_DROP_FROZEN;
 		return PART_ACT_DROP;
 	}
 	if ((cfg->flags & PART_CFG_REQUIRE_SOCKET) &&
@@ -182,4 +225,89 @@ int baton_participant_xdp(struct xdp_md *ctx)
 	}
 	part_count(PART_DECAP_OK);
 	return XDP_PASS;
+}
+
+/* The flow key (main orientation: client = destination, VIP = source) and
+ * the TCP flags byte of an outgoing Ethernet + IPv4 + TCP packet. Returns 0
+ * for anything else, and for non-first fragments (no TCP header). Unlike the
+ * ingress parser it does not insist on tot_len matching the skb: a locally
+ * built GSO packet is trusted to be what the stack made, and the guard only
+ * needs ports and flags. */
+static __always_inline int parse_egress_segment(void *data, void *data_end, struct flow_key *key,
+						__u8 *tcp_flags)
+{
+	struct ethhdr *eth = data;
+	struct iphdr *iph;
+	struct tcphdr *tcp;
+	__u32 ihl_len;
+
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return 0;
+	iph = (void *)(eth + 1);
+	if ((void *)(iph + 1) > data_end || iph->version != 4 || iph->ihl < IPV4_MIN_IHL ||
+	    iph->protocol != IPPROTO_TCP || (iph->frag_off & bpf_htons(IP_OFFSET_MASK)))
+		return 0;
+	ihl_len = iph->ihl * 4;
+	tcp = (void *)iph + ihl_len;
+	if ((void *)(tcp + 1) > data_end)
+		return 0;
+	key->client_addr = iph->daddr;
+	key->vip_addr = iph->saddr;
+	key->client_port = tcp->dest;
+	key->vip_port = tcp->source;
+	*tcp_flags = *((__u8 *)tcp + 13);
+	return 1;
+}
+
+/* Whether the packet was sent by a full TCP socket that is past ESTABLISHED
+ * and CLOSE_WAIT: after its process died the socket is an orphan (FIN_WAIT1,
+ * LAST_ACK, CLOSING, ...) that must not talk to the client any more. Packets
+ * with no socket, with a request or time-wait socket, or with a socket that
+ * is not TCP (the kernel's reply socket; the placeholder of
+ * BPF_PROG_TEST_RUN) are not judged here. */
+static __always_inline int sent_by_orphan(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+
+	if (!sk)
+		return 0;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->type != BATON_SOCK_STREAM || sk->protocol != IPPROTO_TCP)
+		return 0;
+	return sk->state != BPF_TCP_ESTABLISHED && sk->state != BPF_TCP_CLOSE_WAIT;
+}
+
+/* "classifier", not "tc": aya 0.13 only knows the older section name. */
+SEC("classifier")
+int baton_guard_tc(struct __sk_buff *skb)
+{
+	struct flow_key key = {};
+	__u8 tcp_flags = 0;
+	__u32 *state;
+
+	tc_pull_headers(skb);
+	if (!parse_egress_segment((void *)(long)skb->data, (void *)(long)skb->data_end, &key,
+				  &tcp_flags))
+		return TC_ACT_OK;
+	state = bpf_map_lookup_elem(&baton_guard, &key);
+	if (!state)
+		return TC_ACT_OK;
+	if (*state == GUARD_CLOSING) {
+		part_count(PART_GUARD_PASS_CLOSING);
+		return TC_ACT_OK;
+	}
+	if (tcp_flags & TCPF_BYTE_RST) {
+		part_count(PART_GUARD_DROP_RST);
+		return TC_ACT_SHOT;
+	}
+	if (tcp_flags & TCPF_BYTE_FIN) {
+		part_count(PART_GUARD_DROP_FIN);
+		return TC_ACT_SHOT;
+	}
+	if (sent_by_orphan(skb)) {
+		part_count(PART_GUARD_DROP_ORPHAN);
+		return TC_ACT_SHOT;
+	}
+	part_count(PART_GUARD_PASS_OWNED);
+	return TC_ACT_OK;
 }

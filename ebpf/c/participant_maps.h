@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT OR GPL-2.0 */
 /*
- * Maps of the participant ingress program (participant.bpf.c).
+ * Maps of the participant programs (participant.bpf.c): the ingress
+ * decapsulation and the egress guard.
  */
 #ifndef BATON_PARTICIPANT_MAPS_H
 #define BATON_PARTICIPANT_MAPS_H
@@ -29,6 +30,20 @@ struct {
 	__uint(max_entries, PART_COUNTER_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } baton_part_stats SEC(".maps");
+
+/* Egress guard: connections restored here whose end only the main may decide.
+ * Keyed like the main's flow map (client, VIP, client port, VIP port: the
+ * egress packet's destination, source, destination port, source port), value
+ * GUARD_OWNED, GUARD_CLOSING or GUARD_FROZEN. Written by baton-participant,
+ * read by baton_guard_tc (egress) and by the ingress programs (FROZEN). Pinned by name so the guard keeps protecting the
+ * connections after the participant process dies: that is when it matters. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct flow_key);
+	__type(value, __u32);
+	__uint(max_entries, GUARD_MAP_MAX_ENTRIES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} baton_guard SEC(".maps");
 
 static __always_inline void part_count(__u32 reason)
 {

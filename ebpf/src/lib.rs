@@ -6,7 +6,10 @@
 //!   and timestamp echo, and either drops them (flow frozen while it moves)
 //!   or encapsulates them to the participant that owns the connection.
 //! - The **participant** program removes that encapsulation, accepting it
-//!   only from its main, so the segment reaches the restored socket.
+//!   only from its main, so the segment reaches the restored socket. Its
+//!   egress **guard** keeps a dying participant's kernel from ending
+//!   connections the main is about to move (no FIN, RST or orphan traffic
+//!   for flows it owns).
 //!
 //! Programs are attached through BPF links pinned next to the maps
 //! ([`detach_pinned`] removes them): they keep running while the processes
@@ -36,8 +39,9 @@ pub use test_run::{
     XDP_REDIRECT, XDP_TX,
 };
 pub use types::{
-    monotonic_now_ns, Encap, FlowKey, FlowSeed, FlowState, FlowTarget, FlowValue, MainConfig,
-    MainCounter, ParticipantConfig, ParticipantCounter, FLOW_MAP_MAX_ENTRIES,
+    monotonic_now_ns, Encap, FlowKey, FlowSeed, FlowState, FlowTarget, FlowValue, GuardState,
+    MainConfig, MainCounter, ParticipantConfig, ParticipantCounter, FLOW_MAP_MAX_ENTRIES,
+    GUARD_MAP_MAX_ENTRIES,
 };
 
 /// The data planes are shared between tokio tasks.

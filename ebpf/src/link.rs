@@ -58,6 +58,8 @@ const XDP_LINK_MIN_KERNEL: (u8, u8) = (5, 9);
 pub(crate) enum Hook {
     /// tcx ingress.
     TcIngress,
+    /// tcx egress.
+    TcEgress,
     /// XDP (the driver's mode when it has one, generic otherwise).
     Xdp,
 }
@@ -66,13 +68,14 @@ impl Hook {
     fn name(self) -> &'static str {
         match self {
             Hook::TcIngress => "tcx ingress",
+            Hook::TcEgress => "tcx egress",
             Hook::Xdp => "xdp",
         }
     }
 
     fn min_kernel(self) -> (u8, u8) {
         match self {
-            Hook::TcIngress => TCX_MIN_KERNEL,
+            Hook::TcIngress | Hook::TcEgress => TCX_MIN_KERNEL,
             Hook::Xdp => XDP_LINK_MIN_KERNEL,
         }
     }
@@ -82,6 +85,7 @@ impl Hook {
     fn link_kind(self) -> LinkKind {
         match self {
             Hook::TcIngress => LinkKind::TcxIngress,
+            Hook::TcEgress => LinkKind::TcxEgress,
             Hook::Xdp => LinkKind::Xdp,
         }
     }
@@ -232,7 +236,7 @@ fn program_fd(
             object,
         })?;
     let fd = match hook {
-        Hook::TcIngress => {
+        Hook::TcIngress | Hook::TcEgress => {
             let p: &SchedClassifier = prog
                 .try_into()
                 .map_err(|e| DataplaneError::program(program, e))?;
@@ -282,14 +286,19 @@ fn create_link(
             object,
         })?;
     match hook {
-        Hook::TcIngress => {
+        Hook::TcIngress | Hook::TcEgress => {
+            let attach_type = if hook == Hook::TcIngress {
+                TcAttachType::Ingress
+            } else {
+                TcAttachType::Egress
+            };
             let p: &mut SchedClassifier = prog
                 .try_into()
                 .map_err(|e| DataplaneError::program(program, e))?;
             let id = p
                 .attach_with_options(
                     iface,
-                    TcAttachType::Ingress,
+                    attach_type,
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
                 .map_err(attach_err)?;

@@ -203,6 +203,23 @@ impl Loaded {
         Ok(outcome)
     }
 
+    /// Attaches the object's egress program to the egress of `iface` through
+    /// its own pinned link.
+    pub(crate) fn attach_egress(&self, iface: &str) -> Result<AttachOutcome, DataplaneError> {
+        let program = self.egress_program()?;
+        let index = ifindex(iface)?;
+        let mut ebpf = self.ebpf.lock().map_err(|_| DataplaneError::Poisoned)?;
+        link::attach_pinned(
+            &mut ebpf,
+            self.object.name,
+            program,
+            link::Hook::TcEgress,
+            iface,
+            index,
+            &self.pin_dir,
+        )
+    }
+
     fn egress_program(&self) -> Result<&'static str, DataplaneError> {
         self.object
             .egress_program
@@ -273,6 +290,15 @@ impl Loaded {
             AttachMode::Xdp => Hook::Xdp,
         };
         self.run_program(self.program, hook, frame, ifindex)
+    }
+
+    /// Runs `frame` through the egress program as if `ifindex` sent it.
+    pub(crate) fn test_run_egress(
+        &self,
+        frame: &[u8],
+        ifindex: u32,
+    ) -> Result<TestRunOutput, DataplaneError> {
+        self.run_program(self.egress_program()?, Hook::Tc, frame, ifindex)
     }
 
     fn run_program(

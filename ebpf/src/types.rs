@@ -16,6 +16,18 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 /// downloads is beyond one host's egress; the map costs a few MiB.
 pub const FLOW_MAP_MAX_ENTRIES: u32 = 65_536;
 
+/// Capacity of the participant's `baton_guard` map (`GUARD_MAP_MAX_ENTRIES`
+/// in C): connections restored on one participant. Bounded by what one main
+/// hands off at most, [`FLOW_MAP_MAX_ENTRIES`].
+pub const GUARD_MAP_MAX_ENTRIES: u32 = 65_536;
+
+/// Raw `baton_guard` value `GUARD_OWNED`.
+const GUARD_OWNED: u32 = 1;
+/// Raw `baton_guard` value `GUARD_CLOSING`.
+const GUARD_CLOSING: u32 = 2;
+/// Raw `baton_guard` value `GUARD_FROZEN`.
+const GUARD_FROZEN: u32 = 3;
+
 /// Raw `flow_value.state` of a frozen flow (`FLOW_FROZEN`).
 const FLOW_FROZEN: u32 = 1;
 /// Raw `flow_value.state` of a forwarded flow (`FLOW_FORWARD`).
@@ -404,6 +416,47 @@ impl fmt::Debug for FlowValue {
     }
 }
 
+/// A participant's egress guard entry for one restored connection (value of
+/// the `baton_guard` map).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GuardState {
+    /// Only the main decides this connection's fate: the guard drops FIN and
+    /// RST segments and anything an orphaned socket sends.
+    Owned,
+    /// The participant is ending the connection itself: everything passes.
+    Closing,
+    /// As [`GuardState::Owned`], and the client's segments forwarded by the
+    /// main are dropped on ingress: the socket is being dumped for a move and
+    /// must not take data the dump does not describe (the client retransmits
+    /// it to the next owner).
+    Frozen,
+    /// A raw value this build does not know; the program treats it like
+    /// [`GuardState::Owned`] (it fails closed).
+    Unknown(u32),
+}
+
+impl GuardState {
+    /// The value stored in the map.
+    pub fn raw(self) -> u32 {
+        match self {
+            GuardState::Owned => GUARD_OWNED,
+            GuardState::Closing => GUARD_CLOSING,
+            GuardState::Frozen => GUARD_FROZEN,
+            GuardState::Unknown(raw) => raw,
+        }
+    }
+
+    /// Interprets a value read from the map.
+    pub fn from_raw(raw: u32) -> Self {
+        match raw {
+            GUARD_OWNED => GuardState::Owned,
+            GUARD_CLOSING => GuardState::Closing,
+            GUARD_FROZEN => GuardState::Frozen,
+            other => GuardState::Unknown(other),
+        }
+    }
+}
+
 /// `CLOCK_MONOTONIC` now, in nanoseconds: the clock of
 /// [`FlowValue::last_seen_ns`].
 pub fn monotonic_now_ns() -> u64 {
@@ -602,6 +655,20 @@ counters! {
         DropDecapFailed = "drop_decap_failed",
         /// A TCP segment for a connection with no socket here (not yet restored): dropped.
         DropNoSocket = "drop_no_socket",
+        /// Egress guard: a packet of an owned connection, allowed out.
+        GuardPassOwned = "guard_pass_owned",
+        /// Egress guard: a packet of a connection the participant is closing, passed.
+        GuardPassClosing = "guard_pass_closing",
+        /// Egress guard: a FIN (without RST) of an owned connection, dropped.
+        GuardDropFin = "guard_drop_fin",
+        /// Egress guard: a RST of an owned connection, dropped.
+        GuardDropRst = "guard_drop_rst",
+        /// Egress guard: a segment of an owned connection sent by a TCP socket past
+        /// ESTABLISHED/CLOSE_WAIT (an orphan after its process died), dropped.
+        GuardDropOrphan = "guard_drop_orphan",
+        /// A forwarded segment of a connection frozen here for a move
+        /// ([`GuardState::Frozen`]): dropped on ingress.
+        DropFrozen = "drop_frozen",
     }
 }
 
@@ -707,6 +774,19 @@ mod tests {
     }
 
     #[test]
+    fn guard_state_raw_values() {
+        for (state, raw) in [
+            (GuardState::Owned, 1),
+            (GuardState::Closing, 2),
+            (GuardState::Frozen, 3),
+            (GuardState::Unknown(9), 9),
+        ] {
+            assert_eq!(state.raw(), raw);
+            assert_eq!(GuardState::from_raw(raw), state);
+        }
+    }
+
+    #[test]
     fn config_bytes() {
         let cfg = MainConfig::new(Ipv4Addr::new(198, 18, 0, 1), Encap::Gue { port: 6080 });
         assert_eq!(cfg.local_addr, [198, 18, 0, 1]);
@@ -729,7 +809,8 @@ mod tests {
             MainCounter::ALL.iter().map(|c| c.name()).collect();
         assert_eq!(names.len(), MainCounter::ALL.len());
         assert_eq!(MainCounter::ALL.len(), 15);
-        assert_eq!(ParticipantCounter::ALL.len(), 9);
+        assert_eq!(ParticipantCounter::ALL.len(), 15);
+        assert_eq!(ParticipantCounter::GuardDropOrphan.index(), 13);
         assert_eq!(MainCounter::DropFrozen.index(), 5);
         assert_eq!(ParticipantCounter::DropBadSource.index(), 4);
     }

@@ -278,7 +278,7 @@ fn attachments_outlive_the_loader_until_unpinned() {
     assert!(eventually(|| xdp_id().is_none()), "xdp program still attached after detach_pinned");
     assert!(pin.path.join("baton_flows").exists(), "maps stay pinned");
 
-    // The participant's decapsulation is pinned too.
+    // The participant: decapsulation on ingress, guard on egress, both pinned.
     let part_opts = ParticipantOptions {
         iface: "bt1".into(),
         mode: AttachMode::Tc,
@@ -288,18 +288,26 @@ fn attachments_outlive_the_loader_until_unpinned() {
         require_socket: false,
     };
     let part = ParticipantDataplane::load(&part_opts).unwrap();
-    let ingress = part.program_id().unwrap();
+    let (ingress, guard) = (part.program_id().unwrap(), part.guard_program_id().unwrap());
     drop(part);
     assert_eq!(tc_ids("bt1", TcAttachType::Ingress), vec![ingress]);
+    assert_eq!(tc_ids("bt1", TcAttachType::Egress), vec![guard]);
     let (_, programs) = SchedClassifier::query_tcx("bt1", TcAttachType::Ingress).unwrap();
     // Kernel program names hold 15 bytes.
     assert_eq!(programs[0].name_as_str(), Some("baton_participa"));
     let part = ParticipantDataplane::load(&part_opts).unwrap();
     let removed = part.detach().unwrap();
-    assert_eq!(removed, vec![pin.path.join("link_baton_participant_tc_bt1")]);
+    assert_eq!(
+        removed,
+        vec![
+            pin.path.join("link_baton_guard_tc_bt1"),
+            pin.path.join("link_baton_participant_tc_bt1"),
+        ]
+    );
     assert!(
-        eventually(|| tc_ids("bt1", TcAttachType::Ingress).is_empty()),
-        "participant program still attached after detach"
+        eventually(|| tc_ids("bt1", TcAttachType::Ingress).is_empty()
+            && tc_ids("bt1", TcAttachType::Egress).is_empty()),
+        "participant programs still attached after detach"
     );
 
     // Removing the pin directory (what `baton-lab down` does) detaches too.
@@ -309,7 +317,8 @@ fn attachments_outlive_the_loader_until_unpinned() {
     std::fs::remove_dir_all(&pin.path).unwrap();
     assert!(
         eventually(|| tc_ids(lab::MAIN_IFACE, TcAttachType::Ingress).is_empty()
-            && tc_ids("bt1", TcAttachType::Ingress).is_empty()),
+            && tc_ids("bt1", TcAttachType::Ingress).is_empty()
+            && tc_ids("bt1", TcAttachType::Egress).is_empty()),
         "programs still attached after the pin directory was removed"
     );
 }

@@ -493,3 +493,12 @@ pub fn pin_raw_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, m
     };
     assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
 }
+
+/// Writes a raw value into the pinned `baton_guard` map of `pin_dir` (values
+/// the API does not write).
+pub fn guard_raw_insert(pin_dir: &Path, key: &baton_ebpf::FlowKey, raw: u32) {
+    let map = aya::maps::MapData::from_pin(pin_dir.join("baton_guard")).unwrap();
+    let mut guard: aya::maps::HashMap<aya::maps::MapData, baton_ebpf::FlowKey, u32> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).unwrap();
+    guard.insert(key, raw, 0).unwrap();
+}
