@@ -889,3 +889,63 @@ pub fn serve(options: &Options) -> Result<(), DelayLineError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_is_named_with_the_way_to_build_it() {
+        // No other unit test reads this variable.
+        std::env::set_var(BIN_ENV, "/nonexistent/baton-lab");
+        let result = binary().map_err(|error| error.to_string());
+        std::env::remove_var(BIN_ENV);
+        let error = result.expect_err("there is no binary there");
+        assert_eq!(
+            error,
+            "links with delay, jitter or loss run their delay line from the `baton-lab` binary, \
+             which was not found (tried: /nonexistent/baton-lab (from $BATON_LAB_BIN)); build it \
+             with `cargo build --release -p baton-lab`, or set $BATON_LAB_BIN to its path"
+        );
+    }
+
+    #[test]
+    fn pid_files_of_dead_or_foreign_processes_name_no_daemon() {
+        let dir = std::env::temp_dir().join(format!("baton-lab-pids-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        // This test process is alive but is no delay line; pid 0 is nobody.
+        write_pid(
+            &pid_file(&dir, "a"),
+            i32::try_from(std::process::id()).expect("pid"),
+        )
+        .expect("write");
+        write_pid(&pid_file(&dir, "b"), 0).expect("write");
+        assert_eq!(
+            read_pid(&pid_file(&dir, "a")),
+            i32::try_from(std::process::id()).ok()
+        );
+        assert_eq!(running_daemons(&dir), Vec::<i32>::new());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_live_process_with_the_delay_line_command_line_is_found() {
+        let dir = std::env::temp_dir().join(format!("baton-lab-daemon-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let pid_path = pid_file(&dir, "c1");
+        // `sh -c SCRIPT NAME ARG`: its command line holds `delay-line` and the pid file, as a
+        // delay line's does; `; :` keeps sh itself running instead of exec'ing sleep.
+        let mut stand_in = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; :", SUBCOMMAND])
+            .arg(&pid_path)
+            .spawn()
+            .expect("sh runs");
+        let pid = i32::try_from(stand_in.id()).expect("pid");
+        write_pid(&pid_path, pid).expect("write");
+        let found = running_daemons(&dir);
+        let _ = stand_in.kill();
+        let _ = stand_in.wait();
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert_eq!(found, [pid]);
+    }
+}

@@ -449,9 +449,9 @@ fn jitter_spreads_the_rtt_but_never_reorders() {
     pinger.warm_up(p1.addr);
     // Echoes 40 ms apart never wait behind each other: each RTT is 2 * 5 ms plus two
     // independent draws from U[0, 10 ms].
-    let rtts = pinger.rtts(p1.addr, 40, Duration::from_millis(40));
-    let lowest = rtts.iter().min().copied().expect("rtts");
-    let highest = rtts.iter().max().copied().expect("rtts");
+    let mut rtts = pinger.rtts(p1.addr, 40, Duration::from_millis(40));
+    rtts.sort();
+    let (lowest, p10, p90, highest) = (rtts[0], rtts[4], rtts[35], rtts[39]);
     report(&format!(
         "{NAME}: RTT c1-p1 with 5ms + 10ms jitter: min {:.2} ms, median {:.2} ms, max {:.2} ms",
         millis(lowest),
@@ -459,12 +459,11 @@ fn jitter_spreads_the_rtt_but_never_reorders() {
         millis(highest)
     ));
     let ms = Duration::from_millis;
+    // A delay line never sends early, so 10 ms is a hard floor; the ceiling of 30 ms gets some
+    // slack for a busy machine, and one outlier in ten is forgiven.
     assert!(lowest >= ms(10), "{rtts:?}");
-    assert!(highest <= ms(40), "{rtts:?}");
-    assert!(
-        highest - lowest >= ms(5),
-        "jitter does not spread: {rtts:?}"
-    );
+    assert!(p90 <= ms(33), "{rtts:?}");
+    assert!(p90 - p10 >= ms(5), "jitter does not spread: {rtts:?}");
 
     // Datagrams tens of microseconds apart with up to 10 ms of jitter each: any reordering
     // would show at once. Both directions of the link.
@@ -542,18 +541,18 @@ fn cli_lab_keeps_its_delay_lines_and_every_way_down_ends_them() {
          - { name: p1, role: participant, delay: 10ms, jitter: 1ms }\n",
     )
     .expect("write topology");
-    let cli = |args: &[&str]| {
+    // Runs baton-lab, which must succeed; returns stdout and stderr (its log).
+    let cli_output = |args: &[&str]| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_baton-lab"))
             .args(args)
+            .env("RUST_LOG", "baton_lab=info")
             .output()
             .expect("baton-lab runs");
-        assert!(
-            output.status.success(),
-            "baton-lab {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "baton-lab {args:?}: {stderr}");
+        (String::from_utf8_lossy(&output.stdout).into_owned(), stderr)
     };
+    let cli = |args: &[&str]| cli_output(args).0;
     let path = file.to_str().expect("utf-8 path");
 
     // `up` exits; the delay lines stay.
@@ -610,7 +609,20 @@ fn cli_lab_keeps_its_delay_lines_and_every_way_down_ends_them() {
         "p1's delay line still runs"
     );
 
-    cli(&["down", "--name", NAME]);
+    // A delay line whose namespace lost its name runs on in it; `down` finds it through its
+    // pid file.
+    baton_lab::netns::tool("ip", &["netns", "delete", "labdl4-p1_dl"]).expect("unname p1_dl");
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        delay_line_processes(NAME).len(),
+        1,
+        "p1's delay line runs on"
+    );
+
+    let (_, log) = cli_output(&["down", "--name", NAME]);
+    // The only process left in the lab is p1's delay line, in a namespace without a name:
+    // only its pid file leads to it.
+    assert!(log.contains("stopping lab processes count=1"), "{log}");
     assert_eq!(namespaces_of(NAME), BTreeSet::new());
     assert_eq!(delay_line_processes(NAME), BTreeSet::new());
     assert!(second.iter().all(|&pid| !alive(pid)));
