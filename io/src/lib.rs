@@ -8,4 +8,5 @@ pub mod cli;
 pub mod control;
 pub mod http;
 pub mod repair;
+pub mod session;
 pub mod store;

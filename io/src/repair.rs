@@ -7,8 +7,11 @@
 //!
 //! This module never sends or receives payload and never leaves a socket in repair mode by
 //! accident: [`RepairGuard`] turns repair mode off again unless the socket is deliberately closed
-//! silently. Handoffs are made only with empty queues (the caller has read the request and written
-//! nothing), which is checked, so no queued bytes ever need to be carried.
+//! silently. The main hands off only with empty queues (it has read the request and written
+//! nothing), which is checked. A participant giving a connection back for a move
+//! ([`RepairGuard::freeze_for_move`]) reports the first unacknowledged byte as the send sequence
+//! (the next owner sends from there again) and the unread bytes of the receive queue as data, so
+//! no queue ever needs to be restored either.
 
 use std::io;
 use std::mem::size_of;
@@ -214,6 +217,52 @@ impl Drop for RepairGuard {
             }
         }
     }
+}
+
+/// A connection frozen for a move: its state with `snd_seq` at the first byte the client has not
+/// acknowledged, the bytes that were still unacknowledged, and the client bytes that were in the
+/// receive queue, unread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frozen {
+    pub tcp: TcpState,
+    pub unacked: u32,
+    pub unread: Vec<u8>,
+}
+
+/// Most unread bytes taken from a receive queue when freezing (more than any request head).
+pub const MAX_FROZEN_UNREAD_BYTES: usize = 2 * baton_shared::http::MAX_HEAD_BYTES;
+
+impl RepairGuard {
+    /// Dumps the connection for a move (see [`Frozen`]). The caller closes the socket silently
+    /// afterwards, once the state is on its way.
+    pub fn freeze_for_move(&self) -> Result<Frozen, RepairError> {
+        let mut tcp = dump_in_repair(self.fd)?;
+        let unacked = ioctl_int(self.fd, libc::TIOCOUTQ as libc::c_ulong).map_err(sys("SIOCOUTQ"))?;
+        let unacked = u32::try_from(unacked.max(0)).unwrap_or(0);
+        tcp.snd_seq = tcp.snd_seq.wrapping_sub(unacked);
+        let inq = ioctl_int(self.fd, libc::FIONREAD as libc::c_ulong).map_err(sys("SIOCINQ"))?;
+        let inq = usize::try_from(inq.max(0)).unwrap_or(0).min(MAX_FROZEN_UNREAD_BYTES);
+        let mut unread = vec![0u8; inq];
+        if inq > 0 {
+            setsockopt(self.fd, libc::SOL_TCP, libc::TCP_REPAIR_QUEUE, &TCP_RECV_QUEUE).map_err(sys("TCP_REPAIR_QUEUE"))?;
+            // SAFETY: `unread` is writable for its length. In repair mode a receive-queue read
+            // with MSG_PEEK copies the queued bytes without consuming or acknowledging them.
+            let n = unsafe {
+                libc::recv(self.fd, unread.as_mut_ptr().cast(), unread.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT)
+            };
+            if n < 0 {
+                return Err(sys("read the receive queue")(io::Error::last_os_error()));
+            }
+            unread.truncate(n as usize);
+        }
+        Ok(Frozen { tcp, unacked, unread })
+    }
+}
+
+/// Bytes sent on the connection and not yet acknowledged by the peer (`SIOCOUTQ`).
+pub fn unacked_bytes(fd: &impl AsRawFd) -> io::Result<u32> {
+    let n = ioctl_int(fd.as_raw_fd(), libc::TIOCOUTQ as libc::c_ulong)?;
+    Ok(u32::try_from(n.max(0)).unwrap_or(0))
 }
 
 /// Checks that the connection is established and both queues are empty, the precondition of a

@@ -17,6 +17,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
 use crate::state::{Shared, StatsView};
+use baton_shared::moves::Phase;
 
 /// Longest request line accepted; admin requests are a few hundred bytes.
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
@@ -28,7 +29,35 @@ pub enum AdminRequest {
     ParticipantList,
     ParticipantAdd { name: String, addr: Ipv4Addr, lat: f64, lon: f64, capacity: u32 },
     ParticipantRemove { name: String },
+    /// Stop sending new connections to a participant and move its flows elsewhere.
+    ParticipantDrain { name: String },
+    /// Let a drained participant take connections again.
+    ParticipantUndrain { name: String },
+    FlowList,
+    /// Move one flow (`flow`) or every flow of a participant (`from`) to `to`, or each to its
+    /// next-best participant when `to` is absent.
+    FlowMove {
+        #[serde(default)]
+        flow: Option<u64>,
+        #[serde(default)]
+        from: Option<String>,
+        #[serde(default)]
+        to: Option<String>,
+    },
     Stats,
+}
+
+/// One flow as `batonctl flow list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FlowView {
+    pub id: u64,
+    pub client: String,
+    pub participant: String,
+    pub phase: String,
+    pub moves: u32,
+    /// Stream offset the client is known to have acknowledged.
+    pub acked: u64,
+    pub object: Option<String>,
 }
 
 /// The answer: `ok` with optional data, or an error message.
@@ -114,8 +143,63 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> {
 }
 
 
-fn handle(req: AdminRequest, shared: &Shared) -> AdminResponse {
+fn handle(req: AdminRequest, shared: &Arc<Shared>) -> AdminResponse {
     match req {
+        AdminRequest::ParticipantDrain { name } => {
+            if !shared.registry.list().iter().any(|p| p.name == name) {
+                return AdminResponse::err(format!("no participant {name}"));
+            }
+            let moving = shared.conduct(|c, env, now| c.drain(&name, now, env));
+            let left = shared.conduct(|c, _, _| c.flows_of(&name).len());
+            info!(participant = %name, moving, "participant draining");
+            AdminResponse::ok(Some(serde_json::json!({ "moving": moving, "flows": left })))
+        }
+        AdminRequest::ParticipantUndrain { name } => {
+            shared.conduct(|c, _, _| c.undrain(&name));
+            info!(participant = %name, "participant takes new connections again");
+            AdminResponse::ok(None)
+        }
+        AdminRequest::FlowList => {
+            let c = shared.conductor.lock().unwrap_or_else(|p| p.into_inner());
+            let rows: Vec<FlowView> = c
+                .flows()
+                .map(|(id, f)| FlowView {
+                    id,
+                    client: f.ledger.origin.remote.to_string(),
+                    participant: if f.owner.is_empty() { "main".to_owned() } else { f.owner.clone() },
+                    phase: match f.phase {
+                        Phase::Active => "active",
+                        Phase::Releasing { .. } => "releasing",
+                        Phase::Restoring { .. } => "restoring",
+                        Phase::Local => "local",
+                    }
+                    .to_owned(),
+                    moves: f.moves,
+                    acked: f.ledger.acked,
+                    object: f.ledger.responses.back().and_then(|r| r.body.as_ref()).map(|b| b.object.path.clone()),
+                })
+                .collect();
+            AdminResponse::ok(serde_json::to_value(rows).ok())
+        }
+        AdminRequest::FlowMove { flow, from, to } => {
+            let flows = match (flow, &from) {
+                (Some(id), None) => vec![id],
+                (None, Some(name)) => shared.conduct(|c, _, _| c.flows_of(name)),
+                _ => return AdminResponse::err("give exactly one of a flow id or --from <participant>"),
+            };
+            let mut moved = Vec::new();
+            let mut errors = Vec::new();
+            for id in flows {
+                match shared.conduct(|c, env, now| c.move_flow(id, to.as_deref(), now, env)) {
+                    Ok(target) => moved.push(serde_json::json!({ "flow": id, "to": target })),
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            if moved.is_empty() && !errors.is_empty() {
+                return AdminResponse::err(errors.join("; "));
+            }
+            AdminResponse::ok(Some(serde_json::json!({ "moving": moved, "errors": errors })))
+        }
         AdminRequest::ParticipantList => AdminResponse::ok(serde_json::to_value(shared.registry.list()).ok()),
         AdminRequest::ParticipantAdd { name, addr, lat, lon, capacity } => {
             if let Err(e) = baton_shared::control::validate_name(&name) {
@@ -163,5 +247,9 @@ mod tests {
         assert_eq!(r, AdminRequest::ParticipantRemove { name: "p1".into() });
         assert!(serde_json::from_str::<AdminRequest>(r#"{"op":"participant_remove","name":"p1","x":1}"#).is_err());
         assert!(serde_json::from_str::<AdminRequest>(r#"{"op":"reboot"}"#).is_err());
+        let r: AdminRequest = serde_json::from_str(r#"{"op":"flow_move","from":"p-fra","to":"p-iad"}"#).expect("parse");
+        assert_eq!(r, AdminRequest::FlowMove { flow: None, from: Some("p-fra".into()), to: Some("p-iad".into()) });
+        let r: AdminRequest = serde_json::from_str(r#"{"op":"flow_move","flow":7}"#).expect("parse");
+        assert_eq!(r, AdminRequest::FlowMove { flow: Some(7), from: None, to: None });
     }
 }

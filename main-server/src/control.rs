@@ -40,6 +40,54 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// Applies one message from participant `name`.
+fn handle(shared: &Arc<Shared>, name: &str, msg: Message) {
+    shared.conduct(|c, _, now| c.heard(name, now));
+    match msg {
+        Message::Heartbeat { active_flows } => shared.registry.heartbeat(name, active_flows),
+        Message::Restored { flow_id } => {
+            if !shared.registry.answer(name, flow_id, RestoreAnswer::Restored) {
+                // A move's restore, not a first handoff.
+                shared.conduct(|c, _, _| c.restored(name, flow_id));
+                info!(flow = flow_id, participant = name, "moved flow restored");
+            }
+        }
+        Message::RestoreFailed { flow_id, reason } => {
+            if !shared.registry.answer(name, flow_id, RestoreAnswer::Failed(reason.clone())) {
+                warn!(flow = flow_id, %reason, "moved flow refused; trying the next participant");
+                shared.conduct(|c, env, now| c.restore_failed(name, flow_id, None, now, env));
+            }
+        }
+        Message::FlowClosed { flow_id, bytes_sent } => {
+            let owned = shared.conduct(|c, _, _| {
+                let owned = c.flow(flow_id).is_some_and(|f| f.owner == name);
+                c.closed(name, flow_id);
+                owned
+            });
+            if owned {
+                info!(flow = flow_id, bytes_sent, "flow closed");
+            } else if !shared.flows.closed(flow_id, Instant::now()) {
+                warn!(flow = flow_id, "close report for a flow this participant does not own");
+            }
+        }
+        Message::Serving { flow_id, response } => {
+            let recorded = shared.conduct(|c, _, _| c.serving(name, flow_id, response));
+            if let Err(e) = recorded {
+                warn!(flow = flow_id, error = %e, "response report not recorded");
+            }
+        }
+        Message::Released(handoff) => {
+            info!(flow = handoff.flow_id, offset = handoff.snd_offset, "flow released");
+            shared.conduct(|c, env, now| c.released(name, &handoff, now, env));
+        }
+        Message::ReleaseFailed { flow_id, reason } => {
+            warn!(flow = flow_id, %reason, "participant kept the flow");
+            shared.conduct(|c, _, _| c.release_failed(name, flow_id));
+        }
+        other => warn!(message = ?std::mem::discriminant(&other), "unexpected control message"),
+    }
+}
+
 async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
@@ -52,6 +100,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> std:
         return Ok(());
     };
     let mut session = shared.registry.connect(&name, addr, coord, capacity);
+    shared.conduct(|c, _, now| c.peer_up(&name, now));
     let span = info_span!("participant", participant = %name);
     span.in_scope(|| info!(%peer, %addr, lat = coord.lat, lon = coord.lon, capacity, "registered"));
     write_message(&mut wr, &Message::Registered { participant_id: session.id as u32 }).await?;
@@ -72,30 +121,17 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> std:
         loop {
             match reader.next().await? {
                 None => return Ok(()),
-                Some(Message::Heartbeat { active_flows }) => shared.registry.heartbeat(&name, active_flows),
-                Some(Message::Restored { flow_id }) => {
-                    if !shared.registry.answer(&name, flow_id, RestoreAnswer::Restored) {
-                        warn!(flow = flow_id, "restore report for a handoff that is not pending");
-                    }
-                }
-                Some(Message::RestoreFailed { flow_id, reason }) => {
-                    shared.registry.answer(&name, flow_id, RestoreAnswer::Failed(reason));
-                }
-                Some(Message::FlowClosed { flow_id, bytes_sent }) => {
-                    if shared.flows.closed(flow_id, &name, Instant::now()) {
-                        shared.registry.add_flows(&name, -1);
-                        info!(flow = flow_id, bytes_sent, "flow closed");
-                    } else {
-                        warn!(flow = flow_id, "close report for a flow this participant does not own");
-                    }
-                }
-                Some(other) => warn!(message = ?std::mem::discriminant(&other), "unexpected control message"),
+                Some(msg) => handle(&shared, &name, msg),
             }
         }
     }
     .instrument(span.clone())
     .await;
-    shared.registry.disconnect(&name, session_id);
+    if shared.registry.disconnect(&name, session_id) {
+        // Its control connection is gone: a participant process that died. Its flows go
+        // elsewhere now, from what the data plane last saw of each client.
+        shared.conduct(|c, env, now| c.peer_down(&name, now, env));
+    }
     writer.abort();
     span.in_scope(|| info!("disconnected"));
     result

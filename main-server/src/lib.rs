@@ -7,6 +7,8 @@
 
 pub mod admin;
 pub mod control;
+pub mod moves;
+pub mod persist;
 pub mod registry;
 pub mod state;
 pub mod vip;

@@ -11,7 +11,10 @@ use baton_io::http::{serve_listener, ServeConfig};
 use baton_io::store::DirStore;
 use baton_main::registry::Registry;
 use baton_main::state::{FlowTable, GeoDb, Metrics, Shared, FLOW_IDLE_LIMIT};
-use baton_main::{admin, control, vip};
+use baton_main::{admin, control, moves, persist, vip};
+use baton_shared::moves::{Conductor, Timeouts};
+use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
 use baton_io::cli::CommonArgs;
 use clap::Parser;
 use tracing::{info, warn};
@@ -63,6 +66,18 @@ struct Args {
     /// How long to wait for a participant to restore a handed-off connection, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     restore_timeout_ms: u64,
+    /// Directory where the flow table is saved, so a restarted main manages the flows it
+    /// handed off before (they keep flowing through the pinned data plane meanwhile).
+    #[arg(long, default_value = "/var/lib/baton/main")]
+    state_dir: PathBuf,
+    /// A participant silent (no heartbeat, no message) for this long is dead: its flows are
+    /// rebuilt on other participants.
+    #[arg(long, default_value_t = 500)]
+    participant_timeout_ms: u64,
+    /// How long a participant may take to give a flow back for a move before the move is
+    /// abandoned (it keeps the flow).
+    #[arg(long, default_value_t = 5000)]
+    release_timeout_ms: u64,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -102,7 +117,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         restore_timeout: Duration::from_millis(args.restore_timeout_ms),
         flows: FlowTable::default(),
         metrics: Metrics::default(),
+        conductor: Mutex::new(Conductor::new(Timeouts {
+            heartbeat: Duration::from_millis(args.participant_timeout_ms),
+            release: Duration::from_millis(args.release_timeout_ms),
+            restore: Duration::from_millis(args.restore_timeout_ms),
+        })),
+        epoch: std::time::Instant::now(),
+        state_file: Some(args.state_dir.join("flows.bin")),
+        dirty: AtomicBool::new(false),
     });
+    let reloaded = persist::reload(&shared);
+    if reloaded > 0 {
+        info!(flows = reloaded, "managing the flows handed off before the restart");
+    }
 
     let vip_listener = vip::bind_vip(SocketAddrV4::new(args.vip, args.port), mss)
         .with_context(|| format!("listening on the VIP {}:{} (is the VIP on a local interface?)", args.vip, args.port))?;
@@ -121,10 +148,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // The origin store, for participants' cache fill: plain HTTP with digests.
     tokio::spawn(serve_listener(origin_listener, origin, serve, "origin"));
     tokio::spawn(sweep_flows(shared.clone()));
+    tokio::spawn(moves::run_clock(shared.clone()));
+    tokio::spawn(persist::run_saver(shared.clone()));
     prewarm_digests(shared.origin.clone());
 
     wait_for_shutdown().await;
-    info!("shutting down");
+    info!("shutting down; handed-off flows keep flowing through the pinned data plane");
+    if let Some(path) = shared.state_file.as_deref() {
+        if let Err(e) = persist::save(&shared, path) {
+            warn!(error = %e, "could not save the flow table");
+        }
+    }
     let _ = std::fs::remove_file(&args.admin_socket);
     Ok(())
 }
@@ -143,6 +177,16 @@ async fn sweep_flows(shared: Arc<Shared>) {
                 Err(_) => false,
             }
         }));
+        if !gone.is_empty() {
+            let mut c = shared.conductor.lock().unwrap_or_else(|p| p.into_inner());
+            for rec in &gone {
+                let id = c.flows().find(|(_, f)| moves::key_of(&f.ledger) == rec.key).map(|(id, _)| id);
+                if let Some(id) = id {
+                    c.remove(id);
+                }
+            }
+            shared.mark_dirty();
+        }
         for rec in gone {
             if let Err(e) = shared.dataplane.remove(&rec.key) {
                 warn!(error = %e, client = %rec.client, "could not remove a flow from the data plane");

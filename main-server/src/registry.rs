@@ -150,16 +150,19 @@ impl Registry {
     /// The control connection of `session` ended: pending handoffs get no answer (dropping their
     /// senders: whether the participant restored them is unknown), and a self-registered
     /// participant is forgotten.
-    pub fn disconnect(&self, name: &str, session: u64) {
+    /// Ends `session` of `name`; returns false when a newer session had already replaced it
+    /// (the participant is connected, nothing changed).
+    pub fn disconnect(&self, name: &str, session: u64) -> bool {
         let mut g = self.lock();
-        let Some(p) = g.participants.get_mut(name) else { return };
+        let Some(p) = g.participants.get_mut(name) else { return false };
         if p.link.as_ref().map(|l| l.session) != Some(session) {
-            return;
+            return false;
         }
         p.link = None;
         if !p.static_entry {
             g.participants.remove(name);
         }
+        true
     }
 
     pub fn heartbeat(&self, name: &str, active_flows: u32) {

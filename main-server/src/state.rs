@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use baton_ebpf::{FlowKey, MainDataplane};
 use baton_io::http::ServeConfig;
 use baton_io::store::DirStore;
 use baton_shared::geo::{choose, Coord};
+use baton_shared::moves::Conductor;
 use serde::Serialize;
 
 use crate::registry::Registry;
@@ -100,17 +102,38 @@ impl FlowTable {
         }
     }
 
-    /// Marks a flow closed if `participant` owns it; returns whether it did.
-    pub fn closed(&self, id: u64, participant: &str, now: Instant) -> bool {
+    /// Marks a flow closed (its entry lingers, then goes); returns whether it was known.
+    pub fn closed(&self, id: u64, now: Instant) -> bool {
         let mut g = self.lock();
         let Some(key) = g.by_id.get(&id).copied() else { return false };
         match g.by_key.get_mut(&key) {
-            Some((i, rec, closed)) if *i == id && rec.participant == participant => {
+            Some((i, _, closed)) if *i == id => {
                 closed.get_or_insert(now);
                 true
             }
             _ => false,
         }
+    }
+
+    /// The data-plane key of a flow.
+    pub fn key_of(&self, id: u64) -> Option<FlowKey> {
+        self.lock().by_id.get(&id).copied()
+    }
+
+    /// Records the participant now serving a flow.
+    pub fn set_owner(&self, id: u64, participant: &str) {
+        let mut g = self.lock();
+        let Some(key) = g.by_id.get(&id).copied() else { return };
+        if let Some((i, rec, _)) = g.by_key.get_mut(&key) {
+            if *i == id {
+                participant.clone_into(&mut rec.participant);
+            }
+        }
+    }
+
+    /// Open flows by id.
+    pub fn snapshot(&self) -> Vec<(u64, FlowRecord)> {
+        self.lock().by_key.values().filter(|(_, _, c)| c.is_none()).map(|(id, r, _)| (*id, r.clone())).collect()
     }
 
     /// Removes and returns flows whose linger has passed.
@@ -162,12 +185,31 @@ pub struct Shared {
     pub restore_timeout: Duration,
     pub flows: FlowTable,
     pub metrics: Metrics,
+    /// Moves, drains and crash recovery of handed-off flows.
+    pub conductor: Mutex<Conductor>,
+    /// Zero of the conductor's clock.
+    pub epoch: Instant,
+    /// Where the flow table is saved for a restart of the main, if anywhere.
+    pub state_file: Option<PathBuf>,
+    /// The flow table changed since it was last saved.
+    pub dirty: AtomicBool,
 }
 
 impl Shared {
-    /// The participant a client at `client` should get, if any can serve.
+    /// The participant a client at `client` should get, if any can serve: the nearest that is
+    /// up and not draining.
     pub fn select(&self, client: Option<Coord>) -> Option<String> {
-        choose(client, &self.registry.candidates())
+        let mut candidates = self.registry.candidates();
+        {
+            let c = self.conductor.lock().unwrap_or_else(|p| p.into_inner());
+            candidates.retain(|p| c.accepts_new(&p.name));
+        }
+        choose(client, &candidates)
+    }
+
+    /// Notes that the flow table must be saved again.
+    pub fn mark_dirty(&self) {
+        self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -202,9 +244,10 @@ mod tests {
         let t = FlowTable::default();
         let now = Instant::now();
         t.insert(1, rec(1000, "p1"));
-        assert!(!t.closed(1, "p2", now), "another participant's report is refused");
-        assert!(!t.closed(7, "p1", now), "unknown flow");
-        assert!(t.closed(1, "p1", now));
+        assert!(!t.closed(7, now), "unknown flow");
+        assert!(t.closed(1, now));
+        assert_eq!(t.key_of(1), Some(rec(1000, "p1").key));
+        t.set_owner(1, "p2");
         assert!(t.expired(now).is_empty(), "a closed flow lingers first");
         let gone = t.expired(now + FLOW_LINGER);
         assert_eq!(gone.len(), 1);
@@ -217,10 +260,10 @@ mod tests {
         let t = FlowTable::default();
         let now = Instant::now();
         t.insert(1, rec(1000, "p1"));
-        assert!(t.closed(1, "p1", now));
+        assert!(t.closed(1, now));
         t.insert(2, rec(1000, "p2"));
         assert_eq!(t.len(), 1);
-        assert!(!t.closed(1, "p1", now), "the old flow's report no longer applies");
+        assert!(!t.closed(1, now), "the old flow's report no longer applies");
         assert!(t.expired(now + FLOW_LINGER).is_empty(), "the new flow is open");
         t.forget(2);
         assert!(t.is_empty());

@@ -16,12 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_ebpf::FlowKey;
+use baton_ebpf::{FlowKey, FlowSeed, FlowTarget};
 use baton_io::http::{read_head, respond, serve_connection, write_response, HeadRead};
 use baton_io::repair::{check_quiescent, RepairGuard};
 use baton_shared::control::Message;
 use baton_shared::handoff::{Handoff, ObjectPlan, MAX_HANDOFF_REQUEST_BYTES};
 use baton_shared::http::{object_path, plan_error_response, Method, RequestHead};
+use baton_shared::moves::Ledger;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -121,6 +122,11 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 static NEXT_FLOW: AtomicU64 = AtomicU64::new(1);
+
+/// Makes new flow ids start above `id` (flows reloaded after a restart keep theirs).
+pub fn reserve_flow_ids_through(id: u64) {
+    NEXT_FLOW.fetch_max(id.saturating_add(1), Ordering::Relaxed);
+}
 
 async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
@@ -259,9 +265,15 @@ async fn try_handoff(
         }
     };
     let dumped = t_freeze.elapsed();
+    // The data plane's view of the client starts where the dump says the connection stands, so
+    // its forward-only ACK and sequence tracking has a true base for a later recovery.
+    if let Err(e) = dp.freeze_seeded(&key, FlowSeed { snd_nxt: tcp.snd_seq, rcv_nxt: tcp.rcv_seq }) {
+        drop(guard);
+        return Err(unfreeze(HandoffError::Dataplane(e.to_string())));
+    }
     // The flow goes to the participant before the participant hears of it: it serves the moment
     // its socket exists, and its data plane drops (never resets) segments that arrive earlier.
-    if let Err(e) = dp.forward(&key, participant_addr) {
+    if let Err(e) = dp.set_state(&key, FlowTarget::Forward(participant_addr)) {
         drop(guard);
         return Err(unfreeze(HandoffError::Dataplane(e.to_string())));
     }
@@ -273,12 +285,20 @@ async fn try_handoff(
         started: Instant::now(),
     };
     shared.flows.insert(flow_id, record);
-    let handoff = Handoff { flow_id, tcp, request, object: Some(object) };
+    let handoff = Handoff { flow_id, tcp, request, object: Some(object), snd_offset: 0, pending: Vec::new() };
+    // Known to the conductor before the participant hears of it, so its first report (which
+    // may overtake the restore answer here) finds the flow.
+    shared.conductor.lock().unwrap_or_else(|p| p.into_inner()).adopt(&participant, Ledger::new(&handoff));
+    shared.mark_dirty();
+    let forget = |shared: &Shared| {
+        shared.flows.forget(flow_id);
+        shared.conductor.lock().unwrap_or_else(|p| p.into_inner()).remove(flow_id);
+    };
     let t_ctl = Instant::now();
     let answer = match shared.registry.send_handoff(&participant, flow_id, Message::Handoff(handoff)) {
         Ok(rx) => rx,
         Err(e) => {
-            shared.flows.forget(flow_id);
+            forget(shared);
             drop(guard);
             return Err(unfreeze(e.into()));
         }
@@ -288,7 +308,7 @@ async fn try_handoff(
         Ok(Ok(RestoreAnswer::Restored)) => {}
         Ok(Ok(RestoreAnswer::Failed(reason))) => {
             // The participant never restored the socket: the connection is still ours alone.
-            shared.flows.forget(flow_id);
+            forget(shared);
             drop(guard);
             return Err(unfreeze(HandoffError::Refused(reason)));
         }

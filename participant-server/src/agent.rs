@@ -6,32 +6,42 @@
 //! object or the restore fails, the answer is `RestoreFailed` and nothing has been sent to the
 //! client, so the main can answer it itself.
 
+use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use baton_ebpf::FlowKey;
 use baton_io::control::{write_message, FrameReader};
-use baton_io::http::{serve_connection, ServeConfig};
-use baton_io::repair::{close_silently, restore, Resume};
+use baton_io::http::ServeConfig;
+use baton_io::repair::{close_silently, restore, RepairGuard, Resume};
+use baton_io::session::{wait_acknowledged, Ending, PendingBody, Session};
 use baton_io::store::Primed;
 use baton_shared::control::Message;
 use baton_shared::geo::Coord;
-use baton_shared::handoff::Handoff;
+use baton_shared::handoff::{Handoff, TcpState};
 use baton_shared::http::object_path;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::cache::CacheStore;
+use crate::guard::Guard;
 
-/// Interval between heartbeats.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
+/// Interval between heartbeats: the main declares a participant dead after 500 ms of silence
+/// by default, so several heartbeats fit in that window.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// Delay before reconnecting after the control connection fails (doubles up to the maximum).
-const RECONNECT_MIN: Duration = Duration::from_millis(100);
-const RECONNECT_MAX: Duration = Duration::from_secs(2);
-/// Outbound control messages queued before the writer sends them.
-const OUTBOUND_QUEUE_DEPTH: usize = 1024;
+/// Kept short: while the main restarts, every participant's flows wait for it to come back.
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_millis(500);
+/// Default bound on waiting for the client to acknowledge sent bytes before a release.
+pub const DEFAULT_RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// Messages to the main, queued for the writer task. Unbounded: reports are produced by
+/// serving tasks that must not wait for the control connection, and each is small.
+type Outbound = mpsc::UnboundedSender<Message>;
 
 /// Who this participant is, as it registers.
 #[derive(Debug, Clone)]
@@ -50,11 +60,28 @@ pub struct Agent {
     pub cache: CacheStore,
     pub serve: ServeConfig,
     pub active: AtomicU32,
+    /// How long a release waits for the client to acknowledge what was sent.
+    pub release_wait: Duration,
+    guard: Guard,
+    /// Stop switches of the connections being served, by flow id.
+    flows: Mutex<HashMap<u64, watch::Sender<bool>>>,
+    /// The current control connection's outbound queue, if connected.
+    outbound: Mutex<Option<Outbound>>,
 }
 
 impl Agent {
-    pub fn new(identity: Identity, main: SocketAddrV4, cache: CacheStore, serve: ServeConfig) -> Arc<Self> {
-        Arc::new(Self { identity, main, cache, serve, active: AtomicU32::new(0) })
+    pub fn new(identity: Identity, main: SocketAddrV4, cache: CacheStore, serve: ServeConfig, guard: Guard, release_wait: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            identity,
+            main,
+            cache,
+            serve,
+            active: AtomicU32::new(0),
+            release_wait,
+            guard,
+            flows: Mutex::new(HashMap::new()),
+            outbound: Mutex::new(None),
+        })
     }
 
     /// Keeps a control connection to the main, reconnecting with backoff, forever.
@@ -70,6 +97,13 @@ impl Agent {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(RECONNECT_MAX);
+        }
+    }
+
+    /// Sends a message on the current control connection (dropped when there is none).
+    fn send(&self, msg: Message) {
+        if let Some(tx) = self.outbound.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(msg);
         }
     }
 
@@ -93,7 +127,8 @@ impl Agent {
                 return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unexpected answer {other:?}")))
             }
         }
-        let (tx, mut rx) = mpsc::channel::<Message>(OUTBOUND_QUEUE_DEPTH);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        *self.outbound.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
         let writer = tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
                 if write_message(&mut wr, &msg).await.is_err() {
@@ -108,7 +143,7 @@ impl Agent {
             loop {
                 tick.tick().await;
                 let active_flows = me.active.load(Ordering::Relaxed);
-                if hb_tx.send(Message::Heartbeat { active_flows }).await.is_err() {
+                if hb_tx.send(Message::Heartbeat { active_flows }).is_err() {
                     break;
                 }
             }
@@ -117,79 +152,115 @@ impl Agent {
             match reader.next().await {
                 Ok(Some(Message::Handoff(h))) => {
                     let flow = h.flow_id;
-                    tokio::spawn(self.clone().take_over(h, tx.clone()).instrument(info_span!("flow", flow)));
+                    let me = self.clone();
+                    tokio::spawn(async move { me.take_over(h).await }.instrument(info_span!("flow", flow)));
+                }
+                Ok(Some(Message::Release { flow_id })) => {
+                    if !self.release(flow_id) {
+                        let _ = tx.send(Message::ReleaseFailed { flow_id, reason: "not served here".to_owned() });
+                    }
                 }
                 Ok(Some(other)) => warn!(message = ?other, "unexpected control message"),
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
             }
         };
+        *self.outbound.lock().unwrap_or_else(|p| p.into_inner()) = None;
         heartbeat.abort();
         writer.abort();
         result
     }
 
-    async fn take_over(self: Arc<Self>, h: Handoff, tx: mpsc::Sender<Message>) {
+    async fn take_over(self: Arc<Self>, h: Handoff) {
         let flow_id = h.flow_id;
         let client = h.tcp.remote;
         let t0 = std::time::Instant::now();
-        // The handed-off object, cached and verified before the connection is restored: if it
-        // cannot be had, the main still holds the connection and answers it.
+        // The objects, cached and verified before the connection is restored: if one cannot be
+        // had, the sender still holds the connection (or its state) and gives it to someone else.
         let mut primed = None;
         if let Some(plan) = &h.object {
             let path = match object_path(&format!("/{}", plan.path)) {
                 Ok(p) => p,
-                Err(e) => return refuse(&tx, flow_id, format!("bad object path: {e}")).await,
+                Err(e) => return self.refuse(flow_id, format!("bad object path: {e}")),
             };
             match self.cache.get(&path, Some(&plan.sha256)).await {
                 Ok(Some(obj)) => primed = Some((path, obj)),
-                Ok(None) => return refuse(&tx, flow_id, "origin has no such object".to_owned()).await,
-                Err(e) => return refuse(&tx, flow_id, e.to_string()).await,
+                Ok(None) => return self.refuse(flow_id, "origin has no such object".to_owned()),
+                Err(e) => return self.refuse(flow_id, e.to_string()),
             }
         }
+        let mut pending = Vec::with_capacity(h.pending.len());
+        for response in &h.pending {
+            let file = match &response.body {
+                None => None,
+                Some(body) => {
+                    let path = match object_path(&format!("/{}", body.object.path)) {
+                        Ok(p) => p,
+                        Err(e) => return self.refuse(flow_id, format!("bad object path: {e}")),
+                    };
+                    match self.cache.get(&path, Some(&body.object.sha256)).await {
+                        Ok(Some(obj)) => Some(obj.file),
+                        Ok(None) => return self.refuse(flow_id, "origin has no such object".to_owned()),
+                        Err(e) => return self.refuse(flow_id, e.to_string()),
+                    }
+                }
+            };
+            pending.push(PendingBody { response: response.clone(), file });
+        }
         let cached = t0.elapsed();
+        let key = self.guard_key(&h);
+        // Owned before the socket exists: from now on this host's kernel never sends a FIN or
+        // RST on the connection unless this process says so (a crash stays silent).
+        self.guard.own(key);
         let fd = match restore(&h.tcp, Resume::Quiet) {
             Ok(fd) => fd,
-            Err(e) => return refuse(&tx, flow_id, format!("restore failed: {e}")).await,
+            Err(e) => {
+                self.guard.remove(key);
+                return self.refuse(flow_id, format!("restore failed: {e}"));
+            }
         };
         let restored = t0.elapsed();
-        // Until the report goes out the connection is still the main's to take back: any
-        // failure here closes the restored socket silently and says so.
         if let Err(e) = set_nonblocking(&fd) {
             close_silently(fd);
-            return refuse(&tx, flow_id, format!("restored socket: {e}")).await;
+            self.guard.remove(key);
+            return self.refuse(flow_id, format!("restored socket: {e}"));
         }
         let mut stream = match TcpStream::from_std(std::net::TcpStream::from(fd)) {
             Ok(s) => s,
             Err(e) => {
-                // The descriptor went with the error; this participant sent the client nothing.
-                return refuse(&tx, flow_id, format!("registering the restored socket: {e}")).await;
+                self.guard.remove(key);
+                return self.refuse(flow_id, format!("registering the restored socket: {e}"));
             }
         };
         let _ = stream.set_nodelay(true);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).insert(flow_id, stop_tx);
         self.active.fetch_add(1, Ordering::Relaxed);
-        // Serve first, report second: the client's first byte does not wait for the report,
-        // which only lets the main close its frozen copy.
+        // Serve first, report second: the client's next byte does not wait for the report.
+        self.send(Message::Restored { flow_id });
         let me = self.clone();
-        let serving = tokio::spawn(async move {
-            let stats = match primed {
+        let mut report = move |response| me.send(Message::Serving { flow_id, response });
+        let ended = {
+            let snd_offset = h.snd_offset;
+            let (rcv_seq, input) = (h.tcp.rcv_seq, h.request);
+            match primed {
                 Some((path, obj)) => {
-                    let source = Primed::new(&me.cache, path, obj);
-                    serve_connection(&mut stream, h.request, &source, &me.serve).await
+                    let source = Primed::new(&self.cache, path, obj);
+                    Session::new(&mut stream, &source, &self.serve, snd_offset, rcv_seq, input, stop_rx, &mut report)
+                        .resume(pending)
+                        .await
                 }
-                None => serve_connection(&mut stream, h.request, &me.cache, &me.serve).await,
-            };
-            drop(stream);
-            stats
-        });
-        let _ = tx.send(Message::Restored { flow_id }).await;
-        let stats = match serving.await {
-            Ok(stats) => stats,
-            Err(e) => Err(std::io::Error::other(e)),
+                None => {
+                    Session::new(&mut stream, &self.cache, &self.serve, snd_offset, rcv_seq, input, stop_rx, &mut report)
+                        .resume(pending)
+                        .await
+                }
+            }
         };
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).remove(&flow_id);
         self.active.fetch_sub(1, Ordering::Relaxed);
-        let bytes_sent = match stats {
-            Ok(s) => {
+        match ended {
+            Ok(Ending::Finished(s)) => {
                 info!(
                     %client,
                     requests = s.requests,
@@ -198,14 +269,106 @@ impl Agent {
                     restore_us = (restored - cached).as_micros() as u64,
                     "handed-off connection done"
                 );
-                s.body_bytes
+                self.close(stream, key);
+                self.send(Message::FlowClosed { flow_id, bytes_sent: s.body_bytes });
+            }
+            Ok(Ending::Stopped { unread, offset }) => {
+                self.give_back(stream, key, &h.tcp, flow_id, unread, offset).await;
             }
             Err(e) => {
                 info!(%client, error = %e, "connection ended");
-                0
+                self.close(stream, key);
+                self.send(Message::FlowClosed { flow_id, bytes_sent: 0 });
             }
-        };
-        let _ = tx.send(Message::FlowClosed { flow_id, bytes_sent }).await;
+        }
+    }
+
+    /// Closes a finished connection the ordinary way: its FIN (or RST) may leave this host.
+    fn close(&self, stream: TcpStream, key: FlowKey) {
+        self.guard.remove(key);
+        drop(stream);
+    }
+
+    /// Stopped for a move: waits (bounded) until the client acknowledged what was sent, freezes
+    /// the socket, closes it silently and sends its state to the main.
+    #[allow(clippy::too_many_arguments, reason = "the pieces of one stopped connection")]
+    async fn give_back(
+        &self,
+        stream: TcpStream,
+        key: FlowKey,
+        tcp: &TcpState,
+        flow_id: u64,
+        mut unread: Vec<u8>,
+        offset: u64,
+    ) {
+        let t0 = std::time::Instant::now();
+        // Up to two segments may stay unacknowledged: a receiver may hold the ACK of a lone
+        // last segment for its delayed-ACK timer, and the next owner sends those bytes again
+        // rather than wait for it.
+        let tail = 2 * u32::from(tcp.mss);
+        let waited = wait_acknowledged(&stream, tail, self.release_wait).await;
+        self.guard.freeze(key);
+        let frozen = RepairGuard::enter(&stream).and_then(|g| {
+            let frozen = g.freeze_for_move();
+            g.close_silently();
+            frozen
+        });
+        drop(stream);
+        match frozen {
+            Ok(f) => {
+                unread.extend_from_slice(&f.unread);
+                let handoff = Handoff {
+                    flow_id,
+                    tcp: f.tcp,
+                    request: unread,
+                    object: None,
+                    snd_offset: offset.saturating_sub(u64::from(f.unacked)),
+                    pending: Vec::new(),
+                };
+                info!(
+                    unacked = f.unacked,
+                    offset = handoff.snd_offset,
+                    wait_us = t0.elapsed().as_micros() as u64,
+                    waited_ok = waited.is_ok(),
+                    "connection released"
+                );
+                self.send(Message::Released(handoff));
+            }
+            Err(e) => {
+                warn!(error = %e, "could not freeze the connection for a move");
+                self.send(Message::ReleaseFailed { flow_id, reason: e.to_string() });
+            }
+        }
+        self.guard.remove(key);
+    }
+
+    fn refuse(&self, flow_id: u64, reason: String) {
+        warn!(reason = %reason, "refusing handoff");
+        self.send(Message::RestoreFailed { flow_id, reason });
+    }
+
+    fn guard_key(&self, h: &Handoff) -> FlowKey {
+        FlowKey::new(h.tcp.remote, h.tcp.local)
+    }
+
+    /// Asks a served connection to stop for a move; false when it is not served here.
+    pub fn release(&self, flow_id: u64) -> bool {
+        let flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        match flows.get(&flow_id) {
+            Some(stop) => stop.send(true).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Asks every served connection to stop and be given back (a graceful shutdown).
+    pub fn release_all(&self) -> usize {
+        let flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        flows.values().filter(|stop| stop.send(true).is_ok()).count()
+    }
+
+    /// Connections being served.
+    pub fn serving(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
     }
 }
 
@@ -219,7 +382,4 @@ fn set_nonblocking(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn refuse(tx: &mpsc::Sender<Message>, flow_id: u64, reason: String) {
-    warn!(reason = %reason, "refusing handoff");
-    let _ = tx.send(Message::RestoreFailed { flow_id, reason }).await;
-}
+

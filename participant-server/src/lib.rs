@@ -7,3 +7,4 @@
 pub mod agent;
 pub mod cache;
 pub mod checks;
+pub mod guard;

@@ -9,6 +9,7 @@ use baton_ebpf::{ParticipantDataplane, ParticipantOptions};
 use baton_io::http::{serve_listener, ServeConfig};
 use baton_participant::agent::{Agent, Identity};
 use baton_participant::cache::CacheStore;
+use baton_participant::guard::Guard;
 use baton_shared::geo::Coord;
 use baton_io::cli::CommonArgs;
 use clap::Parser;
@@ -55,9 +56,16 @@ struct Args {
     /// Port of the plain HTTP mirror on --addr (0 disables it).
     #[arg(long, default_value_t = 80)]
     mirror_port: u16,
+    /// Longest wait, when giving a connection back for a move, for the client to acknowledge
+    /// what was sent (bytes still unacknowledged then are sent again by the next owner).
+    #[arg(long, default_value_t = 2000, env = "BATON_RELEASE_WAIT_MS")]
+    release_wait_ms: u64,
     #[command(flatten)]
     common: CommonArgs,
 }
+
+/// Time beyond the release wait that a graceful stop allows for the releases to finish.
+const SHUTDOWN_SLACK: Duration = Duration::from_millis(500);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -70,7 +78,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     baton_ebpf::check_capabilities().context("baton-participant needs CAP_BPF and CAP_NET_ADMIN (TCP_REPAIR and its data plane)")?;
     baton_participant::checks::check_host(args.vip, &args.iface).context("this host is not ready for direct server return")?;
     let coord = Coord::new(args.lat, args.lon).context("--lat/--lon")?;
-    let _dataplane = ParticipantDataplane::load(&ParticipantOptions {
+    let dataplane = ParticipantDataplane::load(&ParticipantOptions {
         iface: args.iface.clone(),
         mode: args.common.mode(),
         pin_dir: args.pin_dir.clone(),
@@ -79,6 +87,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         require_socket: true,
     })
     .with_context(|| format!("loading the data plane on {}", args.iface))?;
+    let dataplane = std::sync::Arc::new(dataplane);
     let origin = SocketAddrV4::new(args.main_addr, args.origin_port);
     let cache = CacheStore::open(&args.cache_dir, origin).context("opening the cache")?;
     let serve = ServeConfig { server_name: "baton".to_owned(), head_timeout: Duration::from_millis(args.common.head_timeout_ms), served_by: Some(args.name.clone()) };
@@ -90,15 +99,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(serve_listener(listener, cache.clone(), serve.clone(), "mirror"));
     }
     let identity = Identity { name: args.name.clone(), addr: args.addr, coord, capacity: args.capacity };
-    let agent = Agent::new(identity, SocketAddrV4::new(args.main_addr, args.control_port), cache, serve);
+    let agent = Agent::new(
+        identity,
+        SocketAddrV4::new(args.main_addr, args.control_port),
+        cache,
+        serve,
+        Guard::new(dataplane.clone()),
+        Duration::from_millis(args.release_wait_ms),
+    );
     info!(name = %args.name, addr = %args.addr, main = %args.main_addr, "baton-participant starting");
-    tokio::spawn(agent.run());
+    tokio::spawn(agent.clone().run());
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("signal handler")?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    // A graceful stop gives every connection back to the main, which moves each to another
+    // participant, instead of cutting downloads off.
+    let released = agent.release_all();
+    if released > 0 {
+        info!(connections = released, "giving connections back before exit");
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(args.release_wait_ms) + SHUTDOWN_SLACK;
+        while agent.serving() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Let the writer put the last reports on the wire.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     info!("shutting down");
+    drop(dataplane);
     Ok(())
 }

@@ -299,6 +299,8 @@ pub struct Flow {
     pub ledger: Ledger,
     /// Participants that refused or lost this flow during the current move.
     tried: BTreeSet<String>,
+    /// The record of the handoff in progress, for the next participant if this one refuses.
+    last_handoff: Option<Handoff>,
     /// Moves completed (graceful or after a crash).
     pub moves: u32,
 }
@@ -441,16 +443,23 @@ impl Conductor {
         }
     }
 
-    /// A connection the main handed off (and the participant confirmed, or did not refuse).
+    /// A connection the main is handing off to `owner` (before the participant hears of it, so
+    /// its first reports find the flow). [`Conductor::restored`] confirms it; a refusal of a
+    /// first handoff is the caller's to handle ([`Conductor::remove`]).
     pub fn adopt(&mut self, owner: &str, ledger: Ledger) {
         let id = ledger.flow_id;
-        self.flows.insert(id, Flow { owner: owner.to_owned(), phase: Phase::Active, ledger, tried: BTreeSet::new(), moves: 0 });
+        self.flows.insert(id, Flow { owner: owner.to_owned(), phase: Phase::Active, ledger, tried: BTreeSet::new(), last_handoff: None, moves: 0 });
     }
 
     /// A flow the main restored from its saved state after a restart.
-    pub fn reload(&mut self, flow: Flow) {
+    pub fn reload(&mut self, owner: &str, ledger: Ledger, moves: u32) {
+        let flow = Flow { owner: owner.to_owned(), phase: Phase::Active, ledger, tried: BTreeSet::new(), last_handoff: None, moves };
+        self.reload_flow(flow);
+    }
+
+    fn reload_flow(&mut self, flow: Flow) {
         let id = flow.ledger.flow_id;
-        self.flows.insert(id, Flow { phase: Phase::Active, tried: BTreeSet::new(), ..flow });
+        self.flows.insert(id, Flow { phase: Phase::Active, tried: BTreeSet::new(), last_handoff: None, ..flow });
     }
 
     /// The owner starts sending a response.
@@ -573,6 +582,7 @@ impl Conductor {
             if f.owner == from && matches!(f.phase, Phase::Restoring { .. }) {
                 f.phase = Phase::Active;
                 f.tried.clear();
+                f.last_handoff = None;
                 f.moves += 1;
                 self.counts.moves_done += 1;
             }
@@ -587,7 +597,7 @@ impl Conductor {
             return;
         }
         f.tried.insert(from.to_owned());
-        let handoff = match handoff {
+        let handoff = match handoff.or_else(|| f.last_handoff.take()) {
             Some(h) => Some(h),
             None => self.rebuild(id, env),
         };
@@ -676,6 +686,7 @@ impl Conductor {
             Some(t) => {
                 flow.owner = t.clone();
                 flow.phase = Phase::Restoring { deadline: now + restore };
+                flow.last_handoff = Some(handoff.clone());
                 self.actions.push_back(Action::Forward { flow: id, participant: t.clone() });
                 self.actions.push_back(Action::Handoff { participant: t, handoff });
             }

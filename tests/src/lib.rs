@@ -98,6 +98,9 @@ pub struct ClusterOptions {
     pub participant_args: Vec<String>,
     /// Start the participants (otherwise only the main runs).
     pub participants: bool,
+    /// A topology in the lab's YAML format instead of the default one (name and block are
+    /// replaced by the ones above).
+    pub topology_yaml: Option<String>,
 }
 
 impl ClusterOptions {
@@ -108,6 +111,7 @@ impl ClusterOptions {
             main_args: Vec::new(),
             participant_args: Vec::new(),
             participants: true,
+            topology_yaml: None,
         }
     }
 }
@@ -118,6 +122,8 @@ pub struct Cluster {
     procs: Vec<Proc>,
     pub origin_dir: PathBuf,
     pub admin: PathBuf,
+    main_args: Vec<String>,
+    participant_args: Vec<String>,
     // Dropped last: processes first, then the lab.
     pub lab: Lab,
 }
@@ -126,12 +132,17 @@ impl Cluster {
     /// Brings up the default topology under `opts.name` and starts the main and participants.
     pub fn start(opts: &ClusterOptions) -> anyhow::Result<Cluster> {
         let block = opts.block.parse().with_context(|| format!("block {}", opts.block))?;
-        let topo = Topology::default_topology().with_name(&opts.name).with_block(block);
+        let topo = match &opts.topology_yaml {
+            Some(yaml) => Topology::from_yaml(yaml).context("test topology")?,
+            None => Topology::default_topology(),
+        }
+        .with_name(&opts.name)
+        .with_block(block);
         let lab = Lab::up(&topo).with_context(|| format!("bringing up lab {}", opts.name))?;
         let origin_dir = lab.state_dir().join("origin");
         std::fs::create_dir_all(&origin_dir)?;
         let admin = lab.state_dir().join("main.sock");
-        let mut c = Cluster { procs: Vec::new(), origin_dir, admin, lab };
+        let mut c = Cluster { procs: Vec::new(), origin_dir, admin, main_args: opts.main_args.clone(), participant_args: opts.participant_args.clone(), lab };
         c.start_main(&opts.main_args)?;
         if opts.participants {
             let extra: Vec<&str> = opts.participant_args.iter().map(String::as_str).collect();
@@ -195,6 +206,8 @@ impl Cluster {
             self.lab.pin_dir().join("main").display().to_string(),
             "--admin-socket".to_owned(),
             self.admin.display().to_string(),
+            "--state-dir".to_owned(),
+            self.lab.state_dir().join("main-state").display().to_string(),
         ];
         args.extend(extra.iter().cloned());
         self.spawn(&node, "baton-main", &args)?;
@@ -237,6 +250,35 @@ impl Cluster {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         self.spawn(node, "baton-participant", &args)
+    }
+
+    /// Kills baton-main (SIGKILL) and starts it again with the same arguments.
+    pub fn restart_main(&mut self, down_for: Duration) -> anyhow::Result<()> {
+        let node = self.main_node()?;
+        self.kill(&node, "baton-main");
+        std::thread::sleep(down_for);
+        let args = self.main_args.clone();
+        self.start_main(&args)
+    }
+
+    /// Starts a participant again with the cluster's participant arguments.
+    pub fn restart_participant(&mut self, node: &str) -> anyhow::Result<()> {
+        let extra = self.participant_args.clone();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        self.start_participant(node, &extra)
+    }
+
+    /// The main's flow list as JSON rows.
+    pub fn flows(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = self.batonctl(&["--json", "flow", "list"])?;
+        if !out.status.success() {
+            bail!("batonctl failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        match serde_json::from_slice(&out.stdout)? {
+            serde_json::Value::Array(rows) => Ok(rows),
+            serde_json::Value::Null => Ok(Vec::new()),
+            other => bail!("unexpected flow list {other}"),
+        }
     }
 
     /// Kills (SIGKILL) every process named `binary` in `node`.
@@ -573,26 +615,85 @@ impl Download {
 
 /// Downloads `url` with curl in `client` into a file, returning digest, size, time and headers.
 pub fn curl_download(cluster: &Cluster, client: &str, url: &str, extra: &[&str]) -> anyhow::Result<Download> {
+    spawn_curl(cluster, client, url, extra)?.finish()
+}
+
+/// A curl download running in the background.
+#[derive(Debug)]
+pub struct Background {
+    child: Option<Child>,
+    body: PathBuf,
+    hdrs: PathBuf,
+}
+
+/// Starts curl in `client` fetching `url` into the lab's state directory; [`Background::finish`]
+/// waits for it and checks what arrived.
+pub fn spawn_curl(cluster: &Cluster, client: &str, url: &str, extra: &[&str]) -> anyhow::Result<Background> {
     let dir = cluster.lab.state_dir();
     let id = unique();
     let body = dir.join(format!("dl-{client}-{id}.bin"));
     let hdrs = dir.join(format!("dl-{client}-{id}.hdr"));
     let (b, h) = (body.display().to_string(), hdrs.display().to_string());
-    let mut argv = vec!["curl", "-sS", "--max-time", "120", "-o", &b, "-D", &h, "-w", "%{size_download} %{time_total}"];
+    let mut argv = vec!["-sS", "--max-time", "180", "-o", &b, "-D", &h, "-w", "%{size_download} %{time_total}"];
     argv.extend_from_slice(extra);
     argv.push(url);
-    let out = cluster.exec(client, &argv)?;
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let mut it = stdout.split_whitespace();
-    let bytes = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-    let seconds = it.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let sha256 = if body.exists() { sha256_file(&body)? } else { String::new() };
-    let headers = std::fs::read_to_string(&hdrs)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())))
-        .collect();
-    let _ = std::fs::remove_file(&body);
-    let _ = std::fs::remove_file(&hdrs);
-    Ok(Download { exit: out.status.code().unwrap_or(-1), sha256, bytes, seconds, headers, stderr: String::from_utf8_lossy(&out.stderr).to_string() })
+    let child = cluster
+        .lab
+        .command(client, "curl")?
+        .args(&argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting curl")?;
+    Ok(Background { child: Some(child), body, hdrs })
+}
+
+impl Background {
+    /// Whether curl is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Bytes of the body written so far.
+    pub fn received(&self) -> u64 {
+        std::fs::metadata(&self.body).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Waits for curl and reads what it got.
+    pub fn finish(mut self) -> anyhow::Result<Download> {
+        let child = self.child.take().ok_or_else(|| anyhow!("download already finished"))?;
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut it = stdout.split_whitespace();
+        let bytes = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let seconds = it.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let sha256 = if self.body.exists() { sha256_file(&self.body)? } else { String::new() };
+        let headers = std::fs::read_to_string(&self.hdrs)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())))
+            .collect();
+        let _ = std::fs::remove_file(&self.body);
+        let _ = std::fs::remove_file(&self.hdrs);
+        Ok(Download {
+            exit: out.status.code().unwrap_or(-1),
+            sha256,
+            bytes,
+            seconds,
+            headers,
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        })
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.body);
+        let _ = std::fs::remove_file(&self.hdrs);
+    }
 }

@@ -33,8 +33,29 @@ enum Cmd {
     /// Manage participants.
     #[command(subcommand)]
     Participant(ParticipantCmd),
+    /// Handed-off connections: list them, move them between participants.
+    #[command(subcommand)]
+    Flow(FlowCmd),
     /// Show the main's counters.
     Stats,
+}
+
+#[derive(Debug, Subcommand)]
+enum FlowCmd {
+    /// Every handed-off connection, its participant and how far it got.
+    List,
+    /// Move a live connection to another participant without the client noticing.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["flow", "from"])))]
+    Move {
+        /// The flow id (from `batonctl flow list`).
+        flow: Option<u64>,
+        /// Move every flow of this participant instead.
+        #[arg(long, conflicts_with = "flow")]
+        from: Option<String>,
+        /// The participant to move to (default: each flow's next-best participant).
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +76,10 @@ enum ParticipantCmd {
     },
     /// Remove a participant: it gets no new flows.
     Remove { name: String },
+    /// Send the participant nothing new and move each of its flows to its next-best participant.
+    Drain { name: String },
+    /// Let a drained participant take new connections again.
+    Undrain { name: String },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +94,10 @@ fn main() -> ExitCode {
             capacity: *capacity,
         },
         Cmd::Participant(ParticipantCmd::Remove { name }) => AdminRequest::ParticipantRemove { name: name.clone() },
+        Cmd::Participant(ParticipantCmd::Drain { name }) => AdminRequest::ParticipantDrain { name: name.clone() },
+        Cmd::Participant(ParticipantCmd::Undrain { name }) => AdminRequest::ParticipantUndrain { name: name.clone() },
+        Cmd::Flow(FlowCmd::List) => AdminRequest::FlowList,
+        Cmd::Flow(FlowCmd::Move { flow, from, to }) => AdminRequest::FlowMove { flow: *flow, from: from.clone(), to: to.clone() },
         Cmd::Stats => AdminRequest::Stats,
     };
     let resp = match call(&cli.admin, &req) {
@@ -103,6 +132,33 @@ fn main() -> ExitCode {
                     state
                 );
             }
+        }
+        (Cmd::Flow(FlowCmd::List), Some(serde_json::Value::Array(rows))) => {
+            println!("{:>8} {:<22} {:<14} {:<10} {:>5} {:>14} {:<}", "FLOW", "CLIENT", "PARTICIPANT", "PHASE", "MOVES", "ACKED", "OBJECT");
+            for r in rows {
+                let s = |k: &str| r.get(k).map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())).unwrap_or_default();
+                println!(
+                    "{:>8} {:<22} {:<14} {:<10} {:>5} {:>14} {:<}",
+                    s("id"),
+                    s("client"),
+                    s("participant"),
+                    s("phase"),
+                    s("moves"),
+                    s("acked"),
+                    r.get("object").and_then(|v| v.as_str()).unwrap_or("-")
+                );
+            }
+        }
+        (Cmd::Flow(FlowCmd::Move { .. }), Some(data)) => {
+            for m in data.get("moving").and_then(|v| v.as_array()).into_iter().flatten() {
+                println!("flow {} moving to {}", m.get("flow").map(ToString::to_string).unwrap_or_default(), m.get("to").and_then(|v| v.as_str()).unwrap_or("?"));
+            }
+            for e in data.get("errors").and_then(|v| v.as_array()).into_iter().flatten() {
+                eprintln!("batonctl: {}", e.as_str().unwrap_or_default());
+            }
+        }
+        (Cmd::Participant(ParticipantCmd::Drain { name }), Some(data)) => {
+            println!("{name}: draining, {} flow(s) moving", data.get("moving").map(ToString::to_string).unwrap_or_default());
         }
         (Cmd::Stats, Some(serde_json::Value::Object(map))) => {
             for (k, v) in map {

@@ -1,0 +1,333 @@
+//! A handed-off connection served with its stream position tracked, so it can be moved.
+//!
+//! Like [`crate::http::serve_connection`], plus three things a move needs:
+//! - the position: every byte written advances a 64-bit stream offset, and every request
+//!   consumed advances the client sequence number where the next one starts;
+//! - a report before each response ([`Response`]: start offset, exact head, body range), so the
+//!   main always knows what any sent byte was;
+//! - a stop signal: when the main asks for the connection back, serving stops at the next
+//!   system-call boundary (never inside a write), and the bytes read but not answered are
+//!   returned, to travel with the connection.
+//!
+//! A session can also start in the middle of responses another server began
+//! ([`Session::resume`]): it sends the rest of each from the stream offset on.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use baton_shared::handoff::{BodyPart, ObjectPlan, Response};
+use baton_shared::http::{object_path, parse_request_head, plan_error_response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::http::{plan_for, ConnStats, ServeConfig};
+use crate::store::ObjectSource;
+
+/// Read size for request heads.
+const READ_CHUNK_BYTES: usize = 4096;
+/// Largest single `sendfile(2)` call.
+const SENDFILE_CHUNK_BYTES: usize = 4 << 20;
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// The client closed, a response closed the connection, or a head deadline passed.
+    Finished(ConnStats),
+    /// Stopped for a move: nothing more will be written. `unread` holds the client bytes read
+    /// and not answered; `offset` is the stream offset after the last byte written.
+    Stopped { unread: Vec<u8>, offset: u64 },
+}
+
+/// Internal: the stop signal fired.
+struct Stop;
+
+enum Failure {
+    Stop,
+    Io(io::Error),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Failure::Io(e)
+    }
+}
+
+impl From<Stop> for Failure {
+    fn from(_: Stop) -> Self {
+        Failure::Stop
+    }
+}
+
+/// A pending response and the file its body comes from.
+#[derive(Debug)]
+pub struct PendingBody {
+    pub response: Response,
+    pub file: Option<std::fs::File>,
+}
+
+/// One connection being served with its position tracked.
+pub struct Session<'a, S> {
+    stream: &'a mut TcpStream,
+    source: &'a S,
+    cfg: &'a ServeConfig,
+    /// Stream offset of the next byte written.
+    pub offset: u64,
+    /// Client sequence number of `input[0]`.
+    pub client_seq: u32,
+    input: Vec<u8>,
+    stop: watch::Receiver<bool>,
+    report: &'a mut (dyn FnMut(Response) + Send),
+    stats: ConnStats,
+}
+
+impl<S> std::fmt::Debug for Session<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("offset", &self.offset)
+            .field("client_seq", &self.client_seq)
+            .field("input", &self.input.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, S: ObjectSource> Session<'a, S> {
+    /// A session at stream offset `offset`; `input` are client bytes already read, the last of
+    /// which is just before client sequence number `rcv_seq`.
+    #[allow(clippy::too_many_arguments, reason = "one constructor for every position field")]
+    pub fn new(
+        stream: &'a mut TcpStream,
+        source: &'a S,
+        cfg: &'a ServeConfig,
+        offset: u64,
+        rcv_seq: u32,
+        input: Vec<u8>,
+        stop: watch::Receiver<bool>,
+        report: &'a mut (dyn FnMut(Response) + Send),
+    ) -> Self {
+        let len = u32::try_from(input.len()).unwrap_or(u32::MAX);
+        Self { stream, source, cfg, offset, client_seq: rcv_seq.wrapping_sub(len), input, stop, report, stats: ConnStats::default() }
+    }
+
+    /// Sends what is left of `pending` (the first from the current offset), then serves
+    /// requests until the connection ends or the stop signal fires.
+    pub async fn resume(mut self, pending: Vec<PendingBody>) -> io::Result<Ending> {
+        match self.run(pending).await {
+            Ok(stats) => {
+                let _ = self.stream.shutdown().await;
+                Ok(Ending::Finished(stats))
+            }
+            Err(Failure::Stop) => Ok(Ending::Stopped { unread: std::mem::take(&mut self.input), offset: self.offset }),
+            Err(Failure::Io(e)) => Err(e),
+        }
+    }
+
+    async fn run(&mut self, pending: Vec<PendingBody>) -> Result<ConnStats, Failure> {
+        for p in pending {
+            let keep_alive = p.response.keep_alive;
+            self.send_rest(&p.response, p.file.as_ref()).await?;
+            self.stats.requests += 1;
+            if !keep_alive {
+                return Ok(self.stats);
+            }
+        }
+        loop {
+            self.check_stop()?;
+            let Some((head, consumed)) = self.next_head().await? else { return Ok(self.stats) };
+            let planned = tokio::select! {
+                biased;
+                _ = wait_stop(&mut self.stop) => None,
+                planned = plan_for(&head, self.source, self.cfg) => Some(planned),
+            };
+            let Some((mut plan, obj)) = planned else {
+                // Not answered: the head stays input and travels with the connection.
+                return Err(Failure::Stop);
+            };
+            self.cfg.finish(&mut plan);
+            self.input.drain(..consumed);
+            self.client_seq = self.client_seq.wrapping_add(u32::try_from(consumed).unwrap_or(u32::MAX));
+            let body = match (&plan.body, &obj) {
+                (Some((offset, len)), Some(o)) => {
+                    let path = object_path(&head.target).map(|p| p.as_str().to_owned()).unwrap_or_default();
+                    Some(BodyPart {
+                        object: ObjectPlan { path, size: o.meta.size, sha256: o.meta.sha256 },
+                        offset: *offset,
+                        len: *len,
+                    })
+                }
+                _ => None,
+            };
+            let response =
+                Response { start: self.offset, request_end: self.client_seq, keep_alive: plan.keep_alive, head: plan.head, body };
+            (self.report)(response.clone());
+            self.send_rest(&response, obj.as_ref().map(|o| &o.file)).await?;
+            self.stats.requests += 1;
+            if !response.keep_alive {
+                return Ok(self.stats);
+            }
+        }
+    }
+
+    fn check_stop(&self) -> Result<(), Stop> {
+        if *self.stop.borrow() {
+            Err(Stop)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reads until `input` holds a complete head; `None` when the client closed between
+    /// requests or the head deadline passed (answered with 408 when a head had started).
+    async fn next_head(&mut self) -> Result<Option<(baton_shared::http::RequestHead, usize)>, Failure> {
+        let deadline = tokio::time::Instant::now() + self.cfg.head_timeout;
+        loop {
+            match parse_request_head(&self.input) {
+                Ok(Some((head, len))) => return Ok(Some((head, len))),
+                Ok(None) => {}
+                Err(e) => {
+                    let plan = plan_error_response(e.status(), false, &self.cfg.server_name);
+                    self.send_bytes(&plan.head).await?;
+                    return Ok(None);
+                }
+            }
+            let mut chunk = [0u8; READ_CHUNK_BYTES];
+            // Each branch is cancel-safe: a read that loses the race has consumed nothing.
+            let read = tokio::select! {
+                biased;
+                _ = wait_stop(&mut self.stop) => return Err(Failure::Stop),
+                r = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)) => r,
+            };
+            match read {
+                Err(_) => {
+                    if !self.input.is_empty() {
+                        let plan = plan_error_response(408, false, &self.cfg.server_name);
+                        let _ = self.send_bytes(&plan.head).await;
+                    }
+                    return Ok(None);
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Ok(Ok(0)) => {
+                    return if self.input.is_empty() {
+                        Ok(None)
+                    } else {
+                        Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a request head").into())
+                    }
+                }
+                Ok(Ok(n)) => self.input.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Sends the part of `response` from the current offset on.
+    async fn send_rest(&mut self, response: &Response, file: Option<&std::fs::File>) -> Result<(), Failure> {
+        let skip = self.offset.saturating_sub(response.start);
+        let head_len = response.head.len() as u64;
+        if skip < head_len {
+            let head = &response.head[skip as usize..];
+            self.send_bytes(head).await?;
+        }
+        if let Some(body) = &response.body {
+            let done = skip.saturating_sub(head_len).min(body.len);
+            let file = file.ok_or_else(|| io::Error::other("response body without its file"))?;
+            self.send_file(file, body.offset + done, body.len - done).await?;
+            self.stats.body_bytes += body.len - done;
+        }
+        Ok(())
+    }
+
+    async fn send_bytes(&mut self, mut buf: &[u8]) -> Result<(), Failure> {
+        let fd = self.stream.as_raw_fd();
+        while !buf.is_empty() {
+            let n = self
+                .write_op(|| {
+                    // SAFETY: `buf` is valid for its length; the descriptor is open.
+                    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+                    syscall_result(n)
+                })
+                .await?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+            }
+            buf = &buf[n..];
+            self.offset += n as u64;
+        }
+        Ok(())
+    }
+
+    async fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> Result<(), Failure> {
+        let mut off = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mut left = len;
+        let out_fd = self.stream.as_raw_fd();
+        let in_fd = file.as_raw_fd();
+        while left > 0 {
+            let want = usize::try_from(left).unwrap_or(usize::MAX).min(SENDFILE_CHUNK_BYTES);
+            let n = self
+                .write_op(|| {
+                    // SAFETY: both descriptors are open for the duration of the call; `off` is ours.
+                    syscall_result(unsafe { libc::sendfile(out_fd, in_fd, &mut off, want) })
+                })
+                .await?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object shorter than its length").into());
+            }
+            left -= n as u64;
+            self.offset += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Tries a non-blocking write first and waits for writability only on `EWOULDBLOCK` (see
+    /// `crate::http`), or for the stop signal, which wins: a stop never interrupts a write.
+    async fn write_op(&mut self, mut op: impl FnMut() -> io::Result<usize>) -> Result<usize, Failure> {
+        loop {
+            if *self.stop.borrow() {
+                return Err(Failure::Stop);
+            }
+            match op() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let _ = self
+                        .stream
+                        .try_io(Interest::WRITABLE, || Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock)));
+                    tokio::select! {
+                        biased;
+                        _ = wait_stop(&mut self.stop) => return Err(Failure::Stop),
+                        r = self.stream.writable() => r?,
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+                Ok(n) => return Ok(n),
+            }
+        }
+    }
+}
+
+/// Resolves once the stop flag is set (never, if its sender is gone without setting it).
+async fn wait_stop(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn syscall_result(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Waits until at most `tail` bytes sent on `stream` are unacknowledged, or `limit` passes;
+/// returns the unacknowledged count then. Polls every millisecond: the kernel has no event for
+/// "the peer acknowledged", and a millisecond is small next to any round trip.
+pub async fn wait_acknowledged(stream: &TcpStream, tail: u32, limit: Duration) -> io::Result<u32> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let unacked = crate::repair::unacked_bytes(stream)?;
+        if unacked <= tail || tokio::time::Instant::now() >= deadline {
+            return Ok(unacked);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
