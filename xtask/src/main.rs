@@ -13,6 +13,8 @@ use anyhow::{bail, Context};
 use baton_tests::{curl_download, Cluster, ClusterOptions};
 use clap::{Parser, Subcommand};
 
+mod bench_move;
+
 /// Size of the object each demo client downloads.
 const DEMO_OBJECT_BYTES: usize = 64 << 20;
 /// The benchmark's large object.
@@ -56,8 +58,20 @@ enum Cmd {
     },
     /// Benchmarks (side-by-side ratios in one run).
     Bench {
-        #[arg(value_parser = ["handoff"])]
+        #[arg(value_parser = ["handoff", "move"])]
         which: String,
+        /// `move`: size of the downloaded object in MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+        /// `move`: graceful moves during the first download.
+        #[arg(long, default_value_t = 3)]
+        moves: usize,
+        /// `move`: kills of the serving participant during the second download.
+        #[arg(long, default_value_t = 2)]
+        kills: usize,
+        /// `move`: keep the client's captures (move.pcap, kill.pcap) in this directory.
+        #[arg(long)]
+        keep_pcap: Option<PathBuf>,
     },
     /// Drive baton-lab (up, down, status, exec ...).
     Lab {
@@ -81,11 +95,12 @@ fn main() -> anyhow::Result<()> {
             build()?;
             test(&args)
         }
-        Cmd::Bench { which } => {
+        Cmd::Bench { which, size_mib, moves, kills, keep_pcap } => {
             ensure_host()?;
             build()?;
             match which.as_str() {
                 "handoff" => bench_handoff(),
+                "move" => bench_move::run(bench_move::Options { size_mib, moves, kills, keep_pcap }),
                 other => bail!("unknown benchmark {other}"),
             }
         }
