@@ -38,6 +38,8 @@ const TCPOPT_TIMESTAMP: u32 = 8;
 const TCPI_OPT_TIMESTAMPS: u8 = 1;
 const TCPI_OPT_SACK: u8 = 2;
 const TCPI_OPT_WSCALE: u8 = 4;
+/// Largest value `TCP_MAXSEG` accepts (`MAX_TCP_WINDOW` in include/net/tcp.h).
+const MAX_TCP_MAXSEG: libc::c_int = 32767;
 /// `TCP_ESTABLISHED` in `tcpi_state`.
 const TCP_ESTABLISHED: u8 = 1;
 /// Offsets into `struct tcp_info` that have been stable since Linux 2.6: state, options and the
@@ -84,6 +86,18 @@ pub enum RepairError {
     NotIpv4,
     #[error("TCP_REPAIR needs CAP_NET_ADMIN")]
     NotPermitted,
+}
+
+impl RepairError {
+    /// The 4-tuple is held by another socket of this host (`EADDRNOTAVAIL`/`EADDRINUSE`).
+    pub fn is_address_taken(&self) -> bool {
+        match self {
+            RepairError::Sys { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::EADDRNOTAVAIL) | Some(libc::EADDRINUSE))
+            }
+            _ => false,
+        }
+    }
 }
 
 fn sys(op: &'static str) -> impl FnOnce(io::Error) -> RepairError {
@@ -380,6 +394,12 @@ pub fn restore(state: &TcpState, resume: Resume) -> Result<OwnedFd, RepairError>
         setsockopt(raw, libc::SOL_TCP, libc::TCP_REPAIR_QUEUE, &queue).map_err(sys("TCP_REPAIR_QUEUE"))?;
         setsockopt(raw, libc::SOL_TCP, libc::TCP_QUEUE_SEQ, &seq).map_err(sys(op))?;
     }
+    // The segment size is computed once, at connect, from the MSS clamp then in force;
+    // TCP_REPAIR_OPTIONS sets the clamp later but does not recompute it, so without this the
+    // restored socket would send 536-byte segments (the default clamp) for its whole life.
+    // The kernel takes at most MAX_TCP_WINDOW here (loopback MSS is larger).
+    let mss = libc::c_int::from(state.mss).min(MAX_TCP_MAXSEG);
+    setsockopt(raw, libc::SOL_TCP, libc::TCP_MAXSEG, &mss).map_err(sys("set TCP_MAXSEG"))?;
     let remote = to_sockaddr(state.remote);
     // SAFETY: remote is a valid sockaddr_in. In repair mode connect sends no SYN and the
     // socket becomes established at once.
@@ -422,6 +442,75 @@ pub fn restore(state: &TcpState, resume: Resume) -> Result<OwnedFd, RepairError>
     };
     setsockopt(raw, libc::SOL_TCP, libc::TCP_REPAIR, &off).map_err(sys("TCP_REPAIR off"))?;
     Ok(fd)
+}
+
+/// `SOCK_DESTROY` (include/uapi/linux/sock_diag.h) and its request layout.
+const SOCK_DESTROY: u16 = 21;
+const NETLINK_SOCK_DIAG: libc::c_int = 4;
+/// `INET_DIAG_NOCOOKIE`: match by address alone.
+const INET_DIAG_NOCOOKIE: u32 = !0;
+
+/// Aborts the kernel socket of the connection `local` ↔ `remote` in this namespace, whatever its
+/// state (`SOCK_DESTROY` through sock_diag, what `ss -K` does). Returns whether one existed.
+///
+/// A participant restarted after a crash finds the dead process's sockets still there, orphaned
+/// and retransmitting into the egress guard; one of them holds the 4-tuple a returning
+/// connection needs, and restore fails with `EADDRNOTAVAIL` until it is gone. The abort's reset
+/// is dropped by the guard like everything else the orphan sends.
+///
+/// The kernel's lookup falls back to a listening socket on `local` when no connection matches;
+/// call this only when a restore has just found the 4-tuple taken, on an address nothing
+/// listens on (the VIP on a participant).
+pub fn destroy_socket(local: SocketAddrV4, remote: SocketAddrV4) -> io::Result<bool> {
+    // SAFETY: plain socket(2); checked before use.
+    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut msg = Vec::with_capacity(72);
+    msg.extend_from_slice(&72u32.to_ne_bytes()); // nlmsg_len
+    msg.extend_from_slice(&SOCK_DESTROY.to_ne_bytes());
+    msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    msg.push(libc::AF_INET as u8);
+    msg.push(libc::IPPROTO_TCP as u8);
+    msg.extend_from_slice(&[0, 0]); // ext, pad
+    msg.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    msg.extend_from_slice(&local.port().to_be_bytes());
+    msg.extend_from_slice(&remote.port().to_be_bytes());
+    let mut addr16 = |ip: Ipv4Addr| {
+        msg.extend_from_slice(&ip.octets());
+        msg.extend_from_slice(&[0; 12]);
+    };
+    addr16(*local.ip());
+    addr16(*remote.ip());
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // interface
+    msg.extend_from_slice(&INET_DIAG_NOCOOKIE.to_ne_bytes());
+    msg.extend_from_slice(&INET_DIAG_NOCOOKIE.to_ne_bytes());
+    debug_assert_eq!(msg.len(), 72);
+    // SAFETY: msg is valid for its length; the kernel is the default destination.
+    if unsafe { libc::send(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut answer = [0u8; 256];
+    // SAFETY: answer is writable for its length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), answer.as_mut_ptr().cast(), answer.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // nlmsghdr (16 bytes) of type NLMSG_ERROR, then the error code (0 = done).
+    let n = n as usize;
+    if n < 20 || u16::from_ne_bytes([answer[4], answer[5]]) != libc::NLMSG_ERROR as u16 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected sock_diag answer"));
+    }
+    match -i32::from_ne_bytes([answer[16], answer[17], answer[18], answer[19]]) {
+        0 => Ok(true),
+        libc::ENOENT => Ok(false),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
 }
 
 /// Closes a restored socket without a FIN or RST (re-enters repair mode first). Used when the
@@ -490,6 +579,9 @@ mod tests {
         drop(listener);
 
         let restored = restore(&state, Resume::Quiet).expect("restore");
+        // The restored socket segments at the connection's MSS, not the 536-byte default.
+        let mss = getsockopt::<libc::c_int>(restored.as_raw_fd(), libc::SOL_TCP, libc::TCP_MAXSEG).expect("TCP_MAXSEG");
+        assert!(mss > 1000, "restored segment size {mss}, connection MSS {}", state.mss);
         let mut restored = TcpStream::from(restored);
         restored.write_all(b"world").expect("write after restore");
         let mut rest = [0u8; 5];
@@ -504,6 +596,56 @@ mod tests {
         let mut tail = Vec::new();
         client.read_to_end(&mut tail).expect("clean EOF");
         assert!(tail.is_empty());
+    }
+
+    #[test]
+    fn frozen_for_a_move_reports_the_unacknowledged_start_and_unread_bytes() {
+        if !need_root() {
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        server.write_all(b"0123456789").expect("write");
+        let mut got = [0u8; 10];
+        client.read_exact(&mut got).expect("read");
+        client.write_all(b"next request").expect("client write");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let before = {
+            let g = RepairGuard::enter(&server).expect("repair on");
+            let t = g.dump().expect("dump");
+            g.leave().expect("repair off");
+            t
+        };
+        let g = RepairGuard::enter(&server).expect("repair on");
+        let frozen = g.freeze_for_move().expect("freeze");
+        assert_eq!(frozen.unacked, 0, "the client acknowledged everything");
+        assert_eq!(frozen.tcp.snd_seq, before.snd_seq);
+        assert_eq!(frozen.unread, b"next request".to_vec());
+        assert_eq!(frozen.tcp.rcv_seq, before.rcv_seq, "peeking in repair mode consumes nothing");
+        g.close_silently();
+    }
+
+    #[test]
+    fn a_socket_holding_the_four_tuple_is_destroyed() {
+        if !need_root() {
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        let v4 = |a: std::net::SocketAddr| match a {
+            std::net::SocketAddr::V4(a) => a,
+            std::net::SocketAddr::V6(_) => panic!("v4 only"),
+        };
+        let (local, remote) = (v4(server.local_addr().expect("local")), v4(client.local_addr().expect("remote")));
+        // The kernel's lookup falls back to a listener on the local address: none may exist.
+        drop(listener);
+        assert!(destroy_socket(local, remote).expect("destroy"));
+        let mut buf = [0u8; 1];
+        let err = (&server).read(&mut buf).expect_err("the socket was aborted");
+        assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED));
+        assert!(!destroy_socket(local, remote).expect("second destroy"), "nothing left to destroy");
     }
 
     #[test]

@@ -169,9 +169,11 @@ fn handle(req: AdminRequest, shared: &Arc<Shared>) -> AdminResponse {
                     participant: if f.owner.is_empty() { "main".to_owned() } else { f.owner.clone() },
                     phase: match f.phase {
                         Phase::Active => "active",
+                        Phase::Preparing { .. } => "preparing",
                         Phase::Releasing { .. } => "releasing",
                         Phase::Restoring { .. } => "restoring",
                         Phase::Local => "local",
+                        Phase::Orphaned { .. } => "orphaned",
                     }
                     .to_owned(),
                     moves: f.moves,

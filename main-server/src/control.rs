@@ -46,6 +46,7 @@ fn handle(shared: &Arc<Shared>, name: &str, msg: Message) {
     match msg {
         Message::Heartbeat { active_flows } => shared.registry.heartbeat(name, active_flows),
         Message::Restored { flow_id } => {
+            shared.mark_dirty();
             if !shared.registry.answer(name, flow_id, RestoreAnswer::Restored) {
                 // A move's restore, not a first handoff.
                 shared.conduct(|c, _, _| c.restored(name, flow_id));
@@ -71,10 +72,16 @@ fn handle(shared: &Arc<Shared>, name: &str, msg: Message) {
             }
         }
         Message::Serving { flow_id, response } => {
-            let recorded = shared.conduct(|c, _, _| c.serving(name, flow_id, response));
+            let recorded = shared.conduct(|c, env, _| c.serving(name, flow_id, response, env));
+            shared.mark_dirty();
             if let Err(e) = recorded {
                 warn!(flow = flow_id, error = %e, "response report not recorded");
             }
+        }
+        Message::Prepared { flow_id } => shared.conduct(|c, _, now| c.prepared(name, flow_id, now)),
+        Message::PrepareFailed { flow_id, reason } => {
+            warn!(flow = flow_id, %reason, "participant could not prepare");
+            shared.conduct(|c, _, _| c.prepare_failed(name, flow_id));
         }
         Message::Released(handoff) => {
             info!(flow = handoff.flow_id, offset = handoff.snd_offset, "flow released");

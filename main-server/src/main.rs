@@ -78,6 +78,14 @@ struct Args {
     /// abandoned (it keeps the flow).
     #[arg(long, default_value_t = 5000)]
     release_timeout_ms: u64,
+    /// How long the target of a move may take to cache the flow's objects (an origin fill of
+    /// a large object) before the move is abandoned.
+    #[arg(long, default_value_t = 60_000)]
+    prepare_timeout_ms: u64,
+    /// Do not ask each flow's next-best participant to cache the flow's object in advance
+    /// (then a recovery after a crash may wait for an origin fill).
+    #[arg(long)]
+    no_standby: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -118,10 +126,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         flows: FlowTable::default(),
         metrics: Metrics::default(),
         conductor: Mutex::new(Conductor::new(Timeouts {
+            prepare: Duration::from_millis(args.prepare_timeout_ms),
             heartbeat: Duration::from_millis(args.participant_timeout_ms),
             release: Duration::from_millis(args.release_timeout_ms),
             restore: Duration::from_millis(args.restore_timeout_ms),
-        })),
+        })
+        .with_standby(!args.no_standby)),
         epoch: std::time::Instant::now(),
         state_file: Some(args.state_dir.join("flows.bin")),
         dirty: AtomicBool::new(false),

@@ -18,7 +18,7 @@ use baton_shared::handoff::Handoff;
 use baton_shared::http::object_path;
 use baton_shared::moves::{Action, Conductor, Env, FlowId, Ledger, Observation};
 use tokio::net::TcpStream;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::state::Shared;
 
@@ -90,6 +90,13 @@ impl Shared {
 
     fn apply(self: &Arc<Self>, action: Action) {
         match action {
+            Action::Prepare { participant, flow, objects } => {
+                debug!(flow, %participant, objects = objects.len(), "asking to prepare");
+                if let Err(e) = self.registry.send(&participant, Message::Prepare { flow_id: flow, objects }) {
+                    warn!(flow, %participant, error = %e, "could not ask to prepare");
+                    self.conduct(|c, _, _| c.prepare_failed(&participant, flow));
+                }
+            }
             Action::Release { participant, flow } => {
                 info!(flow, %participant, "asking for the flow back");
                 if let Err(e) = self.registry.send(&participant, Message::Release { flow_id: flow }) {

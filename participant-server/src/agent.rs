@@ -15,16 +15,16 @@ use std::time::Duration;
 use baton_ebpf::FlowKey;
 use baton_io::control::{write_message, FrameReader};
 use baton_io::http::ServeConfig;
-use baton_io::repair::{close_silently, restore, RepairGuard, Resume};
+use baton_io::repair::{close_silently, destroy_socket, restore, RepairGuard, Resume};
 use baton_io::session::{wait_acknowledged, Ending, PendingBody, Session};
 use baton_io::store::Primed;
 use baton_shared::control::Message;
 use baton_shared::geo::Coord;
-use baton_shared::handoff::{Handoff, TcpState};
+use baton_shared::handoff::{Handoff, ObjectPlan, TcpState};
 use baton_shared::http::object_path;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::cache::CacheStore;
 use crate::guard::Guard;
@@ -155,6 +155,10 @@ impl Agent {
                     let me = self.clone();
                     tokio::spawn(async move { me.take_over(h).await }.instrument(info_span!("flow", flow)));
                 }
+                Ok(Some(Message::Prepare { flow_id, objects })) => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.prepare(flow_id, objects).await }.instrument(info_span!("flow", flow = flow_id)));
+                }
                 Ok(Some(Message::Release { flow_id })) => {
                     if !self.release(flow_id) {
                         let _ = tx.send(Message::ReleaseFailed { flow_id, reason: "not served here".to_owned() });
@@ -212,7 +216,7 @@ impl Agent {
         // Owned before the socket exists: from now on this host's kernel never sends a FIN or
         // RST on the connection unless this process says so (a crash stays silent).
         self.guard.own(key);
-        let fd = match restore(&h.tcp, Resume::Quiet) {
+        let fd = match restore_over_orphan(&h.tcp) {
             Ok(fd) => fd,
             Err(e) => {
                 self.guard.remove(key);
@@ -281,6 +285,24 @@ impl Agent {
                 self.send(Message::FlowClosed { flow_id, bytes_sent: 0 });
             }
         }
+    }
+
+    /// Caches and verifies objects a flow will need here (a move's target, a flow's standby).
+    async fn prepare(&self, flow_id: u64, objects: Vec<ObjectPlan>) {
+        let t0 = std::time::Instant::now();
+        for o in &objects {
+            let got = match object_path(&format!("/{}", o.path)) {
+                Ok(path) => self.cache.get(&path, Some(&o.sha256)).await.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("bad object path: {e}")),
+            };
+            match got {
+                Ok(Some(_)) => {}
+                Ok(None) => return self.send(Message::PrepareFailed { flow_id, reason: format!("origin has no {}", o.path) }),
+                Err(reason) => return self.send(Message::PrepareFailed { flow_id, reason }),
+            }
+        }
+        debug!(objects = objects.len(), ms = t0.elapsed().as_millis() as u64, "prepared");
+        self.send(Message::Prepared { flow_id });
     }
 
     /// Closes a finished connection the ordinary way: its FIN (or RST) may leave this host.
@@ -369,6 +391,22 @@ impl Agent {
     /// Connections being served.
     pub fn serving(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// Restores the connection; when a socket of this host still holds its 4-tuple (the orphan of
+/// a participant process that was killed while serving it), that socket is destroyed and the
+/// restore tried once more.
+fn restore_over_orphan(tcp: &TcpState) -> Result<std::os::fd::OwnedFd, baton_io::repair::RepairError> {
+    match restore(tcp, Resume::Quiet) {
+        Err(e) if e.is_address_taken() => {
+            match destroy_socket(tcp.local, tcp.remote) {
+                Ok(found) => info!(found, "destroyed the stale socket holding the connection's addresses"),
+                Err(err) => warn!(error = %err, "could not destroy the stale socket"),
+            }
+            restore(tcp, Resume::Quiet)
+        }
+        other => other,
     }
 }
 

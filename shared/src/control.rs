@@ -9,7 +9,7 @@
 use std::net::Ipv4Addr;
 
 use crate::geo::{Coord, GeoError};
-use crate::handoff::{get_response, put_response, Handoff, HandoffError, Response};
+use crate::handoff::{get_object, get_response, put_object, put_response, Handoff, HandoffError, ObjectPlan, Response};
 use crate::wire::Reader;
 
 /// Largest frame body (everything after the length prefix). The biggest real message, a
@@ -40,6 +40,12 @@ const KIND_RELEASE: u8 = 9;
 const KIND_RELEASED: u8 = 10;
 const KIND_RELEASE_FAILED: u8 = 11;
 const KIND_SERVING: u8 = 12;
+const KIND_PREPARE: u8 = 13;
+const KIND_PREPARED: u8 = 14;
+const KIND_PREPARE_FAILED: u8 = 15;
+
+/// Most objects one [`Message::Prepare`] names (one per unfinished response).
+pub const MAX_PREPARE_OBJECTS: usize = crate::handoff::MAX_PENDING_RESPONSES;
 
 /// A control-channel message.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +84,13 @@ pub enum Message {
     /// Participant → main: it starts sending this response on the connection. Sent before the
     /// first byte of it, so the main always knows what every sent byte belongs to.
     Serving { flow_id: u64, response: Response },
+    /// Main → participant: have these objects cached and verified; a flow may come (a move
+    /// about to start, or a standby for a flow's recovery).
+    Prepare { flow_id: u64, objects: Vec<ObjectPlan> },
+    /// Participant → main: the objects of a `Prepare` are ready.
+    Prepared { flow_id: u64 },
+    /// Participant → main: the objects of a `Prepare` could not be had.
+    PrepareFailed { flow_id: u64, reason: String },
 }
 
 /// Why a frame was refused.
@@ -103,6 +116,8 @@ pub enum FrameError {
     Coord(#[source] GeoError),
     #[error("bad handoff: {0}")]
     Handoff(#[from] HandoffError),
+    #[error("{count} objects to prepare exceed {MAX_PREPARE_OBJECTS}")]
+    TooManyObjects { count: usize },
 }
 
 /// Checks a participant name: 1 to [`MAX_NAME_BYTES`] bytes of `[a-z0-9-]`.
@@ -209,6 +224,23 @@ pub fn encode_frame(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&flow_id.to_be_bytes());
             put_response(out, response);
         }
+        Message::Prepare { flow_id, objects } => {
+            out.push(KIND_PREPARE);
+            out.extend_from_slice(&flow_id.to_be_bytes());
+            out.push(u8::try_from(objects.len()).unwrap_or(u8::MAX));
+            for o in objects {
+                put_object(out, o);
+            }
+        }
+        Message::Prepared { flow_id } => {
+            out.push(KIND_PREPARED);
+            out.extend_from_slice(&flow_id.to_be_bytes());
+        }
+        Message::PrepareFailed { flow_id, reason } => {
+            out.push(KIND_PREPARE_FAILED);
+            out.extend_from_slice(&flow_id.to_be_bytes());
+            put_reason(out, reason);
+        }
     }
     let len = u32::try_from(out.len() - start - LEN_PREFIX).unwrap_or(u32::MAX);
     out[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
@@ -303,6 +335,23 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, FrameError> {
         KIND_SERVING => {
             let flow_id = r.u64().ok_or(T)?;
             Message::Serving { flow_id, response: get_response(&mut r)? }
+        }
+        KIND_PREPARE => {
+            let flow_id = r.u64().ok_or(T)?;
+            let count = usize::from(r.u8().ok_or(T)?);
+            if count > MAX_PREPARE_OBJECTS {
+                return Err(FrameError::TooManyObjects { count });
+            }
+            let mut objects = Vec::with_capacity(count);
+            for _ in 0..count {
+                objects.push(get_object(&mut r)?);
+            }
+            Message::Prepare { flow_id, objects }
+        }
+        KIND_PREPARED => Message::Prepared { flow_id: r.u64().ok_or(T)? },
+        KIND_PREPARE_FAILED => {
+            let flow_id = r.u64().ok_or(T)?;
+            Message::PrepareFailed { flow_id, reason: get_reason(&mut r)? }
         }
         kind => return Err(FrameError::UnknownKind { kind }),
     };
@@ -425,6 +474,21 @@ mod tests {
         0,                                              // no body
     ];
 
+    #[rustfmt::skip]
+    static PREPARE: &[u8] = &[
+        0, 0, 0, 53,                                    // length
+        13,                                             // kind
+        0, 0, 0, 0, 0, 0, 0, 9,                         // flow_id
+        1,                                              // one object
+        0, 1, b'o',                                     // path "o"
+        0, 0, 0, 0, 0, 0, 0, 5,                         // size 5
+        3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, // sha256
+        3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    ];
+    static PREPARED: &[u8] = &[0, 0, 0, 9, 14, 0, 0, 0, 0, 0, 0, 0, 9];
+    #[rustfmt::skip]
+    static PREPARE_FAILED: &[u8] = &[0, 0, 0, 13, 15, 0, 0, 0, 0, 0, 0, 0, 9, 0, 2, b'n', b'o'];
+
     fn fixtures() -> Vec<(Message, &'static [u8])> {
         vec![
             (
@@ -480,6 +544,15 @@ mod tests {
                 },
                 SERVING,
             ),
+            (
+                Message::Prepare {
+                    flow_id: 9,
+                    objects: vec![ObjectPlan { path: "o".into(), size: 5, sha256: [3; 32] }],
+                },
+                PREPARE,
+            ),
+            (Message::Prepared { flow_id: 9 }, PREPARED),
+            (Message::PrepareFailed { flow_id: 9, reason: "no".into() }, PREPARE_FAILED),
         ]
     }
 
@@ -570,8 +643,8 @@ mod tests {
             FrameError::UnknownKind { kind: 99 }
         );
         assert_eq!(
-            decode_err(&frame(13, &[1, 2])),
-            FrameError::UnknownKind { kind: 13 }
+            decode_err(&frame(16, &[1, 2])),
+            FrameError::UnknownKind { kind: 16 }
         );
         assert_eq!(decode_err(&frame(6, &[0; 7])), FrameError::Truncated);
         assert_eq!(

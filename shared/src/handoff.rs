@@ -448,7 +448,7 @@ fn object_len(o: &ObjectPlan) -> usize {
     2 + o.path.len() + 8 + 32
 }
 
-fn put_object(out: &mut Vec<u8>, o: &ObjectPlan) {
+pub(crate) fn put_object(out: &mut Vec<u8>, o: &ObjectPlan) {
     let path_len = u16::try_from(o.path.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&path_len.to_be_bytes());
     out.extend_from_slice(o.path.as_bytes());
@@ -464,7 +464,7 @@ fn presence(r: &mut Reader<'_>) -> Result<bool, HandoffError> {
     }
 }
 
-fn get_object(r: &mut Reader<'_>) -> Result<ObjectPlan, HandoffError> {
+pub(crate) fn get_object(r: &mut Reader<'_>) -> Result<ObjectPlan, HandoffError> {
     const T: HandoffError = HandoffError::Truncated;
     let len = usize::from(r.u16().ok_or(T)?);
     if len > MAX_HANDOFF_PATH_BYTES {

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use crate::handoff::{Handoff, RepairWindow, Response, TcpState, MAX_PENDING_RESPONSES};
+use crate::handoff::{Handoff, ObjectPlan, RepairWindow, Response, TcpState, MAX_PENDING_RESPONSES};
 
 /// A connection's id, as in the handoff record.
 pub type FlowId = u64;
@@ -35,6 +35,15 @@ pub type FlowId = u64;
 /// about a round trip's worth, far less than a second). A larger jump is harmless: PAWS only
 /// rejects values that go backwards.
 pub const CRASH_TS_MARGIN: Duration = Duration::from_secs(1);
+
+/// A dead owner's last segments are still on their way to the client when the main learns of
+/// the death, and the client acknowledges them for up to a round trip more. A rebuilt
+/// connection must start at the client's final ACK: the new owner's kernel ignores ACKs beyond
+/// what it has sent, so starting further back than its initial window deadlocks. The main waits
+/// until the client has been quiet this long (its ACKs stopped: everything in flight landed) ...
+pub const SETTLE_QUIET: Duration = Duration::from_millis(30);
+/// ... or this long after the death, whichever comes first.
+pub const SETTLE_MAX: Duration = Duration::from_millis(500);
 
 /// Most client bytes the ledger keeps as unanswered input (a request head plus pipelined bytes).
 pub const MAX_LEDGER_INPUT_BYTES: usize = crate::handoff::MAX_HANDOFF_REQUEST_BYTES;
@@ -185,6 +194,19 @@ impl Ledger {
         Ok(pending)
     }
 
+    /// The objects of the responses not yet acknowledged completely: what a new owner needs.
+    pub fn objects(&self) -> Vec<ObjectPlan> {
+        let mut out: Vec<ObjectPlan> = Vec::new();
+        for r in self.responses.iter().filter(|r| r.end() > self.acked) {
+            if let Some(b) = &r.body {
+                if !out.iter().any(|o| o.sha256 == b.object.sha256 && o.path == b.object.path) {
+                    out.push(b.object.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// Where the last response ends when it closes the connection, i.e. the offset of the FIN.
     fn closing_end(&self) -> Option<u64> {
         self.responses.back().filter(|r| !r.keep_alive).map(Response::end)
@@ -258,6 +280,9 @@ impl Ledger {
 /// Timeouts of the [`Conductor`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
+    /// How long the target of a move may take to have the flow's objects cached before the
+    /// move is abandoned (the owner keeps the flow).
+    pub prepare: Duration,
     /// A participant not heard from (heartbeat or any message) for this long is dead.
     pub heartbeat: Duration,
     /// How long a participant may take to release a flow before the move is abandoned (it
@@ -271,6 +296,7 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
+            prepare: Duration::from_secs(60),
             heartbeat: Duration::from_millis(500),
             release: Duration::from_secs(5),
             restore: Duration::from_secs(2),
@@ -283,12 +309,16 @@ impl Default for Timeouts {
 pub enum Phase {
     /// The owner serves it.
     Active,
+    /// A move: `target` is caching the flow's objects; the owner keeps serving meanwhile.
+    Preparing { target: String, deadline: Duration },
     /// The owner was asked to release it, for `target` (or the best other participant).
     Releasing { target: Option<String>, deadline: Duration },
     /// The owner was handed it and has not confirmed yet.
     Restoring { deadline: Duration },
     /// Nobody could take it; the main serves it itself.
     Local,
+    /// Its owner died at `since`; it is rebuilt elsewhere once the client's ACKs have settled.
+    Orphaned { since: Duration },
 }
 
 /// One handed-off connection.
@@ -315,6 +345,9 @@ struct Peer {
 /// What the main must do, in order, after a call into the [`Conductor`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
+    /// Ask `participant` to have these objects cached (`Message::Prepare`): the target of a
+    /// move, or a flow's standby for a recovery.
+    Prepare { participant: String, flow: FlowId, objects: Vec<ObjectPlan> },
     /// Ask `participant` to release the flow (`Message::Release`).
     Release { participant: String, flow: FlowId },
     /// Point the flow's data-plane entry at `participant` (keeping its observations).
@@ -369,6 +402,9 @@ pub struct Counts {
 #[derive(Debug, Default)]
 pub struct Conductor {
     timeouts: Timeouts,
+    /// Whether each flow's next-best participant is asked to cache the flow's objects, so a
+    /// recovery after a crash does not wait for an origin fill.
+    standby: bool,
     peers: BTreeMap<String, Peer>,
     flows: BTreeMap<FlowId, Flow>,
     actions: VecDeque<Action>,
@@ -378,6 +414,12 @@ pub struct Conductor {
 impl Conductor {
     pub fn new(timeouts: Timeouts) -> Self {
         Self { timeouts, ..Self::default() }
+    }
+
+    /// Enables or disables standby prefetching (see the field).
+    pub fn with_standby(mut self, standby: bool) -> Self {
+        self.standby = standby;
+        self
     }
 
     pub fn timeouts(&self) -> Timeouts {
@@ -462,12 +504,22 @@ impl Conductor {
         self.flows.insert(id, Flow { phase: Phase::Active, tried: BTreeSet::new(), last_handoff: None, ..flow });
     }
 
-    /// The owner starts sending a response.
-    pub fn serving(&mut self, from: &str, id: FlowId, response: Response) -> Result<(), LedgerError> {
+    /// The owner starts sending a response. With standby prefetching, the participant that
+    /// would take the flow if its owner died is asked to cache the response's object.
+    pub fn serving(&mut self, from: &str, id: FlowId, response: Response, env: &impl Env) -> Result<(), LedgerError> {
+        let object = response.body.as_ref().map(|b| b.object.clone());
         match self.flows.get_mut(&id) {
-            Some(f) if f.owner == from => f.ledger.record(response),
-            _ => Ok(()),
+            Some(f) if f.owner == from => f.ledger.record(response)?,
+            _ => return Ok(()),
         }
+        if let (true, Some(object)) = (self.standby, object) {
+            if let Some(flow) = self.flows.get(&id) {
+                if let Some(standby) = env.choose(id, &flow.ledger, &self.excluded(flow)) {
+                    self.actions.push_back(Action::Prepare { participant: standby, flow: id, objects: vec![object] });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The owner says the connection ended.
@@ -512,13 +564,44 @@ impl Conductor {
             None => env.choose(id, &flow.ledger, &self.excluded(flow)).ok_or(MoveError::NoTarget(id))?,
         };
         let owner = flow.owner.clone();
+        let objects = flow.ledger.objects();
+        let timeouts = self.timeouts;
         if let Some(f) = self.flows.get_mut(&id) {
-            f.phase = Phase::Releasing { target: Some(target.clone()), deadline: now + self.timeouts.release };
             f.tried.clear();
+            if objects.is_empty() {
+                f.phase = Phase::Releasing { target: Some(target.clone()), deadline: now + timeouts.release };
+                self.actions.push_back(Action::Release { participant: owner, flow: id });
+            } else {
+                // The target caches first, while the owner keeps serving: the client's stall
+                // is then one round trip, not an origin fill.
+                f.phase = Phase::Preparing { target: target.clone(), deadline: now + timeouts.prepare };
+                self.actions.push_back(Action::Prepare { participant: target.clone(), flow: id, objects });
+            }
         }
         self.counts.moves_started += 1;
-        self.actions.push_back(Action::Release { participant: owner, flow: id });
         Ok(target)
+    }
+
+    /// A participant has a flow's objects cached: if it is the target of the flow's move, the
+    /// owner is asked to release the flow now.
+    pub fn prepared(&mut self, from: &str, id: FlowId, now: Duration) {
+        let release = self.timeouts.release;
+        let Some(f) = self.flows.get_mut(&id) else { return };
+        if let Phase::Preparing { target, .. } = &f.phase {
+            if target == from {
+                f.phase = Phase::Releasing { target: Some(from.to_owned()), deadline: now + release };
+                self.actions.push_back(Action::Release { participant: f.owner.clone(), flow: id });
+            }
+        }
+    }
+
+    /// The target of a move could not cache the flow's objects: the move is abandoned.
+    pub fn prepare_failed(&mut self, from: &str, id: FlowId) {
+        let Some(f) = self.flows.get_mut(&id) else { return };
+        if matches!(&f.phase, Phase::Preparing { target, .. } if target == from) {
+            f.phase = Phase::Active;
+            self.counts.moves_abandoned += 1;
+        }
     }
 
     /// Stops new connections going to `participant` and moves each of its flows to its next
@@ -614,17 +697,53 @@ impl Conductor {
             return;
         }
         p.alive = false;
+        // Moves toward the dead participant stop; its own flows are recovered below.
+        for f in self.flows.values_mut() {
+            if matches!(&f.phase, Phase::Preparing { target, .. } if target == name) {
+                f.phase = Phase::Active;
+                self.counts.moves_abandoned += 1;
+            }
+        }
         for id in self.flows_of(name) {
-            if matches!(self.flows.get(&id).map(|f| &f.phase), Some(Phase::Local)) {
+            let Some(f) = self.flows.get_mut(&id) else { continue };
+            if matches!(f.phase, Phase::Local) {
                 continue;
             }
             self.counts.recoveries += 1;
-            if let Some(f) = self.flows.get_mut(&id) {
-                f.tried.insert(name.to_owned());
+            f.tried.insert(name.to_owned());
+            f.phase = Phase::Orphaned { since: now };
+        }
+        self.settle(now, env);
+    }
+
+    /// Rebuilds and hands over each orphaned flow whose client's ACKs have settled (see
+    /// [`SETTLE_QUIET`]).
+    fn settle(&mut self, now: Duration, env: &impl Env) {
+        let orphans: Vec<(FlowId, Duration)> = self
+            .flows
+            .iter()
+            .filter_map(|(id, f)| match f.phase {
+                Phase::Orphaned { since } => Some((*id, since)),
+                _ => None,
+            })
+            .collect();
+        for (id, since) in orphans {
+            let Some(flow) = self.flows.get(&id) else { continue };
+            let Some(obs) = env.observe(id, &flow.ledger) else {
+                self.lose(id, "owner died and the data plane has no view of the client");
+                continue;
+            };
+            if obs.idle < SETTLE_QUIET && now.saturating_sub(since) < SETTLE_MAX {
+                continue;
             }
-            match self.rebuild(id, env) {
-                Some(h) => self.dispatch(id, h, None, now, env),
-                None => self.lose(id, "owner died and the connection cannot be rebuilt"),
+            let rebuilt = self.flows.get_mut(&id).map(|f| f.ledger.after_crash(&obs));
+            match rebuilt {
+                Some(Ok(Some(h))) => self.dispatch(id, h, None, now, env),
+                Some(Ok(None)) => {
+                    self.flows.remove(&id);
+                    self.actions.push_back(Action::Forget { flow: id, reason: "complete when its owner died" });
+                }
+                _ => self.lose(id, "owner died and the connection cannot be rebuilt"),
             }
         }
     }
@@ -641,9 +760,10 @@ impl Conductor {
         for name in silent {
             self.peer_down(&name, now, env);
         }
+        self.settle(now, env);
         for f in self.flows.values_mut() {
             match f.phase {
-                Phase::Releasing { deadline, .. } if now >= deadline => {
+                Phase::Preparing { deadline, .. } | Phase::Releasing { deadline, .. } if now >= deadline => {
                     f.phase = Phase::Active;
                     self.counts.moves_abandoned += 1;
                 }

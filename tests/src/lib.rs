@@ -16,6 +16,8 @@ use anyhow::{anyhow, bail, Context};
 use baton_lab::{Lab, Role, Topology};
 use sha2::Digest;
 
+pub mod tcpflow;
+
 /// How long a started cluster may take until every participant has registered.
 pub const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(20);
 /// Control port, origin port and VIP port of the clusters this harness starts.
@@ -367,6 +369,21 @@ impl Cluster {
         let data = pseudo_random(size, seed);
         std::fs::write(&path, &data)?;
         Ok(hex::encode(sha2::Sha256::digest(&data)))
+    }
+
+    /// Puts an origin object into every participant's cache, as an operator pre-provisions
+    /// popular content (participants verify it against the origin's digest before use).
+    pub fn provision(&self, rel: &str) -> anyhow::Result<()> {
+        let src = self.origin_dir.join(rel);
+        for node in self.participant_names() {
+            let dst = self.lab.state_dir().join(format!("cache-{node}")).join(rel);
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let _ = std::fs::remove_file(&dst);
+            std::fs::copy(&src, &dst).with_context(|| format!("provisioning {rel} on {node}"))?;
+        }
+        Ok(())
     }
 
     /// URL of an object through the VIP.

@@ -109,6 +109,7 @@ fn three_graceful_moves_during_a_256_mib_download() {
     let c = cluster("tmove", "198.18.56.0/21");
     let size = 256u64 << 20;
     let sha = c.write_object("big.bin", size as usize, 31).expect("object");
+    c.provision("big.bin").expect("provisioned");
     let cap = c.capture("c-fra").expect("capture");
     let mut dl = spawn_curl(&c, "c-fra", &c.vip_url("/big.bin"), &[]).expect("curl");
     let (id, first) = the_flow(&c);
@@ -139,8 +140,10 @@ fn killed_participants_are_replaced_mid_download() {
     let mut c = cluster("tcrash", "198.18.64.0/21");
     let size = 128u64 << 20;
     let sha = c.write_object("big.bin", size as usize, 32).expect("object");
+    c.provision("big.bin").expect("provisioned");
     let cap = c.capture("c-fra").expect("capture");
-    let mut dl = spawn_curl(&c, "c-fra", &c.vip_url("/big.bin"), &[]).expect("curl");
+    // At 16 MB/s the transfer lasts long enough for three kills and recoveries.
+    let mut dl = spawn_curl(&c, "c-fra", &c.vip_url("/big.bin"), &["--limit-rate", "16M"]).expect("curl");
     let (id, mut owner) = the_flow(&c);
     for fraction in [0.1, 0.4, 0.7] {
         wait_received(&mut dl, (size as f64 * fraction) as u64, Duration::from_secs(60));
@@ -210,6 +213,7 @@ fn main_restart_mid_download_keeps_the_flow_and_manages_it_again() {
     let mut c = cluster("trestart", "198.18.80.0/21");
     let size = 128u64 << 20;
     let sha = c.write_object("big.bin", size as usize, 34).expect("object");
+    c.provision("big.bin").expect("provisioned");
     let cap = c.capture("c-fra").expect("capture");
     let mut dl = spawn_curl(&c, "c-fra", &c.vip_url("/big.bin"), &[]).expect("curl");
     let (id, owner) = the_flow(&c);
@@ -249,6 +253,9 @@ fn slow_reader_and_zero_window_moves() {
     let id_s = id.to_string();
     wait_received(&mut dl, size / 4, Duration::from_secs(20));
     batonctl_ok(&c, &["flow", "move", &id_s, "--to", "p-iad"]);
+    wait_flows(&c, Duration::from_secs(10), "the slow reader's flow on p-iad", |rows| {
+        rows.iter().any(|r| field(r, "id") == id && field(r, "participant") == "p-iad" && field(r, "phase") == "active")
+    });
     wait_received(&mut dl, size / 2, Duration::from_secs(20));
     batonctl_ok(&c, &["flow", "move", &id_s]);
     let d = dl.finish().expect("download");
@@ -272,7 +279,10 @@ fn slow_reader_and_zero_window_moves() {
                 Ok((got[head_end..].to_vec(), head_end))
             })
         });
-        let (id, _) = the_flow(&c);
+        let rows = wait_flows(&c, Duration::from_secs(10), "the zero-window client's flow", |rows| {
+            rows.iter().any(|r| field(r, "id") != id && field(r, "phase") == "active")
+        });
+        let id = rows.iter().map(|r| field(r, "id").as_u64().unwrap_or(0)).max().unwrap_or(0);
         std::thread::sleep(Duration::from_millis(1500));
         batonctl_ok(&c, &["flow", "move", &id.to_string(), "--to", "p-sin"]);
         wait_flows(&c, Duration::from_secs(10), "the zero-window flow on p-sin", |rows| {

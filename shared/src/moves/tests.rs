@@ -25,6 +25,8 @@ const RTO: u64 = 200;
 const HEARTBEAT: u64 = 100;
 /// How long a participant waits for its sent bytes to be acknowledged before releasing anyway.
 const RELEASE_WAIT: u64 = 500;
+/// How long a participant takes to cache an object when asked to prepare.
+const PREPARE_TIME: u64 = 150;
 const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 4000000\r\n\r\n";
 const BODY: u64 = 4_000_000;
 
@@ -94,6 +96,7 @@ enum Ev {
 
 #[derive(Debug)]
 enum PeerMsg {
+    Prepare(FlowId),
     Release(FlowId),
     Handoff(Handoff),
 }
@@ -101,6 +104,7 @@ enum PeerMsg {
 #[derive(Debug)]
 enum MainMsg {
     Heartbeat,
+    Prepared(FlowId),
     Released(Handoff),
     Restored(FlowId),
     Serving(FlowId, Response),
@@ -120,6 +124,10 @@ struct Client {
 }
 
 struct Conn {
+    /// A restored socket's congestion window (bytes) in slow start, from an initial ten
+    /// segments: like Linux, it ignores ACKs beyond what it has sent, so a rebuilt connection
+    /// that starts behind the client's position by more than that deadlocks.
+    initial_window: Option<u64>,
     snd_una: u64,
     snd_nxt: u64,
     pending: Vec<Response>,
@@ -163,6 +171,7 @@ struct Sim {
     plane: BTreeMap<FlowId, DataPlane>,
     truth: Vec<Response>,
     log: Vec<String>,
+    prepares: u32,
 }
 
 struct SimEnv<'a> {
@@ -196,15 +205,18 @@ impl Sim {
             events: BinaryHeap::new(),
             payloads: BTreeMap::new(),
             main: Conductor::new(Timeouts {
+                prepare: Duration::from_secs(5),
                 heartbeat: Duration::from_millis(500),
                 release: Duration::from_secs(2),
                 restore: Duration::from_secs(1),
-            }),
+            })
+            .with_standby(true),
             peers: BTreeMap::new(),
             clients: BTreeMap::new(),
             plane: BTreeMap::new(),
             truth: vec![response()],
             log: Vec::new(),
+            prepares: 0,
         };
         for p in peers {
             sim.peers.insert(
@@ -222,7 +234,7 @@ impl Sim {
                 flow,
                 Client { rcv: 0, ts_recent: 1_000, last_new: 0, largest_gap: 0, duplicate: 0, paws_drops: 0, paused_until: 0 },
             );
-            let conn = Conn { snd_una: 0, snd_nxt: 0, pending: vec![response()], clock: (0, 1_000), last_progress: 0, release_deadline: None };
+            let conn = Conn { initial_window: None, snd_una: 0, snd_nxt: 0, pending: vec![response()], clock: (0, 1_000), last_progress: 0, release_deadline: None };
             sim.peers.get_mut(owner).expect("peer").conns.insert(flow, conn);
             sim.send(CONTROL, Ev::ToMain { from: owner.to_owned(), msg: MainMsg::Serving(flow, response()) });
         }
@@ -242,6 +254,11 @@ impl Sim {
     fn run_actions(&mut self) {
         for action in self.main.drain_actions() {
             match action {
+                Action::Prepare { participant, flow, objects } => {
+                    assert!(!objects.is_empty());
+                    self.prepares += 1;
+                    self.send(CONTROL, Ev::ToPeer { to: participant, msg: PeerMsg::Prepare(flow) })
+                }
                 Action::Release { participant, flow } => {
                     self.send(CONTROL, Ev::ToPeer { to: participant, msg: PeerMsg::Release(flow) })
                 }
@@ -374,6 +391,9 @@ impl Sim {
                 // No socket for the flow: the participant's data plane drops the segment.
                 let Some(conn) = peer.conns.get_mut(&flow) else { return };
                 if ack > conn.snd_una && ack <= conn.snd_nxt {
+                    // Slow start: the window grows by what each valid ACK acknowledges.
+                    let acked = ack - conn.snd_una;
+                    conn.initial_window = conn.initial_window.map(|w| w + acked).filter(|w| *w < WINDOW);
                     conn.snd_una = ack;
                     conn.last_progress = now;
                 }
@@ -388,9 +408,10 @@ impl Sim {
                 let env = SimEnv { plane: &self.plane, peers: self.alive_peers(), now: self.now };
                 match msg {
                     MainMsg::Heartbeat => {}
+                    MainMsg::Prepared(flow) => self.main.prepared(&from, flow, nd),
                     MainMsg::Released(h) => self.main.released(&from, &h, nd, &env),
                     MainMsg::Restored(flow) => self.main.restored(&from, flow),
-                    MainMsg::Serving(flow, r) => self.main.serving(&from, flow, r).expect("contiguous"),
+                    MainMsg::Serving(flow, r) => self.main.serving(&from, flow, r, &env).expect("contiguous"),
                 }
                 self.run_actions();
             }
@@ -401,6 +422,10 @@ impl Sim {
         let now = self.now;
         let Some(peer) = self.peers.get_mut(to).filter(|p| p.alive) else { return };
         match msg {
+            PeerMsg::Prepare(flow) => {
+                // Filling a cache takes a while; the owner keeps serving meanwhile.
+                self.send(PREPARE_TIME, Ev::ToMain { from: to.to_owned(), msg: MainMsg::Prepared(flow) });
+            }
             PeerMsg::Release(flow) => {
                 if let Some(c) = peer.conns.get_mut(&flow) {
                     c.release_deadline = Some(now + RELEASE_WAIT);
@@ -419,6 +444,7 @@ impl Sim {
                 assert_eq!(h.tcp.snd_seq, ledger.seq_of(h.snd_offset), "sequence matches the offset");
                 assert_eq!(h.check(), Ok(()));
                 let conn = Conn {
+                    initial_window: Some(10 * SEGMENT),
                     snd_una: h.snd_offset,
                     snd_nxt: h.snd_offset,
                     pending: h.pending.clone(),
@@ -449,7 +475,8 @@ impl Sim {
                     c.last_progress = now;
                 }
                 let mut budget = RATE;
-                while budget > 0 && c.snd_nxt < c.end() && c.snd_nxt - c.snd_una < WINDOW {
+                let window = c.initial_window.unwrap_or(WINDOW);
+                while budget > 0 && c.snd_nxt < c.end() && c.snd_nxt - c.snd_una < window {
                     let len = SEGMENT.min(c.end() - c.snd_nxt).min(budget);
                     let bytes: Vec<u8> =
                         (c.snd_nxt..c.snd_nxt + len).map(|at| byte_at(&c.pending, at).expect("in pending")).collect();
@@ -550,7 +577,7 @@ fn three_graceful_moves_deliver_every_byte_once_with_short_stalls() {
         let target = sim.move_flow(1, Some(to)).expect("move accepted");
         assert_eq!(target, to);
         assert_eq!(sim.move_flow(1, None), Err(MoveError::Busy(1)), "one move at a time");
-        sim.run_until(at + 300);
+        sim.run_until(at + 450);
         assert_eq!(sim.owner(1), to);
         assert_eq!(sim.main.flow(1).map(|f| f.phase.clone()), Some(Phase::Active));
     }
@@ -561,6 +588,7 @@ fn three_graceful_moves_deliver_every_byte_once_with_short_stalls() {
     assert!(c.largest_gap <= RTT + 2 * CONTROL + 2, "stall {} ms, round trip {RTT} ms", c.largest_gap);
     assert_eq!(sim.main.counts().moves_done, 3);
     assert_eq!(sim.main.flow(1).map(|f| f.moves), Some(3));
+    assert_eq!(sim.prepares, 1 + 3, "one standby prefetch, then one prepare per move");
 }
 
 #[test]
@@ -635,6 +663,8 @@ fn moves_are_checked() {
     assert_eq!(sim.move_flow(1, None), Err(MoveError::NoTarget(1)));
     // The last participant dies: the main serves the flow itself.
     sim.kill("a", true);
+    let t = sim.now;
+    sim.run_until(t + 600);
     assert_eq!(sim.main.counts().local, 1);
     assert!(sim.log.iter().any(|l| l == "local 1"));
 }
@@ -655,6 +685,12 @@ fn a_release_that_never_comes_is_abandoned() {
     c.peer_up("b", Duration::ZERO);
     c.adopt("a", ledger());
     c.move_flow(1, Some("b"), Duration::ZERO, &NoEnv).expect("move");
+    assert!(matches!(c.flow(1).map(|f| &f.phase), Some(Phase::Preparing { .. })), "the target caches first");
+    assert!(matches!(c.poll_action(), Some(Action::Prepare { participant, .. }) if participant == "b"));
+    c.prepared("c", 1, Duration::ZERO);
+    assert!(c.poll_action().is_none(), "only the target's answer counts");
+    c.prepared("b", 1, Duration::ZERO);
+    assert!(matches!(c.poll_action(), Some(Action::Release { participant, .. }) if participant == "a"));
     c.heard("a", Duration::from_secs(5));
     c.heard("b", Duration::from_secs(5));
     c.tick(Duration::from_secs(5), &NoEnv);
