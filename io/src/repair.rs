@@ -40,6 +40,13 @@ const TCPI_OPT_SACK: u8 = 2;
 const TCPI_OPT_WSCALE: u8 = 4;
 /// Largest value `TCP_MAXSEG` accepts (`MAX_TCP_WINDOW` in include/net/tcp.h).
 const MAX_TCP_MAXSEG: libc::c_int = 32767;
+/// `SIOCOUTQNSD`: bytes in the send queue not yet sent.
+const SIOCOUTQNSD: libc::c_ulong = 0x894b;
+/// Smallest send buffer of a socket restored with bytes in flight: the default top of
+/// `tcp_wmem` autotuning.
+const SEND_BUFFER_FLOOR: usize = 4 << 20;
+/// Largest write into a send queue in repair mode.
+const REPAIR_QUEUE_CHUNK: usize = 64 * 1024;
 /// `TCP_ESTABLISHED` in `tcpi_state`.
 const TCP_ESTABLISHED: u8 = 1;
 /// Offsets into `struct tcp_info` that have been stable since Linux 2.6: state, options and the
@@ -239,7 +246,10 @@ impl Drop for RepairGuard {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frozen {
     pub tcp: TcpState,
+    /// Bytes written to the socket and not acknowledged (sent or not).
     pub unacked: u32,
+    /// Of those, the bytes the kernel had already sent.
+    pub in_flight: u32,
     pub unread: Vec<u8>,
 }
 
@@ -253,6 +263,8 @@ impl RepairGuard {
         let mut tcp = dump_in_repair(self.fd)?;
         let unacked = ioctl_int(self.fd, libc::TIOCOUTQ as libc::c_ulong).map_err(sys("SIOCOUTQ"))?;
         let unacked = u32::try_from(unacked.max(0)).unwrap_or(0);
+        let unsent = ioctl_int(self.fd, SIOCOUTQNSD).map_err(sys("SIOCOUTQNSD"))?;
+        let unsent = u32::try_from(unsent.max(0)).unwrap_or(0).min(unacked);
         tcp.snd_seq = tcp.snd_seq.wrapping_sub(unacked);
         let inq = ioctl_int(self.fd, libc::FIONREAD as libc::c_ulong).map_err(sys("SIOCINQ"))?;
         let inq = usize::try_from(inq.max(0)).unwrap_or(0).min(MAX_FROZEN_UNREAD_BYTES);
@@ -269,7 +281,7 @@ impl RepairGuard {
             }
             unread.truncate(n as usize);
         }
-        Ok(Frozen { tcp, unacked, unread })
+        Ok(Frozen { tcp, unacked, in_flight: unacked - unsent, unread })
     }
 }
 
@@ -370,6 +382,14 @@ pub enum Resume {
 /// (which must be a local address, e.g. the VIP on lo). The returned socket is established, out
 /// of repair mode, and blocking; on any error the half-built socket is closed silently.
 pub fn restore(state: &TcpState, resume: Resume) -> Result<OwnedFd, RepairError> {
+    restore_with_sent(state, resume, &[])
+}
+
+/// Like [`restore`], with `sent` — bytes from `state.snd_seq` on that the previous owner had
+/// already sent — placed in the send queue as sent and unacknowledged: the kernel counts them in
+/// flight, accepts the client's ACKs for them and resends whatever the client lacks (the way
+/// CRIU restores a send queue). The application writes on after them.
+pub fn restore_with_sent(state: &TcpState, resume: Resume, sent: &[u8]) -> Result<OwnedFd, RepairError> {
     // SAFETY: plain socket(2) call; the result is checked before use.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
@@ -436,6 +456,27 @@ pub fn restore(state: &TcpState, resume: Resume) -> Result<OwnedFd, RepairError>
         rcv_wup: state.window.rcv_wup,
     };
     setsockopt(raw, libc::SOL_TCP, libc::TCP_REPAIR_WINDOW, &w).map_err(sys("set TCP_REPAIR_WINDOW"))?;
+    if !sent.is_empty() {
+        // The queue must fit in the send buffer, or the write would wait for room that only
+        // ACKs (which a socket in repair mode does not process) can make. Fixed at least as
+        // large as the kernel's autotuning would go, so throughput does not suffer for it.
+        let size = libc::c_int::try_from(sent.len().saturating_mul(2).max(SEND_BUFFER_FLOOR)).unwrap_or(libc::c_int::MAX);
+        setsockopt(raw, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &size).map_err(sys("SO_SNDBUFFORCE"))?;
+        setsockopt(raw, libc::SOL_TCP, libc::TCP_REPAIR_QUEUE, &TCP_SEND_QUEUE).map_err(sys("TCP_REPAIR_QUEUE"))?;
+        for chunk in sent.chunks(REPAIR_QUEUE_CHUNK) {
+            let mut rest = chunk;
+            while !rest.is_empty() {
+                // SAFETY: `rest` is valid for its length. In repair mode with the send queue
+                // selected, the bytes are queued as already sent; nothing goes on the wire.
+                // Never blocks: a full buffer is an error, not a hang.
+                let n = unsafe { libc::send(raw, rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT) };
+                if n <= 0 {
+                    return Err(sys("fill the send queue")(io::Error::last_os_error()));
+                }
+                rest = &rest[n as usize..];
+            }
+        }
+    }
     let off = match resume {
         Resume::WithProbe => TCP_REPAIR_OFF,
         Resume::Quiet => TCP_REPAIR_OFF_NO_WP,
@@ -620,6 +661,7 @@ mod tests {
         let g = RepairGuard::enter(&server).expect("repair on");
         let frozen = g.freeze_for_move().expect("freeze");
         assert_eq!(frozen.unacked, 0, "the client acknowledged everything");
+        assert_eq!(frozen.in_flight, 0);
         assert_eq!(frozen.tcp.snd_seq, before.snd_seq);
         assert_eq!(frozen.unread, b"next request".to_vec());
         assert_eq!(frozen.tcp.rcv_seq, before.rcv_seq, "peeking in repair mode consumes nothing");
@@ -646,6 +688,34 @@ mod tests {
         let err = (&server).read(&mut buf).expect_err("the socket was aborted");
         assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED));
         assert!(!destroy_socket(local, remote).expect("second destroy"), "nothing left to destroy");
+    }
+
+    #[test]
+    fn bytes_restored_as_sent_reach_the_peer_by_retransmission() {
+        if !need_root() {
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let guard = RepairGuard::enter(&server).expect("repair on");
+        let state = guard.dump().expect("dump");
+        guard.close_silently();
+        drop(server);
+        drop(listener);
+        // "in flight" bytes the client never got: the restored kernel must resend them itself.
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        // More than the default send buffer: must not block.
+        let restored = restore_with_sent(&state, Resume::Quiet, &big).expect("restore");
+        close_silently(restored);
+        let restored = restore_with_sent(&state, Resume::Quiet, b"in flight, ").expect("restore");
+        let mut restored = TcpStream::from(restored);
+        restored.write_all(b"then new").expect("write");
+        client.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+        let mut got = [0u8; 19];
+        client.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"in flight, then new");
     }
 
     #[test]

@@ -14,7 +14,6 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::time::Duration;
 
 use baton_shared::handoff::{BodyPart, ObjectPlan, Response};
 use baton_shared::http::{object_path, parse_request_head, plan_error_response};
@@ -318,16 +317,77 @@ fn syscall_result(n: isize) -> io::Result<usize> {
     }
 }
 
-/// Waits until at most `tail` bytes sent on `stream` are unacknowledged, or `limit` passes;
-/// returns the unacknowledged count then. Polls every millisecond: the kernel has no event for
-/// "the peer acknowledged", and a millisecond is small next to any round trip.
-pub async fn wait_acknowledged(stream: &TcpStream, tail: u32, limit: Duration) -> io::Result<u32> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let unacked = crate::repair::unacked_bytes(stream)?;
-        if unacked <= tail || tokio::time::Instant::now() >= deadline {
-            return Ok(unacked);
+/// The bytes of stream offsets `from .. from + len` of `pending` (head bytes and object bytes
+/// read from the files): what a connection had in flight when it was moved, for the next owner
+/// to put back in its send queue.
+pub fn stream_bytes(pending: &[PendingBody], from: u64, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::with_capacity(len);
+    let mut at = from;
+    let end = from + len as u64;
+    for p in pending {
+        let r = &p.response;
+        if at >= end {
+            break;
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        if at < r.start || at >= r.end() {
+            continue;
+        }
+        let head_len = r.head.len() as u64;
+        if at < r.start + head_len {
+            let lo = (at - r.start) as usize;
+            let hi = ((end - r.start).min(head_len)) as usize;
+            out.extend_from_slice(&r.head[lo..hi]);
+            at = r.start + hi as u64;
+        }
+        if let (Some(body), true) = (&r.body, at < end && at < r.end()) {
+            let file = p.file.as_ref().ok_or_else(|| io::Error::other("response body without its file"))?;
+            let skip = at - r.start - head_len;
+            let n = (end.min(r.end()) - at) as usize;
+            let start = out.len();
+            out.resize(start + n, 0);
+            file.read_exact_at(&mut out[start..], body.offset + skip)?;
+            at += n as u64;
+        }
+    }
+    if out.len() != len {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bytes in flight run past the pending responses"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_shared::handoff::{BodyPart, ObjectPlan};
+    use std::io::Write as _;
+
+    #[test]
+    fn stream_bytes_cross_heads_and_bodies() {
+        let mut f = tempfile_with(b"0123456789abcdef");
+        let body = |offset, len| Some(BodyPart { object: ObjectPlan { path: "o".into(), size: 16, sha256: [0; 32] }, offset, len });
+        let pending = vec![
+            PendingBody {
+                response: Response { start: 100, request_end: 0, keep_alive: true, head: b"HEAD1".to_vec(), body: body(2, 4) },
+                file: Some(f.try_clone().expect("clone")),
+            },
+            PendingBody {
+                response: Response { start: 109, request_end: 0, keep_alive: false, head: b"H2".to_vec(), body: body(10, 6) },
+                file: Some(f.try_clone().expect("clone")),
+            },
+        ];
+        assert_eq!(stream_bytes(&pending, 100, 17).expect("all"), b"HEAD12345H2abcdef".to_vec());
+        assert_eq!(stream_bytes(&pending, 103, 8).expect("middle"), b"D12345H2".to_vec());
+        assert_eq!(stream_bytes(&pending, 110, 0).expect("none"), Vec::<u8>::new());
+        assert!(stream_bytes(&pending, 110, 9).is_err(), "past the end");
+        f.flush().expect("flush");
+    }
+
+    fn tempfile_with(bytes: &[u8]) -> std::fs::File {
+        let path = std::env::temp_dir().join(format!("baton-session-{}", std::process::id()));
+        std::fs::write(&path, bytes).expect("write");
+        let f = std::fs::File::open(&path).expect("open");
+        let _ = std::fs::remove_file(&path);
+        f
     }
 }

@@ -73,6 +73,7 @@ pub fn encode(flows: &[Saved]) -> Vec<u8> {
             request: l.input.clone(),
             object: None,
             snd_offset: l.acked,
+            in_flight: 0,
             pending: l.responses.iter().cloned().collect(),
         };
         let mut bytes = Vec::with_capacity(record.encoded_len());
@@ -233,6 +234,7 @@ mod tests {
             request: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
             object: None,
             snd_offset: 0,
+            in_flight: 0,
             pending: Vec::new(),
         };
         let mut ledger = Ledger::new(&h);

@@ -285,7 +285,7 @@ async fn try_handoff(
         started: Instant::now(),
     };
     shared.flows.insert(flow_id, record);
-    let handoff = Handoff { flow_id, tcp, request, object: Some(object), snd_offset: 0, pending: Vec::new() };
+    let handoff = Handoff { flow_id, tcp, request, object: Some(object), snd_offset: 0, in_flight: 0, pending: Vec::new() };
     // Known to the conductor before the participant hears of it, so its first report (which
     // may overtake the restore answer here) finds the flow.
     shared.conductor.lock().unwrap_or_else(|p| p.into_inner()).adopt(&participant, Ledger::new(&handoff));

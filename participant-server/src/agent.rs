@@ -15,8 +15,8 @@ use std::time::Duration;
 use baton_ebpf::FlowKey;
 use baton_io::control::{write_message, FrameReader};
 use baton_io::http::ServeConfig;
-use baton_io::repair::{close_silently, destroy_socket, restore, RepairGuard, Resume};
-use baton_io::session::{wait_acknowledged, Ending, PendingBody, Session};
+use baton_io::repair::{close_silently, destroy_socket, restore_with_sent, RepairGuard, Resume};
+use baton_io::session::{stream_bytes, Ending, PendingBody, Session};
 use baton_io::store::Primed;
 use baton_shared::control::Message;
 use baton_shared::geo::Coord;
@@ -36,8 +36,6 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// Kept short: while the main restarts, every participant's flows wait for it to come back.
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_millis(500);
-/// Default bound on waiting for the client to acknowledge sent bytes before a release.
-pub const DEFAULT_RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// Messages to the main, queued for the writer task. Unbounded: reports are produced by
 /// serving tasks that must not wait for the control connection, and each is small.
@@ -60,8 +58,6 @@ pub struct Agent {
     pub cache: CacheStore,
     pub serve: ServeConfig,
     pub active: AtomicU32,
-    /// How long a release waits for the client to acknowledge what was sent.
-    pub release_wait: Duration,
     guard: Guard,
     /// Stop switches of the connections being served, by flow id.
     flows: Mutex<HashMap<u64, watch::Sender<bool>>>,
@@ -70,14 +66,13 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(identity: Identity, main: SocketAddrV4, cache: CacheStore, serve: ServeConfig, guard: Guard, release_wait: Duration) -> Arc<Self> {
+    pub fn new(identity: Identity, main: SocketAddrV4, cache: CacheStore, serve: ServeConfig, guard: Guard) -> Arc<Self> {
         Arc::new(Self {
             identity,
             main,
             cache,
             serve,
             active: AtomicU32::new(0),
-            release_wait,
             guard,
             flows: Mutex::new(HashMap::new()),
             outbound: Mutex::new(None),
@@ -216,7 +211,16 @@ impl Agent {
         // Owned before the socket exists: from now on this host's kernel never sends a FIN or
         // RST on the connection unless this process says so (a crash stays silent).
         self.guard.own(key);
-        let fd = match restore_over_orphan(&h.tcp) {
+        // What the previous owner had in flight goes back into the send queue, as sent.
+        let sent = if h.in_flight > 0 {
+            match stream_bytes(&pending, h.snd_offset, h.in_flight as usize) {
+                Ok(b) => b,
+                Err(e) => return self.refuse(flow_id, format!("bytes in flight: {e}")),
+            }
+        } else {
+            Vec::new()
+        };
+        let fd = match restore_over_orphan(&h.tcp, &sent) {
             Ok(fd) => fd,
             Err(e) => {
                 self.guard.remove(key);
@@ -245,7 +249,7 @@ impl Agent {
         let me = self.clone();
         let mut report = move |response| me.send(Message::Serving { flow_id, response });
         let ended = {
-            let snd_offset = h.snd_offset;
+            let snd_offset = h.snd_offset + u64::from(h.in_flight);
             let (rcv_seq, input) = (h.tcp.rcv_seq, h.request);
             match primed {
                 Some((path, obj)) => {
@@ -277,7 +281,7 @@ impl Agent {
                 self.send(Message::FlowClosed { flow_id, bytes_sent: s.body_bytes });
             }
             Ok(Ending::Stopped { unread, offset }) => {
-                self.give_back(stream, key, &h.tcp, flow_id, unread, offset).await;
+                self.give_back(stream, key, flow_id, unread, offset).await;
             }
             Err(e) => {
                 info!(%client, error = %e, "connection ended");
@@ -311,24 +315,11 @@ impl Agent {
         drop(stream);
     }
 
-    /// Stopped for a move: waits (bounded) until the client acknowledged what was sent, freezes
-    /// the socket, closes it silently and sends its state to the main.
-    #[allow(clippy::too_many_arguments, reason = "the pieces of one stopped connection")]
-    async fn give_back(
-        &self,
-        stream: TcpStream,
-        key: FlowKey,
-        tcp: &TcpState,
-        flow_id: u64,
-        mut unread: Vec<u8>,
-        offset: u64,
-    ) {
+    /// Stopped for a move: freezes the socket at once, closes it silently and sends its state
+    /// to the main. Nothing waits for the client's acknowledgements: the bytes still in flight
+    /// travel in the record and the next owner's kernel takes them over.
+    async fn give_back(&self, stream: TcpStream, key: FlowKey, flow_id: u64, mut unread: Vec<u8>, offset: u64) {
         let t0 = std::time::Instant::now();
-        // Up to two segments may stay unacknowledged: a receiver may hold the ACK of a lone
-        // last segment for its delayed-ACK timer, and the next owner sends those bytes again
-        // rather than wait for it.
-        let tail = 2 * u32::from(tcp.mss);
-        let waited = wait_acknowledged(&stream, tail, self.release_wait).await;
         self.guard.freeze(key);
         let frozen = RepairGuard::enter(&stream).and_then(|g| {
             let frozen = g.freeze_for_move();
@@ -345,13 +336,14 @@ impl Agent {
                     request: unread,
                     object: None,
                     snd_offset: offset.saturating_sub(u64::from(f.unacked)),
+                    in_flight: f.in_flight,
                     pending: Vec::new(),
                 };
                 info!(
                     unacked = f.unacked,
+                    in_flight = f.in_flight,
                     offset = handoff.snd_offset,
-                    wait_us = t0.elapsed().as_micros() as u64,
-                    waited_ok = waited.is_ok(),
+                    freeze_us = t0.elapsed().as_micros() as u64,
                     "connection released"
                 );
                 self.send(Message::Released(handoff));
@@ -397,14 +389,14 @@ impl Agent {
 /// Restores the connection; when a socket of this host still holds its 4-tuple (the orphan of
 /// a participant process that was killed while serving it), that socket is destroyed and the
 /// restore tried once more.
-fn restore_over_orphan(tcp: &TcpState) -> Result<std::os::fd::OwnedFd, baton_io::repair::RepairError> {
-    match restore(tcp, Resume::Quiet) {
+fn restore_over_orphan(tcp: &TcpState, sent: &[u8]) -> Result<std::os::fd::OwnedFd, baton_io::repair::RepairError> {
+    match restore_with_sent(tcp, Resume::Quiet, sent) {
         Err(e) if e.is_address_taken() => {
             match destroy_socket(tcp.local, tcp.remote) {
                 Ok(found) => info!(found, "destroyed the stale socket holding the connection's addresses"),
                 Err(err) => warn!(error = %err, "could not destroy the stale socket"),
             }
-            restore(tcp, Resume::Quiet)
+            restore_with_sent(tcp, Resume::Quiet, sent)
         }
         other => other,
     }

@@ -56,16 +56,12 @@ struct Args {
     /// Port of the plain HTTP mirror on --addr (0 disables it).
     #[arg(long, default_value_t = 80)]
     mirror_port: u16,
-    /// Longest wait, when giving a connection back for a move, for the client to acknowledge
-    /// what was sent (bytes still unacknowledged then are sent again by the next owner).
-    #[arg(long, default_value_t = 2000, env = "BATON_RELEASE_WAIT_MS")]
-    release_wait_ms: u64,
     #[command(flatten)]
     common: CommonArgs,
 }
 
-/// Time beyond the release wait that a graceful stop allows for the releases to finish.
-const SHUTDOWN_SLACK: Duration = Duration::from_millis(500);
+/// How long a graceful stop waits for its connections to be given back.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -105,7 +101,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cache,
         serve,
         Guard::new(dataplane.clone()),
-        Duration::from_millis(args.release_wait_ms),
     );
     info!(name = %args.name, addr = %args.addr, main = %args.main_addr, "baton-participant starting");
     tokio::spawn(agent.clone().run());
@@ -120,7 +115,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let released = agent.release_all();
     if released > 0 {
         info!(connections = released, "giving connections back before exit");
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(args.release_wait_ms) + SHUTDOWN_SLACK;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while agent.serving() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

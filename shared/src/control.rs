@@ -384,7 +384,7 @@ mod tests {
     static HEARTBEAT: &[u8] = &[0, 0, 0, 5, 4, 0, 0, 1, 2];
     #[rustfmt::skip]
     static HANDOFF: &[u8] = &[
-        0, 0, 0, 73,                                    // length
+        0, 0, 0, 77,                                    // length
         5,                                              // kind
         2,                                              // handoff version
         0, 0, 0, 0, 0, 0, 0, 9,                         // flow_id
@@ -404,6 +404,7 @@ mod tests {
         0, 0, 0, 0,                                     // no request bytes
         0,                                              // no object
         0, 0, 0, 0, 0, 0, 0, 0,                         // snd_offset
+        0, 0, 0, 0,                                     // in_flight
         0,                                              // no pending responses
     ];
     static RESTORED: &[u8] = &[0, 0, 0, 9, 6, 1, 2, 3, 4, 5, 6, 7, 8];
@@ -448,6 +449,7 @@ mod tests {
             request: Vec::new(),
             object: None,
             snd_offset: 0,
+            in_flight: 0,
             pending: Vec::new(),
         }
     }

@@ -17,7 +17,7 @@
 //! u32 snd_wl1 | u32 snd_wnd | u32 max_window | u32 rcv_wnd | u32 rcv_wup
 //! u32 request length | request bytes
 //! u8 object present (0 or 1) [ object ]
-//! u64 snd_offset | u8 pending count | pending responses
+//! u64 snd_offset | u32 in_flight | u8 pending count | pending responses
 //!
 //! object   = u16 path length | path (UTF-8) | u64 size | 32-byte SHA-256
 //! response = u64 start | u32 request_end | u8 keep_alive (0 or 1) | u16 head length | head
@@ -162,6 +162,11 @@ pub struct Handoff {
     /// first byte the main handed off (0 for a new handoff). 64 bits, so positions stay
     /// unambiguous past the 4 GiB where sequence numbers wrap.
     pub snd_offset: u64,
+    /// Bytes after `snd_seq` the previous owner had already sent and the client had not yet
+    /// acknowledged. The new owner puts them in its send queue as sent (its kernel resends
+    /// whatever the client lacks) and writes new data from `snd_offset + in_flight`: the move
+    /// does not wait for the client's last acknowledgement. 0 for a new handoff or a rebuild.
+    pub in_flight: u32,
     /// Responses not yet completely sent, in stream order; the first one may already be partly
     /// acknowledged (sending resumes at `snd_offset`). Empty for a new handoff.
     pub pending: Vec<Response>,
@@ -198,6 +203,8 @@ pub enum HandoffError {
     HeadTooLong { len: usize },
     #[error("pending responses are not contiguous from the stream offset")]
     PendingGap,
+    #[error("{in_flight} bytes in flight run past the pending responses")]
+    InFlightBeyondResponses { in_flight: u32 },
 }
 
 fn check_tcp(mss: u16, snd_wscale: u8, rcv_wscale: u8) -> Result<(), HandoffError> {
@@ -255,7 +262,8 @@ impl Handoff {
                 check_path(&b.object.path)?;
             }
         }
-        check_pending(self.snd_offset, &self.pending)
+        check_pending(self.snd_offset, &self.pending)?;
+        check_in_flight(self.snd_offset, self.in_flight, &self.pending)
     }
 
     /// Size of the encoded record.
@@ -266,6 +274,7 @@ impl Handoff {
             + 1
             + self.object.as_ref().map_or(0, object_len)
             + 8
+            + 4
             + 1
             + self.pending.iter().map(Response::encoded_len).sum::<usize>()
     }
@@ -308,6 +317,7 @@ impl Handoff {
             }
         }
         out.extend_from_slice(&self.snd_offset.to_be_bytes());
+        out.extend_from_slice(&self.in_flight.to_be_bytes());
         out.push(u8::try_from(self.pending.len()).unwrap_or(u8::MAX));
         for r in &self.pending {
             put_response(out, r);
@@ -356,6 +366,7 @@ impl Handoff {
             true => Some(get_object(&mut r)?),
         };
         let snd_offset = r.u64().ok_or(T)?;
+        let in_flight = r.u32().ok_or(T)?;
         let count = usize::from(r.u8().ok_or(T)?);
         if count > MAX_PENDING_RESPONSES {
             return Err(HandoffError::TooManyPending { count });
@@ -365,6 +376,7 @@ impl Handoff {
             pending.push(get_response(&mut r)?);
         }
         check_pending(snd_offset, &pending)?;
+        check_in_flight(snd_offset, in_flight, &pending)?;
         if r.remaining() != 0 {
             return Err(HandoffError::TrailingBytes {
                 extra: r.remaining(),
@@ -390,9 +402,21 @@ impl Handoff {
             request,
             object,
             snd_offset,
+            in_flight,
             pending,
         })
     }
+}
+
+/// Bytes in flight must lie within the pending responses. A record without pending responses
+/// (a participant's release, which the main completes from its ledger) is not checked here.
+fn check_in_flight(snd_offset: u64, in_flight: u32, pending: &[Response]) -> Result<(), HandoffError> {
+    let Some(last) = pending.last() else { return Ok(()) };
+    let end = last.end();
+    if snd_offset.saturating_add(u64::from(in_flight)) > end {
+        return Err(HandoffError::InFlightBeyondResponses { in_flight });
+    }
+    Ok(())
 }
 
 /// The first pending response must contain `snd_offset` (or start exactly there) and each one
@@ -512,6 +536,7 @@ mod tests {
         0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab,
         0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab,
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // snd_offset 0
+        0x00, 0x00, 0x00, 0x00,                         // in_flight 0
         0x00,                                           // no pending responses
     ];
 
@@ -552,6 +577,7 @@ mod tests {
                 sha256: [0xab; 32],
             }),
             snd_offset: 0,
+            in_flight: 0,
             pending: Vec::new(),
         }
     }
@@ -585,9 +611,9 @@ mod tests {
         h.tcp.timestamps = true;
         h.request.clear();
         let bytes = encode(&h);
-        assert_eq!(bytes.len(), FIXED_LEN + 4 + 1 + 9);
+        assert_eq!(bytes.len(), FIXED_LEN + 4 + 1 + 13);
         assert_eq!(bytes[FLAGS_AT], 0x02);
-        assert_eq!(bytes[FIXED_LEN..], [0; 14]);
+        assert_eq!(bytes[FIXED_LEN..], [0; 18]);
         assert_eq!(Handoff::decode(&bytes), Ok(h));
     }
 
@@ -749,7 +775,8 @@ mod tests {
 
     #[test]
     fn pending_responses_round_trip() {
-        let h = moved();
+        let mut h = moved();
+        h.in_flight = 100;
         assert_eq!(h.check(), Ok(()));
         let bytes = encode(&h);
         assert_eq!(Handoff::decode(&bytes), Ok(h.clone()));
@@ -761,6 +788,13 @@ mod tests {
 
     #[test]
     fn pending_limits() {
+        let mut h = moved();
+        h.pending.truncate(1);
+        h.in_flight = 119;
+        assert_eq!(h.check(), Ok(()), "in flight up to the end of the last response");
+        h.in_flight = 120;
+        assert_eq!(h.check(), Err(HandoffError::InFlightBeyondResponses { in_flight: 120 }));
+        assert_eq!(Handoff::decode(&encode(&h)), Err(HandoffError::InFlightBeyondResponses { in_flight: 120 }));
         let mut h = moved();
         h.snd_offset = 899;
         assert_eq!(h.check(), Err(HandoffError::PendingGap));

@@ -217,6 +217,10 @@ impl Ledger {
     /// responses still to send from the first unacknowledged byte. Updates the ledger.
     pub fn after_release(&mut self, released: &Handoff) -> Result<Handoff, ResumeError> {
         let pending = self.pending_at(released.snd_offset)?;
+        let in_flight_end = released.snd_offset.saturating_add(u64::from(released.in_flight));
+        if in_flight_end > self.sent_end() {
+            return Err(ResumeError::Ahead { at: in_flight_end, end: self.sent_end() });
+        }
         self.acknowledge(released.snd_offset);
         let len = u32::try_from(released.request.len()).unwrap_or(u32::MAX);
         self.input_start = released.tcp.rcv_seq.wrapping_sub(len);
@@ -227,6 +231,7 @@ impl Ledger {
             request: released.request.clone(),
             object: None,
             snd_offset: released.snd_offset,
+            in_flight: released.in_flight,
             pending,
         })
     }
@@ -272,6 +277,7 @@ impl Ledger {
             request: self.input.clone(),
             object: None,
             snd_offset: at,
+            in_flight: 0,
             pending,
         }))
     }

@@ -78,6 +78,7 @@ fn origin(flow: FlowId, snd_seq: u32) -> Handoff {
         request: b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n12345".to_vec(),
         object: None,
         snd_offset: 0,
+        in_flight: 0,
         pending: Vec::new(),
     }
 }
