@@ -13,7 +13,7 @@ use baton_shared::http::{
     object_path, parse_request_head, plan_error_response, plan_object_response, HeadError, Method, RequestHead,
     ResponsePlan,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::store::{Object, ObjectSource};
@@ -229,40 +229,20 @@ pub struct ConnStats {
 
 /// Serves requests on `stream` until the client closes, a response closes the connection, or a
 /// head deadline passes. `buf` holds bytes already read from the client (a handed-off request).
+/// The same loop as a handed-off connection's ([`crate::session::Session`]), without a stop
+/// signal and with nobody to report to.
 pub async fn serve_connection<S: ObjectSource>(
     stream: &mut TcpStream,
-    mut buf: Vec<u8>,
+    buf: Vec<u8>,
     source: &S,
     cfg: &ServeConfig,
 ) -> io::Result<ConnStats> {
-    let mut stats = ConnStats::default();
-    loop {
-        let head = match read_head(stream, &mut buf, cfg.head_timeout).await? {
-            HeadRead::Head { head, .. } => head,
-            HeadRead::Closed => break,
-            HeadRead::Invalid(e) => {
-                let plan = plan_error_response(e.status(), false, &cfg.server_name);
-                write_response(stream, &plan, None).await?;
-                break;
-            }
-            HeadRead::TimedOut => {
-                if !buf.is_empty() {
-                    let plan = plan_error_response(408, false, &cfg.server_name);
-                    // The client may be gone; a failed courtesy reply changes nothing.
-                    let _ = write_response(stream, &plan, None).await;
-                }
-                break;
-            }
-        };
-        let sent = respond(stream, &head, source, cfg).await?;
-        stats.requests += 1;
-        stats.body_bytes += sent.body_bytes;
-        if !sent.keep_alive {
-            break;
-        }
+    let (_never, stop) = tokio::sync::watch::channel(false);
+    let mut report = |_| {};
+    match crate::session::Session::new(stream, source, cfg, 0, 0, buf, stop, &mut report).resume(Vec::new()).await? {
+        crate::session::Ending::Finished(stats) => Ok(stats),
+        crate::session::Ending::Stopped { .. } => Ok(ConnStats::default()),
     }
-    let _ = stream.shutdown().await;
-    Ok(stats)
 }
 
 /// Delay before accepting again after `accept` failed (e.g. out of descriptors).

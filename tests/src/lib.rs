@@ -544,73 +544,18 @@ impl Drop for Capture {
     }
 }
 
-/// Parses a classic pcap file of Ethernet frames into IPv4/TCP packet summaries.
+/// Parses a classic pcap file into IPv4/TCP packet summaries (see [`tcpflow::parse_pcap`]).
 pub fn parse_pcap(data: &[u8]) -> anyhow::Result<Vec<Packet>> {
-    if data.len() < 24 {
-        bail!("pcap shorter than its header");
-    }
-    let magic = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-    let le = match magic {
-        0xa1b2_c3d4 | 0xa1b2_3c4d => true,
-        0xd4c3_b2a1 | 0x4d3c_b2a1 => false,
-        _ => bail!("not a pcap file"),
-    };
-    let rd32 = |b: &[u8]| {
-        let a = [b[0], b[1], b[2], b[3]];
-        if le {
-            u32::from_le_bytes(a)
-        } else {
-            u32::from_be_bytes(a)
-        }
-    };
-    // Link type: Ethernet, Linux cooked v1/v2, or raw IP.
-    let linktype = rd32(&data[20..24]) & 0x0fff_ffff;
-    let l2_skip = match linktype {
-        1 => None,
-        113 => Some(16),
-        276 => Some(20),
-        12 | 101 => Some(0),
-        other => bail!("unsupported pcap link type {other}"),
-    };
-    let mut out = Vec::new();
-    let mut off = 24;
-    while off + 16 <= data.len() {
-        let incl = rd32(&data[off + 8..off + 12]) as usize;
-        let start = off + 16;
-        let end = start + incl;
-        if end > data.len() {
-            break;
-        }
-        let frame = &data[start..end];
-        // Ethernet: skip the header and require IPv4; cooked/raw: the IP header follows.
-        let ip = match l2_skip {
-            None if frame.len() >= 14 && frame[12..14] == [0x08, 0x00] => Some(&frame[14..]),
-            None => None,
-            Some(n) => frame.get(n..),
-        };
-        // Captures are cut at the snap length, so only the headers are read, by hand.
-        if let Some(p) = ip.and_then(summarize_ipv4_tcp) {
-            out.push(p);
-        }
-        off = end;
-    }
-    Ok(out)
-}
-
-/// Source, destination, ports and RST of an IPv4/TCP packet whose headers are present.
-fn summarize_ipv4_tcp(ip: &[u8]) -> Option<Packet> {
-    if ip.len() < 20 || ip[0] >> 4 != 4 || ip[9] != 6 {
-        return None;
-    }
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let tcp = ip.get(ihl..ihl + 14)?;
-    Some(Packet {
-        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
-        dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
-        src_port: u16::from_be_bytes([tcp[0], tcp[1]]),
-        dst_port: u16::from_be_bytes([tcp[2], tcp[3]]),
-        rst: tcp[13] & 0x04 != 0,
-    })
+    Ok(tcpflow::parse_pcap(data)?
+        .into_iter()
+        .map(|s| Packet {
+            src: *s.src.ip(),
+            src_port: s.src.port(),
+            dst: *s.dst.ip(),
+            dst_port: s.dst.port(),
+            rst: s.has(tcpflow::flags::RST),
+        })
+        .collect())
 }
 
 /// Result of one curl download.
