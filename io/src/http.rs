@@ -239,7 +239,8 @@ pub async fn serve_connection<S: ObjectSource>(
 ) -> io::Result<ConnStats> {
     let (_never, stop) = tokio::sync::watch::channel(false);
     let mut report = |_| {};
-    match crate::session::Session::new(stream, source, cfg, 0, 0, buf, stop, &mut report).resume(Vec::new()).await? {
+    let ended = crate::session::Session::new(stream, source, cfg, 0, 0, buf, stop, &mut report).resume(Vec::new()).await?;
+    match ended {
         crate::session::Ending::Finished(stats) => Ok(stats),
         crate::session::Ending::Stopped { .. } => Ok(ConnStats::default()),
     }

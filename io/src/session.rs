@@ -78,6 +78,7 @@ pub struct Session<'a, S> {
     input: Vec<u8>,
     stop: watch::Receiver<bool>,
     report: &'a mut (dyn FnMut(Response) + Send),
+    before_close: Option<Box<dyn FnOnce() + Send + 'a>>,
     stats: ConnStats,
 }
 
@@ -106,14 +107,37 @@ impl<'a, S: ObjectSource> Session<'a, S> {
         report: &'a mut (dyn FnMut(Response) + Send),
     ) -> Self {
         let len = u32::try_from(input.len()).unwrap_or(u32::MAX);
-        Self { stream, source, cfg, offset, client_seq: rcv_seq.wrapping_sub(len), input, stop, report, stats: ConnStats::default() }
+        Self {
+            stream,
+            source,
+            cfg,
+            offset,
+            client_seq: rcv_seq.wrapping_sub(len),
+            input,
+            stop,
+            report,
+            before_close: None,
+            stats: ConnStats::default(),
+        }
+    }
+
+    /// Runs `f` just before the session closes a finished connection (a participant lifts its
+    /// egress guard there, or its own FIN would be dropped).
+    pub fn before_close(mut self, f: impl FnOnce() + Send + 'a) -> Self {
+        self.before_close = Some(Box::new(f));
+        self
     }
 
     /// Sends what is left of `pending` (the first from the current offset), then serves
     /// requests until the connection ends or the stop signal fires.
     pub async fn resume(mut self, pending: Vec<PendingBody>) -> io::Result<Ending> {
         match self.run(pending).await {
+            // The FIN goes right behind the last byte, so a client that reads to the end sees
+            // the close before it closes itself (and keeps no TIME_WAIT of its own).
             Ok(stats) => {
+                if let Some(f) = self.before_close.take() {
+                    f();
+                }
                 let _ = self.stream.shutdown().await;
                 Ok(Ending::Finished(stats))
             }

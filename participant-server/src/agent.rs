@@ -255,11 +255,13 @@ impl Agent {
                 Some((path, obj)) => {
                     let source = Primed::new(&self.cache, path, obj);
                     Session::new(&mut stream, &source, &self.serve, snd_offset, rcv_seq, input, stop_rx, &mut report)
+                        .before_close(|| self.guard.remove(key))
                         .resume(pending)
                         .await
                 }
                 None => {
                     Session::new(&mut stream, &self.cache, &self.serve, snd_offset, rcv_seq, input, stop_rx, &mut report)
+                        .before_close(|| self.guard.remove(key))
                         .resume(pending)
                         .await
                 }
@@ -309,7 +311,8 @@ impl Agent {
         self.send(Message::Prepared { flow_id });
     }
 
-    /// Closes a finished connection the ordinary way: its FIN (or RST) may leave this host.
+    /// Closes a finished connection the ordinary way: the guard goes first, so its FIN (or
+    /// RST) may leave this host.
     fn close(&self, stream: TcpStream, key: FlowKey) {
         self.guard.remove(key);
         drop(stream);

@@ -99,6 +99,10 @@ fn range_head_and_keep_alive_through_the_vip() {
     for round in 0..2 {
         let dl = curl_download(&c, client, &c.vip_url("r.bin"), &["--local-port", "41234", "-H", "Connection: close"])
             .expect("curl");
+        if dl.exit != 0 {
+            let ss = c.exec(client, &["ss", "-tanoi"]).expect("ss");
+            eprintln!("client sockets when the download failed:\n{}", String::from_utf8_lossy(&ss.stdout));
+        }
         assert_eq!(dl.exit, 0, "round {round}: {}", dl.stderr);
         assert_eq!(dl.sha256, sha, "round {round}");
         assert_eq!(dl.served_by(), Some("p-fra"), "round {round}");
