@@ -114,6 +114,12 @@ impl Shared {
                 }
                 self.flows.set_owner(flow, &participant);
             }
+            Action::Freeze { flow } => {
+                let Some(key) = self.flows.key_of(flow) else { return };
+                if let Err(e) = self.dataplane.set_state(&key, FlowTarget::Frozen) {
+                    warn!(flow, error = %e, "could not freeze the orphaned flow");
+                }
+            }
             Action::Handoff { participant, handoff } => {
                 info!(flow = handoff.flow_id, %participant, offset = handoff.snd_offset, "handing the flow over");
                 if let Err(e) = self.registry.send(&participant, Message::Handoff(handoff.clone())) {

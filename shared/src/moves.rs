@@ -358,6 +358,10 @@ pub enum Action {
     Release { participant: String, flow: FlowId },
     /// Point the flow's data-plane entry at `participant` (keeping its observations).
     Forward { flow: FlowId, participant: String },
+    /// Drop the flow's client segments (keeping the observations): its owner is presumed
+    /// dead, and must get no more ACKs in case only its process stopped while its kernel can
+    /// still send, so the client's position settles where the owner's data ends.
+    Freeze { flow: FlowId },
     /// Send this record to `participant` (`Message::Handoff`).
     Handoff { participant: String, handoff: Handoff },
     /// No participant can take the flow: the main restores and serves it itself.
@@ -482,12 +486,12 @@ impl Conductor {
         self.peers.insert(name.to_owned(), Peer { last_heard, alive: true, draining: false });
     }
 
-    /// Any message from a participant.
+    /// Any message from a participant. One declared dead for its silence (a stopped process,
+    /// a partition) that speaks again is alive again; the flows it had are elsewhere by then.
     pub fn heard(&mut self, name: &str, now: Duration) {
         if let Some(p) = self.peers.get_mut(name) {
-            if p.alive {
-                p.last_heard = p.last_heard.max(now);
-            }
+            p.alive = true;
+            p.last_heard = p.last_heard.max(now);
         }
     }
 
@@ -718,6 +722,7 @@ impl Conductor {
             self.counts.recoveries += 1;
             f.tried.insert(name.to_owned());
             f.phase = Phase::Orphaned { since: now };
+            self.actions.push_back(Action::Freeze { flow: id });
         }
         self.settle(now, env);
     }

@@ -283,6 +283,14 @@ impl Cluster {
         }
     }
 
+    /// Sends `signal` to every process named `binary` in `node` (e.g. SIGSTOP, SIGCONT).
+    pub fn signal(&self, node: &str, binary: &str, signal: libc::c_int) {
+        for p in self.procs.iter().filter(|p| p.node == node && p.name == binary) {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(p.child.id() as i32, signal) };
+        }
+    }
+
     /// Kills (SIGKILL) every process named `binary` in `node`.
     pub fn kill(&mut self, node: &str, binary: &str) {
         self.procs.retain_mut(|p| {

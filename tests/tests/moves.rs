@@ -169,6 +169,36 @@ fn killed_participants_are_replaced_mid_download() {
 }
 
 #[test]
+fn a_stopped_participant_is_found_by_its_silence_and_replaced() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let c = cluster("tstop", "198.18.96.0/21");
+    let size = 64u64 << 20;
+    let sha = c.write_object("big.bin", size as usize, 36).expect("object");
+    c.provision("big.bin").expect("provisioned");
+    let cap = c.capture("c-fra").expect("capture");
+    let mut dl = spawn_curl(&c, "c-fra", &c.vip_url("/big.bin"), &["--limit-rate", "16M"]).expect("curl");
+    let (id, owner) = the_flow(&c);
+    wait_received(&mut dl, size / 4, Duration::from_secs(30));
+    // SIGSTOP: its control connection stays open and its kernel keeps the connection going;
+    // only its heartbeats stop. The main must notice the silence (500 ms by default).
+    c.signal(&owner, "baton-participant", libc::SIGSTOP);
+    let stopped = Instant::now();
+    wait_flows(&c, Duration::from_secs(5), "the flow on another participant", |rows| {
+        rows.iter().any(|r| field(r, "id") == id && field(r, "participant") != owner.as_str() && field(r, "phase") == "active")
+    });
+    let detected = stopped.elapsed();
+    let d = dl.finish().expect("download");
+    c.signal(&owner, "baton-participant", libc::SIGCONT);
+    assert_eq!(d.exit, 0, "curl: {}", d.stderr);
+    assert_eq!(d.sha256, sha);
+    assert!(detected < Duration::from_secs(3), "moved {detected:?} after the stop");
+    assert_no_reset(&cap.finish().expect("capture"), c.lab.vip());
+}
+
+#[test]
 fn drain_moves_twenty_downloads_and_undrain_takes_traffic_again() {
     if !require_root() {
         return;

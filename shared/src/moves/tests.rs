@@ -150,6 +150,8 @@ impl Conn {
 
 struct Peer {
     alive: bool,
+    /// The process is stopped (SIGSTOP): no control messages, but its kernel still sends.
+    process_stopped: bool,
     refuse_restores: bool,
     conns: BTreeMap<FlowId, Conn>,
 }
@@ -222,7 +224,7 @@ impl Sim {
         for p in peers {
             sim.peers.insert(
                 (*p).to_owned(),
-                Peer { alive: true, refuse_restores: false, conns: BTreeMap::new() },
+                Peer { alive: true, process_stopped: false, refuse_restores: false, conns: BTreeMap::new() },
             );
             sim.main.peer_up(p, Duration::ZERO);
         }
@@ -268,6 +270,11 @@ impl Sim {
                         p.target = participant;
                     }
                 }
+                Action::Freeze { flow } => {
+                    if let Some(p) = self.plane.get_mut(&flow) {
+                        p.target = String::new();
+                    }
+                }
                 Action::Handoff { participant, handoff } => {
                     self.send(CONTROL, Ev::ToPeer { to: participant, msg: PeerMsg::Handoff(handoff) })
                 }
@@ -287,6 +294,18 @@ impl Sim {
             p.alive = false;
             p.conns.clear();
         }
+        self.lose_control(name, closes_control);
+    }
+
+    /// Stops a participant's process but not its kernel: its heartbeats and reports stop, its
+    /// connections keep sending what they can (and acting on ACKs that still reach them).
+    fn stop_process(&mut self, name: &str) {
+        if let Some(p) = self.peers.get_mut(name) {
+            p.process_stopped = true;
+        }
+    }
+
+    fn lose_control(&mut self, name: &str, closes_control: bool) {
         if closes_control {
             let now = self.now_d();
             let env = SimEnv { plane: &self.plane, peers: self.alive_peers(), now: self.now };
@@ -340,7 +359,8 @@ impl Sim {
         }
         self.peers_send();
         if self.now % HEARTBEAT == 0 {
-            let alive: Vec<String> = self.peers.iter().filter(|(_, p)| p.alive).map(|(n, _)| n.clone()).collect();
+            let alive: Vec<String> =
+                self.peers.iter().filter(|(_, p)| p.alive && !p.process_stopped).map(|(n, _)| n.clone()).collect();
             for name in alive {
                 self.send(CONTROL, Ev::ToMain { from: name, msg: MainMsg::Heartbeat });
             }
@@ -401,7 +421,7 @@ impl Sim {
             }
             Ev::ToPeer { to, msg } => self.peer_receives(&to, msg),
             Ev::ToMain { from, msg } => {
-                if !self.peers.get(&from).is_some_and(|p| p.alive) {
+                if !self.peers.get(&from).is_some_and(|p| p.alive && !p.process_stopped) {
                     return;
                 }
                 let nd = self.now_d();
@@ -421,7 +441,7 @@ impl Sim {
 
     fn peer_receives(&mut self, to: &str, msg: PeerMsg) {
         let now = self.now;
-        let Some(peer) = self.peers.get_mut(to).filter(|p| p.alive) else { return };
+        let Some(peer) = self.peers.get_mut(to).filter(|p| p.alive && !p.process_stopped) else { return };
         match msg {
             PeerMsg::Prepare(flow) => {
                 // Filling a cache takes a while; the owner keeps serving meanwhile.
@@ -609,6 +629,24 @@ fn killed_owner_is_replaced_at_several_points() {
             assert_ne!(sim.owner(1), victim, "kill at {kill_at} ({closes_control}): {:?} {:?}", sim.log, sim.main.counts());
             assert_eq!(sim.main.counts().recoveries, 1);
         }
+    }
+}
+
+#[test]
+fn a_stopped_process_whose_kernel_still_sends_is_replaced() {
+    // SIGSTOP: the control connection stays open and the kernel keeps the connection going;
+    // only the heartbeats stop. The main must cut the old owner off before it rebuilds, or the
+    // client would move past the point the new owner starts from.
+    for stop_at in [200, 700, 1200] {
+        let mut sim = Sim::new(&["a", "b", "c"], &[(1, "a")]);
+        sim.run_until(stop_at);
+        sim.stop_process("a");
+        sim.run_until(20_000);
+        assert!(sim.done(), "stop at {stop_at}: {:?}", sim.log);
+        assert_ne!(sim.owner(1), "a");
+        // The stopped owner's retransmissions carry older timestamps than the new owner's, so
+        // the client's PAWS check discards them: as it should.
+        assert!(sim.client(1).largest_gap <= 500 + 10 + HEARTBEAT + RTT + RTO + 50, "stall {}", sim.client(1).largest_gap);
     }
 }
 
