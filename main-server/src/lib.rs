@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod control;
+pub mod metrics;
 pub mod moves;
 pub mod persist;
 pub mod registry;

@@ -11,7 +11,7 @@ use baton_io::http::{serve_listener, ServeConfig};
 use baton_io::store::DirStore;
 use baton_main::registry::Registry;
 use baton_main::state::{FlowTable, GeoDb, Metrics, Shared, FLOW_IDLE_LIMIT};
-use baton_main::{admin, control, moves, persist, vip};
+use baton_main::{admin, control, metrics, moves, persist, vip};
 use baton_shared::moves::{Conductor, Timeouts};
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
@@ -86,6 +86,9 @@ struct Args {
     /// (then a recovery after a crash may wait for an origin fill).
     #[arg(long)]
     no_standby: bool,
+    /// Where Prometheus scrapes `/metrics`.
+    #[arg(long, default_value = "127.0.0.1:9470")]
+    metrics_addr: SocketAddr,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -150,6 +153,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("binding the origin store")?;
     let admin_listener = admin::bind(&args.admin_socket)?;
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint on {}", args.metrics_addr))?;
     info!(vip = %args.vip, port = args.port, mss, local = %args.local_addr, "baton-main serving");
 
     tokio::spawn(vip::run(vip_listener, shared.clone()));
@@ -159,6 +165,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::spawn(serve_listener(origin_listener, origin, serve, "origin"));
     tokio::spawn(sweep_flows(shared.clone()));
     tokio::spawn(moves::run_clock(shared.clone()));
+    let for_metrics = shared.clone();
+    tokio::spawn(baton_io::metrics::serve(metrics_listener, Arc::new(move || metrics::render(&for_metrics))));
     tokio::spawn(persist::run_saver(shared.clone()));
     prewarm_digests(shared.origin.clone());
 

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +50,18 @@ pub struct Identity {
     pub capacity: u32,
 }
 
+/// What the agent counts, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    pub restored: AtomicU64,
+    pub refused: AtomicU64,
+    pub released: AtomicU64,
+    pub finished: AtomicU64,
+    pub body_bytes: AtomicU64,
+    pub prepared: AtomicU64,
+    pub prepare_failed: AtomicU64,
+}
+
 /// State shared by the agent's tasks.
 #[derive(Debug)]
 pub struct Agent {
@@ -58,6 +70,7 @@ pub struct Agent {
     pub cache: CacheStore,
     pub serve: ServeConfig,
     pub active: AtomicU32,
+    pub stats: AgentStats,
     guard: Guard,
     /// Stop switches of the connections being served, by flow id.
     flows: Mutex<HashMap<u64, watch::Sender<bool>>>,
@@ -73,6 +86,7 @@ impl Agent {
             cache,
             serve,
             active: AtomicU32::new(0),
+            stats: AgentStats::default(),
             guard,
             flows: Mutex::new(HashMap::new()),
             outbound: Mutex::new(None),
@@ -245,6 +259,7 @@ impl Agent {
         self.flows.lock().unwrap_or_else(|p| p.into_inner()).insert(flow_id, stop_tx);
         self.active.fetch_add(1, Ordering::Relaxed);
         // Serve first, report second: the client's next byte does not wait for the report.
+        self.stats.restored.fetch_add(1, Ordering::Relaxed);
         self.send(Message::Restored { flow_id });
         let me = self.clone();
         let mut report = move |response| me.send(Message::Serving { flow_id, response });
@@ -271,6 +286,8 @@ impl Agent {
         self.active.fetch_sub(1, Ordering::Relaxed);
         match ended {
             Ok(Ending::Finished(s)) => {
+                self.stats.finished.fetch_add(1, Ordering::Relaxed);
+                self.stats.body_bytes.fetch_add(s.body_bytes, Ordering::Relaxed);
                 info!(
                     %client,
                     requests = s.requests,
@@ -303,11 +320,18 @@ impl Agent {
             };
             match got {
                 Ok(Some(_)) => {}
-                Ok(None) => return self.send(Message::PrepareFailed { flow_id, reason: format!("origin has no {}", o.path) }),
-                Err(reason) => return self.send(Message::PrepareFailed { flow_id, reason }),
+                Ok(None) => {
+                    self.stats.prepare_failed.fetch_add(1, Ordering::Relaxed);
+                    return self.send(Message::PrepareFailed { flow_id, reason: format!("origin has no {}", o.path) });
+                }
+                Err(reason) => {
+                    self.stats.prepare_failed.fetch_add(1, Ordering::Relaxed);
+                    return self.send(Message::PrepareFailed { flow_id, reason });
+                }
             }
         }
         debug!(objects = objects.len(), ms = t0.elapsed().as_millis() as u64, "prepared");
+        self.stats.prepared.fetch_add(1, Ordering::Relaxed);
         self.send(Message::Prepared { flow_id });
     }
 
@@ -349,6 +373,7 @@ impl Agent {
                     freeze_us = t0.elapsed().as_micros() as u64,
                     "connection released"
                 );
+                self.stats.released.fetch_add(1, Ordering::Relaxed);
                 self.send(Message::Released(handoff));
             }
             Err(e) => {
@@ -360,6 +385,7 @@ impl Agent {
     }
 
     fn refuse(&self, flow_id: u64, reason: String) {
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
         warn!(reason = %reason, "refusing handoff");
         self.send(Message::RestoreFailed { flow_id, reason });
     }

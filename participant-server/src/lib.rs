@@ -8,3 +8,4 @@ pub mod agent;
 pub mod cache;
 pub mod checks;
 pub mod guard;
+pub mod metrics;

@@ -56,6 +56,9 @@ struct Args {
     /// Port of the plain HTTP mirror on --addr (0 disables it).
     #[arg(long, default_value_t = 80)]
     mirror_port: u16,
+    /// Where Prometheus scrapes `/metrics`.
+    #[arg(long, default_value = "127.0.0.1:9471")]
+    metrics_addr: SocketAddr,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -104,6 +107,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     info!(name = %args.name, addr = %args.addr, main = %args.main_addr, "baton-participant starting");
     tokio::spawn(agent.clone().run());
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint on {}", args.metrics_addr))?;
+    let (for_metrics, plane_for_metrics) = (agent.clone(), dataplane.clone());
+    tokio::spawn(baton_io::metrics::serve(
+        metrics_listener,
+        std::sync::Arc::new(move || baton_participant::metrics::render(&for_metrics, &plane_for_metrics)),
+    ));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("signal handler")?;
     tokio::select! {

@@ -1,0 +1,101 @@
+//! `/metrics` on the main and the participants: valid Prometheus text, and counters that move
+//! as traffic goes through.
+
+use std::collections::BTreeMap;
+
+use baton_tests::{curl_download, require_root, Cluster, ClusterOptions};
+
+/// Parses Prometheus text format 0.0.4 strictly enough to catch a malformed page: every sample
+/// belongs to a family declared with `# TYPE` before it, names are valid, values are numbers.
+/// Returns `name{labels}` → value.
+fn parse(text: &str) -> Result<BTreeMap<String, f64>, String> {
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()))
+    };
+    let mut typed = Vec::new();
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let at = |m: &str| format!("line {}: {m}: {line}", i + 1);
+        if line.is_empty() || line.starts_with("# HELP ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut p = rest.split_whitespace();
+            let (name, kind) = (p.next().unwrap_or(""), p.next().unwrap_or(""));
+            if !valid_name(name) || !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                return Err(at("bad TYPE line"));
+            }
+            typed.push(name.to_owned());
+            continue;
+        }
+        if line.starts_with('#') {
+            return Err(at("unknown comment"));
+        }
+        let (series, value) = line.rsplit_once(' ').ok_or_else(|| at("no value"))?;
+        let name = series.split('{').next().unwrap_or("");
+        if !valid_name(name) {
+            return Err(at("bad metric name"));
+        }
+        if !typed.iter().any(|t| t == name) {
+            return Err(at("sample before its TYPE"));
+        }
+        if series.contains('{') && !series.ends_with('}') {
+            return Err(at("unterminated labels"));
+        }
+        let v: f64 = value.parse().map_err(|_| at("value is not a number"))?;
+        out.insert(series.to_owned(), v);
+    }
+    Ok(out)
+}
+
+fn scrape(c: &Cluster, node: &str, port: u16) -> BTreeMap<String, f64> {
+    let out = c.exec(node, &["curl", "-sS", "--max-time", "5", &format!("http://127.0.0.1:{port}/metrics")]).expect("curl");
+    assert!(out.status.success(), "scrape {node}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse(&text).unwrap_or_else(|e| panic!("{node}: {e}\n{text}"))
+}
+
+#[test]
+fn metrics_parse_and_count_the_traffic() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::start(&ClusterOptions::new("tmetric", "198.18.104.0/21")).expect("cluster");
+    let sha = c.write_object("m.bin", 1 << 20, 9).expect("object");
+    let before = scrape(&c, "main", 9470);
+    assert_eq!(before.get("baton_handoffs_total"), Some(&0.0));
+    assert_eq!(before.get("baton_participant_up{participant=\"p-fra\"}"), Some(&1.0));
+    let p_before = scrape(&c, "p-fra", 9471);
+    assert_eq!(p_before.get("baton_participant_restored_total{participant=\"p-fra\"}"), Some(&0.0));
+
+    for _ in 0..2 {
+        let d = curl_download(&c, "c-fra", &c.vip_url("m.bin"), &[]).expect("download");
+        assert_eq!(d.sha256, sha);
+    }
+    let after = scrape(&c, "main", 9470);
+    assert_eq!(after.get("baton_handoffs_total"), Some(&2.0));
+    let forwarded = |m: &BTreeMap<String, f64>| m.get("baton_dataplane_packets_total{reason=\"forward_ok\"}").copied().unwrap_or(0.0);
+    assert!(forwarded(&after) > forwarded(&before), "the data plane forwarded the clients' segments: {after:?}");
+    // The participant reports its close right after the download; give the report a moment.
+    let mut p_after = scrape(&c, "p-fra", 9471);
+    for _ in 0..50 {
+        if p_after.get("baton_participant_finished_total{participant=\"p-fra\"}") == Some(&2.0) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        p_after = scrape(&c, "p-fra", 9471);
+    }
+    assert_eq!(p_after.get("baton_participant_restored_total{participant=\"p-fra\"}"), Some(&2.0));
+    assert_eq!(p_after.get("baton_participant_finished_total{participant=\"p-fra\"}"), Some(&2.0));
+    assert_eq!(p_after.get("baton_participant_body_bytes_total{participant=\"p-fra\"}"), Some(&f64::from(2u32 << 20)));
+}
+
+#[test]
+fn the_parser_refuses_malformed_pages() {
+    assert!(parse("# TYPE a counter\na 1\n").is_ok());
+    assert!(parse("a 1\n").is_err(), "sample without TYPE");
+    assert!(parse("# TYPE a counter\na x\n").is_err(), "value");
+    assert!(parse("# TYPE 1a counter\n").is_err(), "name");
+    assert!(parse("# TYPE a counter\na{b=\"c\" 1\n").is_err(), "labels");
+}
