@@ -942,7 +942,13 @@ mod tests {
             .expect("sh runs");
         let pid = i32::try_from(stand_in.id()).expect("pid");
         write_pid(&pid_path, pid).expect("write");
-        let found = running_daemons(&dir);
+        // Until the child has exec'd, its command line is still this test's: wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut found = running_daemons(&dir);
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            found = running_daemons(&dir);
+        }
         let _ = stand_in.kill();
         let _ = stand_in.wait();
         std::fs::remove_dir_all(&dir).expect("cleanup");
