@@ -23,8 +23,6 @@ use crate::store::{Object, ObjectSource};
 pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read size for request heads.
 const READ_CHUNK_BYTES: usize = 4096;
-/// Largest single `sendfile(2)` call: bounds how long one call holds the socket.
-const SENDFILE_CHUNK_BYTES: usize = 4 << 20;
 
 /// Serving settings shared by every connection of a listener.
 #[derive(Debug, Clone)]
@@ -57,8 +55,8 @@ impl Default for ServeConfig {
 /// The outcome of waiting for a request head.
 #[derive(Debug)]
 pub enum HeadRead {
-    /// A complete head; its bytes have been removed from the buffer, anything after it remains.
-    Head { head: RequestHead, raw: Vec<u8> },
+    /// A complete head: the first `len` bytes of the buffer (left there for the caller).
+    Head { head: RequestHead, len: usize },
     /// The client closed the connection cleanly between requests.
     Closed,
     /// The head was malformed or too large; answer with `err.status()` and close.
@@ -68,58 +66,31 @@ pub enum HeadRead {
 }
 
 /// Reads until `buf` holds a complete request head, or the deadline, EOF or a parse error.
+///
+/// Cancel-safe: bytes are appended to `buf` only after a read completed, so a caller may race
+/// this against another event and call again later without losing or inventing input.
 pub async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, timeout: Duration) -> io::Result<HeadRead> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match parse_request_head(buf) {
-            Ok(Some((head, len))) => {
-                let raw: Vec<u8> = buf.drain(..len).collect();
-                return Ok(HeadRead::Head { head, raw });
-            }
+            Ok(Some((head, len))) => return Ok(HeadRead::Head { head, len }),
             Ok(None) => {}
             Err(e) => return Ok(HeadRead::Invalid(e)),
         }
-        let start = buf.len();
-        buf.resize(start + READ_CHUNK_BYTES, 0);
-        let read = tokio::time::timeout_at(deadline, stream.read(&mut buf[start..])).await;
-        match read {
-            Err(_) => {
-                buf.truncate(start);
-                return Ok(HeadRead::TimedOut);
-            }
-            Ok(Err(e)) => {
-                buf.truncate(start);
-                return Err(e);
-            }
+        let mut chunk = [0u8; READ_CHUNK_BYTES];
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => return Ok(HeadRead::TimedOut),
+            Ok(Err(e)) => return Err(e),
             Ok(Ok(0)) => {
-                buf.truncate(start);
-                return if start == 0 {
+                return if buf.is_empty() {
                     Ok(HeadRead::Closed)
                 } else {
                     Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a request head"))
                 };
             }
-            Ok(Ok(n)) => buf.truncate(start + n),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     }
-}
-
-/// What one response sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sent {
-    pub status: u16,
-    pub body_bytes: u64,
-    pub keep_alive: bool,
-}
-
-/// Writes a planned response: its head, then its body from `file` (if the plan has one).
-pub async fn write_response(stream: &mut TcpStream, plan: &ResponsePlan, file: Option<&std::fs::File>) -> io::Result<Sent> {
-    send_all(stream, &plan.head).await?;
-    let mut body_bytes = 0;
-    if let (Some((offset, len)), Some(file)) = (plan.body, file) {
-        body_bytes = sendfile_all(stream, file, offset, len).await?;
-    }
-    Ok(Sent { status: plan.status, body_bytes, keep_alive: plan.keep_alive })
 }
 
 /// Runs a non-blocking write system call on the socket, waiting for writability only when the
@@ -167,27 +138,6 @@ pub async fn send_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Sends `len` bytes of `file` starting at `offset` with `sendfile(2)`.
-pub async fn sendfile_all(stream: &TcpStream, file: &std::fs::File, offset: u64, len: u64) -> io::Result<u64> {
-    let mut off = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let mut left = len;
-    let out_fd = stream.as_raw_fd();
-    let in_fd = file.as_raw_fd();
-    while left > 0 {
-        let want = usize::try_from(left).unwrap_or(usize::MAX).min(SENDFILE_CHUNK_BYTES);
-        let n = write_op(stream, || {
-            // SAFETY: both descriptors are open for the duration of the call; `off` is ours.
-            syscall_result(unsafe { libc::sendfile(out_fd, in_fd, &mut off, want) })
-        })
-        .await?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "object shorter than its length"));
-        }
-        left -= n as u64;
-    }
-    Ok(len)
-}
-
 /// Plans the answer to a request head: an error plan when the method or path is unacceptable
 /// (without touching the source), or the object's response.
 pub async fn plan_for<S: ObjectSource>(
@@ -211,13 +161,6 @@ pub async fn plan_for<S: ObjectSource>(
             (plan_error_response(502, false, &cfg.server_name), None)
         }
     }
-}
-
-/// Answers one request head.
-pub async fn respond<S: ObjectSource>(stream: &mut TcpStream, head: &RequestHead, source: &S, cfg: &ServeConfig) -> io::Result<Sent> {
-    let (mut plan, obj) = plan_for(head, source, cfg).await;
-    cfg.finish(&mut plan);
-    write_response(stream, &plan, obj.as_ref().map(|o| &o.file)).await
 }
 
 /// Totals of one connection.

@@ -16,16 +16,14 @@ use std::io;
 use std::os::fd::AsRawFd;
 
 use baton_shared::handoff::{BodyPart, ObjectPlan, Response};
-use baton_shared::http::{object_path, parse_request_head, plan_error_response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use baton_shared::http::{object_path, plan_error_response};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::http::{plan_for, ConnStats, ServeConfig};
+use crate::http::{plan_for, read_head, ConnStats, HeadRead, ServeConfig};
 use crate::store::ObjectSource;
 
-/// Read size for request heads.
-const READ_CHUNK_BYTES: usize = 4096;
 /// Largest single `sendfile(2)` call.
 const SENDFILE_CHUNK_BYTES: usize = 4 << 20;
 
@@ -203,41 +201,26 @@ impl<'a, S: ObjectSource> Session<'a, S> {
     /// Reads until `input` holds a complete head; `None` when the client closed between
     /// requests or the head deadline passed (answered with 408 when a head had started).
     async fn next_head(&mut self) -> Result<Option<(baton_shared::http::RequestHead, usize)>, Failure> {
-        let deadline = tokio::time::Instant::now() + self.cfg.head_timeout;
-        loop {
-            match parse_request_head(&self.input) {
-                Ok(Some((head, len))) => return Ok(Some((head, len))),
-                Ok(None) => {}
-                Err(e) => {
-                    let plan = plan_error_response(e.status(), false, &self.cfg.server_name);
-                    self.send_bytes(&plan.head).await?;
-                    return Ok(None);
-                }
+        // read_head is cancel-safe: a stop that wins the race loses no input.
+        let read = tokio::select! {
+            biased;
+            _ = wait_stop(&mut self.stop) => return Err(Failure::Stop),
+            r = read_head(self.stream, &mut self.input, self.cfg.head_timeout) => r?,
+        };
+        match read {
+            HeadRead::Head { head, len } => Ok(Some((head, len))),
+            HeadRead::Closed => Ok(None),
+            HeadRead::Invalid(e) => {
+                let plan = plan_error_response(e.status(), false, &self.cfg.server_name);
+                self.send_bytes(&plan.head).await?;
+                Ok(None)
             }
-            let mut chunk = [0u8; READ_CHUNK_BYTES];
-            // Each branch is cancel-safe: a read that loses the race has consumed nothing.
-            let read = tokio::select! {
-                biased;
-                _ = wait_stop(&mut self.stop) => return Err(Failure::Stop),
-                r = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)) => r,
-            };
-            match read {
-                Err(_) => {
-                    if !self.input.is_empty() {
-                        let plan = plan_error_response(408, false, &self.cfg.server_name);
-                        let _ = self.send_bytes(&plan.head).await;
-                    }
-                    return Ok(None);
+            HeadRead::TimedOut => {
+                if !self.input.is_empty() {
+                    let plan = plan_error_response(408, false, &self.cfg.server_name);
+                    let _ = self.send_bytes(&plan.head).await;
                 }
-                Ok(Err(e)) => return Err(e.into()),
-                Ok(Ok(0)) => {
-                    return if self.input.is_empty() {
-                        Ok(None)
-                    } else {
-                        Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a request head").into())
-                    }
-                }
-                Ok(Ok(n)) => self.input.extend_from_slice(&chunk[..n]),
+                Ok(None)
             }
         }
     }

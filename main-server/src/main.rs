@@ -197,15 +197,12 @@ async fn sweep_flows(shared: Arc<Shared>) {
         }));
         if !gone.is_empty() {
             let mut c = shared.conductor.lock().unwrap_or_else(|p| p.into_inner());
-            for rec in &gone {
-                let id = c.flows().find(|(_, f)| moves::key_of(&f.ledger) == rec.key).map(|(id, _)| id);
-                if let Some(id) = id {
-                    c.remove(id);
-                }
+            for (id, _) in &gone {
+                c.remove(*id);
             }
             shared.mark_dirty();
         }
-        for rec in gone {
+        for (_, rec) in gone {
             if let Err(e) = shared.dataplane.remove(&rec.key) {
                 warn!(error = %e, client = %rec.client, "could not remove a flow from the data plane");
             }

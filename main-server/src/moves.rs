@@ -112,7 +112,6 @@ impl Shared {
                 if let Err(e) = self.dataplane.set_state(&key, FlowTarget::Forward(addr)) {
                     warn!(flow, error = %e, "could not repoint the flow");
                 }
-                self.flows.set_owner(flow, &participant);
             }
             Action::Freeze { flow } => {
                 let Some(key) = self.flows.key_of(flow) else { return };

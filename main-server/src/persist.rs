@@ -196,11 +196,7 @@ pub fn reload(shared: &Shared) -> usize {
         }
         let id = s.ledger.flow_id;
         crate::vip::reserve_flow_ids_through(id);
-        let object = s.ledger.responses.front().and_then(|r| r.body.as_ref()).map(|b| b.object.path.clone()).unwrap_or_default();
-        shared.flows.insert(
-            id,
-            FlowRecord { key, client: s.ledger.origin.remote, participant: s.owner.clone(), object, started: Instant::now() },
-        );
+        shared.flows.insert(id, FlowRecord { key, client: s.ledger.origin.remote, started: Instant::now() });
         c.peer_expected(&s.owner, now, REJOIN_GRACE);
         c.reload(&s.owner, s.ledger, s.moves);
         kept += 1;

@@ -59,8 +59,6 @@ impl GeoDb {
 pub struct FlowRecord {
     pub key: FlowKey,
     pub client: SocketAddrV4,
-    pub participant: String,
-    pub object: String,
     pub started: Instant,
 }
 
@@ -120,36 +118,20 @@ impl FlowTable {
         self.lock().by_id.get(&id).copied()
     }
 
-    /// Records the participant now serving a flow.
-    pub fn set_owner(&self, id: u64, participant: &str) {
-        let mut g = self.lock();
-        let Some(key) = g.by_id.get(&id).copied() else { return };
-        if let Some((i, rec, _)) = g.by_key.get_mut(&key) {
-            if *i == id {
-                participant.clone_into(&mut rec.participant);
-            }
-        }
-    }
-
-    /// Open flows by id.
-    pub fn snapshot(&self) -> Vec<(u64, FlowRecord)> {
-        self.lock().by_key.values().filter(|(_, _, c)| c.is_none()).map(|(id, r, _)| (*id, r.clone())).collect()
-    }
-
-    /// Removes and returns flows whose linger has passed.
-    pub fn expired(&self, now: Instant) -> Vec<FlowRecord> {
+    /// Removes and returns flows (with their ids) whose linger has passed.
+    pub fn expired(&self, now: Instant) -> Vec<(u64, FlowRecord)> {
         self.remove_where(|_, closed| closed.is_some_and(|t| now.duration_since(t) >= FLOW_LINGER))
     }
 
-    /// Removes and returns flows for which `stale` says so.
-    pub fn remove_where(&self, mut stale: impl FnMut(&FlowRecord, Option<Instant>) -> bool) -> Vec<FlowRecord> {
+    /// Removes and returns flows (with their ids) for which `stale` says so.
+    pub fn remove_where(&self, mut stale: impl FnMut(&FlowRecord, Option<Instant>) -> bool) -> Vec<(u64, FlowRecord)> {
         let mut g = self.lock();
         let keys: Vec<FlowKey> = g.by_key.iter().filter(|(_, (_, r, c))| stale(r, *c)).map(|(k, _)| *k).collect();
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
             if let Some((id, rec, _)) = g.by_key.remove(&k) {
                 g.by_id.remove(&id);
-                out.push(rec);
+                out.push((id, rec));
             }
         }
         out
@@ -228,13 +210,11 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    fn rec(port: u16, participant: &str) -> FlowRecord {
+    fn rec(port: u16) -> FlowRecord {
         let client = SocketAddrV4::new(Ipv4Addr::new(198, 18, 4, 2), port);
         FlowRecord {
             key: FlowKey::new(client, SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 80)),
             client,
-            participant: participant.to_owned(),
-            object: "o".to_owned(),
             started: Instant::now(),
         }
     }
@@ -243,15 +223,14 @@ mod tests {
     fn close_reports_need_the_owner_and_expire_after_the_linger() {
         let t = FlowTable::default();
         let now = Instant::now();
-        t.insert(1, rec(1000, "p1"));
+        t.insert(1, rec(1000));
         assert!(!t.closed(7, now), "unknown flow");
         assert!(t.closed(1, now));
-        assert_eq!(t.key_of(1), Some(rec(1000, "p1").key));
-        t.set_owner(1, "p2");
+        assert_eq!(t.key_of(1), Some(rec(1000).key));
         assert!(t.expired(now).is_empty(), "a closed flow lingers first");
         let gone = t.expired(now + FLOW_LINGER);
         assert_eq!(gone.len(), 1);
-        assert_eq!(gone[0].client.port(), 1000);
+        assert_eq!((gone[0].0, gone[0].1.client.port()), (1, 1000));
         assert!(t.is_empty());
     }
 
@@ -259,9 +238,9 @@ mod tests {
     fn a_reused_port_replaces_the_old_flow() {
         let t = FlowTable::default();
         let now = Instant::now();
-        t.insert(1, rec(1000, "p1"));
+        t.insert(1, rec(1000));
         assert!(t.closed(1, now));
-        t.insert(2, rec(1000, "p2"));
+        t.insert(2, rec(1000));
         assert_eq!(t.len(), 1);
         assert!(!t.closed(1, now), "the old flow's report no longer applies");
         assert!(t.expired(now + FLOW_LINGER).is_empty(), "the new flow is open");

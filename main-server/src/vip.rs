@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_ebpf::{FlowKey, FlowSeed, FlowTarget};
-use baton_io::http::{read_head, respond, serve_connection, write_response, HeadRead};
+use baton_io::http::{read_head, send_all, serve_connection, HeadRead};
 use baton_io::repair::{check_quiescent, RepairGuard};
 use baton_shared::control::Message;
 use baton_shared::handoff::{Handoff, ObjectPlan, MAX_HANDOFF_REQUEST_BYTES};
@@ -133,18 +133,19 @@ async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) 
     let cfg = shared.serve.clone();
     let mut buf = Vec::new();
     let accepted = Instant::now();
-    let (head, raw) = match read_head(&mut stream, &mut buf, cfg.head_timeout).await {
-        Ok(HeadRead::Head { head, raw }) => (head, raw),
+    // The head stays in `buf`: it travels with a handoff, or the local session reads it again.
+    let head = match read_head(&mut stream, &mut buf, cfg.head_timeout).await {
+        Ok(HeadRead::Head { head, .. }) => head,
         Ok(HeadRead::Closed) => return,
         Ok(HeadRead::Invalid(e)) => {
             info!(status = e.status(), error = %e, "bad request head");
-            let _ = write_response(&mut stream, &plan_error_response(e.status(), false, &cfg.server_name), None).await;
+            let _ = send_all(&stream, &plan_error_response(e.status(), false, &cfg.server_name).head).await;
             return;
         }
         Ok(HeadRead::TimedOut) => {
             info!("request head timed out");
             if !buf.is_empty() {
-                let _ = write_response(&mut stream, &plan_error_response(408, false, &cfg.server_name), None).await;
+                let _ = send_all(&stream, &plan_error_response(408, false, &cfg.server_name).head).await;
             }
             return;
         }
@@ -159,8 +160,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) 
     if let Some(plan) = plan {
         let flow_id = NEXT_FLOW.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("flow", flow = flow_id);
-        let mut request = raw.clone();
-        request.extend_from_slice(&buf);
+        let request = buf.clone();
         match try_handoff(&mut stream, peer, flow_id, request, plan, &shared).instrument(span.clone()).await {
             Ok(Handed { participant, steps }) => {
                 // Logged after the commit: the participant is already serving.
@@ -188,15 +188,8 @@ async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) 
         }
     }
     // Serve here: this request, then the rest of the connection.
-    let origin = shared.origin.clone();
-    match respond(&mut stream, &head, &origin, &cfg).await {
-        Ok(sent) if sent.keep_alive => {
-            if let Err(e) = serve_connection(&mut stream, buf, &origin, &cfg).await {
-                debug!(error = %e, "connection ended");
-            }
-        }
-        Ok(_) => {}
-        Err(e) => debug!(error = %e, "client went away"),
+    if let Err(e) = serve_connection(&mut stream, buf, &shared.origin, &cfg).await {
+        debug!(error = %e, "connection ended");
     }
 }
 
@@ -277,13 +270,7 @@ async fn try_handoff(
         drop(guard);
         return Err(unfreeze(HandoffError::Dataplane(e.to_string())));
     }
-    let record = FlowRecord {
-        key,
-        client: peer,
-        participant: participant.clone(),
-        object: object.path.clone(),
-        started: Instant::now(),
-    };
+    let record = FlowRecord { key, client: peer, started: Instant::now() };
     shared.flows.insert(flow_id, record);
     let handoff = Handoff { flow_id, tcp, request, object: Some(object), snd_offset: 0, in_flight: 0, pending: Vec::new() };
     // Known to the conductor before the participant hears of it, so its first report (which
