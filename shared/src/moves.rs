@@ -505,13 +505,8 @@ impl Conductor {
 
     /// A flow the main restored from its saved state after a restart.
     pub fn reload(&mut self, owner: &str, ledger: Ledger, moves: u32) {
-        let flow = Flow { owner: owner.to_owned(), phase: Phase::Active, ledger, tried: BTreeSet::new(), last_handoff: None, moves };
-        self.reload_flow(flow);
-    }
-
-    fn reload_flow(&mut self, flow: Flow) {
-        let id = flow.ledger.flow_id;
-        self.flows.insert(id, Flow { phase: Phase::Active, tried: BTreeSet::new(), last_handoff: None, ..flow });
+        let id = ledger.flow_id;
+        self.flows.insert(id, Flow { owner: owner.to_owned(), phase: Phase::Active, ledger, tried: BTreeSet::new(), last_handoff: None, moves });
     }
 
     /// The owner starts sending a response. With standby prefetching, the participant that

@@ -87,6 +87,33 @@ impl Drop for Proc {
     }
 }
 
+/// Rate of each participant and client link in [`wan_topology`].
+pub const WAN_RATE: &str = "300mbit";
+/// One-way delay of each participant and client link in [`wan_topology`]: a participant and a
+/// client are 40 ms apart, round trip.
+pub const WAN_DELAY: &str = "10ms";
+
+/// The lab the move tests and `bench move` use: the main in Amsterdam on a fast link,
+/// participants in Frankfurt, Ashburn and Singapore and one client near Frankfurt, each on a
+/// rate-limited, delayed link so megabytes are in flight. Name and block are set by
+/// [`ClusterOptions`].
+pub fn wan_topology() -> String {
+    let node = |name: &str, role: &str, city: &str, cc: &str, lat: f64, lon: f64, link: &str| {
+        format!("  - name: {name}\n    role: {role}\n    location: {{ city: {city}, country: {cc}, lat: {lat}, lon: {lon} }}\n{link}")
+    };
+    let slow = format!("    rate: {WAN_RATE}\n    delay: {WAN_DELAY}\n");
+    let fast = "    rate: 10gbit\n".to_owned();
+    [
+        "name: wan\nblock: 198.18.0.0/21\nvip: 203.0.113.10\nnodes:\n".to_owned(),
+        node("main", "main", "Amsterdam", "NL", 52.37, 4.90, &fast),
+        node("p-fra", "participant", "Frankfurt", "DE", 50.11, 8.68, &slow),
+        node("p-iad", "participant", "Ashburn", "US", 39.04, -77.49, &slow),
+        node("p-sin", "participant", "Singapore", "SG", 1.29, 103.85, &slow),
+        node("c-fra", "client", "Mainz", "DE", 50.00, 8.27, &slow),
+    ]
+    .concat()
+}
+
 /// What a cluster looks like.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {

@@ -21,31 +21,9 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Rate of every participant and client link; the main's link is fast. 20 ms of one-way delay
-/// between a participant and a client (10 ms on each link), 40 ms round trip.
-const RATE: &str = "300mbit";
-const DELAY: &str = "10ms";
-
-fn topology() -> String {
-    let node = |name: &str, role: &str, city: &str, cc: &str, lat: f64, lon: f64, link: &str| {
-        format!("  - name: {name}\n    role: {role}\n    location: {{ city: {city}, country: {cc}, lat: {lat}, lon: {lon} }}\n{link}")
-    };
-    let slow = format!("    rate: {RATE}\n    delay: {DELAY}\n");
-    let fast = "    rate: 10gbit\n".to_owned();
-    [
-        "name: moves\nblock: 198.18.56.0/21\nvip: 203.0.113.10\nnodes:\n".to_owned(),
-        node("main", "main", "Amsterdam", "NL", 52.37, 4.90, &fast),
-        node("p-fra", "participant", "Frankfurt", "DE", 50.11, 8.68, &slow),
-        node("p-iad", "participant", "Ashburn", "US", 39.04, -77.49, &slow),
-        node("p-sin", "participant", "Singapore", "SG", 1.29, 103.85, &slow),
-        node("c-fra", "client", "Mainz", "DE", 50.00, 8.27, &slow),
-    ]
-    .concat()
-}
-
 fn cluster(name: &str, block: &str) -> Cluster {
     let mut opts = ClusterOptions::new(name, block);
-    opts.topology_yaml = Some(topology());
+    opts.topology_yaml = Some(baton_tests::wan_topology());
     Cluster::start(&opts).expect("cluster starts")
 }
 

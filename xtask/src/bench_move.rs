@@ -26,8 +26,8 @@ const ROTATION: [&str; 3] = ["p-fra", "p-iad", "p-sin"];
 /// Rate of every participant and client link; the main's link is fast. 10 ms of one-way delay
 /// on each link, so 40 ms round trip between a participant and the client and megabytes in
 /// flight, like a real cross-region transfer.
-const RATE: &str = "300mbit";
-const DELAY: &str = "10ms";
+const RATE: &str = baton_tests::WAN_RATE;
+const DELAY: &str = baton_tests::WAN_DELAY;
 /// Names the `baton-lab` binary that runs the lab's delay lines.
 const LAB_BIN_ENV: &str = "BATON_LAB_BIN";
 /// The object both downloads fetch.
@@ -75,23 +75,6 @@ pub struct Options {
     pub keep_pcap: Option<std::path::PathBuf>,
 }
 
-fn topology() -> String {
-    let node = |name: &str, role: &str, city: &str, cc: &str, lat: f64, lon: f64, link: &str| {
-        format!("  - name: {name}\n    role: {role}\n    location: {{ city: {city}, country: {cc}, lat: {lat}, lon: {lon} }}\n{link}")
-    };
-    let slow = format!("    rate: {RATE}\n    delay: {DELAY}\n");
-    let fast = "    rate: 10gbit\n".to_owned();
-    [
-        format!("name: {LAB_NAME}\nblock: {LAB_BLOCK}\nvip: 203.0.113.10\nnodes:\n"),
-        node("main", "main", "Amsterdam", "NL", 52.37, 4.90, &fast),
-        node("p-fra", "participant", "Frankfurt", "DE", 50.11, 8.68, &slow),
-        node("p-iad", "participant", "Ashburn", "US", 39.04, -77.49, &slow),
-        node("p-sin", "participant", "Singapore", "SG", 1.29, 103.85, &slow),
-        node("c-fra", "client", "Mainz", "DE", 50.00, 8.27, &slow),
-    ]
-    .concat()
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Move,
@@ -132,7 +115,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         std::env::set_var(LAB_BIN_ENV, baton_tests::bin_dir().join("baton-lab"));
     }
     let mut copts = ClusterOptions::new(LAB_NAME, LAB_BLOCK);
-    copts.topology_yaml = Some(topology());
+    copts.topology_yaml = Some(baton_tests::wan_topology());
     let mut cluster = Cluster::start(&copts)?;
     let sha = cluster.write_object(OBJECT, usize::try_from(size)?, OBJECT_SEED)?;
     println!(
