@@ -9,7 +9,9 @@ pub mod control;
 pub mod digest;
 pub mod geo;
 pub mod handoff;
+pub mod health;
 pub mod http;
 pub mod moves;
+pub mod select;
 
 mod wire;
