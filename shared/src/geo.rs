@@ -1,14 +1,16 @@
-//! Great-circle geometry and the participant selection policy: which participant should serve a
-//! client, and why the others were not chosen.
+//! Great-circle geometry: checked coordinates and the distance between two points on Earth.
+//! Which participant should serve a client is decided in [`crate::select`], which uses these
+//! distances as one of its inputs.
 //!
 //! Pure functions over values the caller passes in. This module must never look up an address in
-//! a GeoIP database, read health state or keep state of its own; the main server gathers those
-//! facts and asks here for a decision.
-
-use std::cmp::Ordering;
+//! a GeoIP database, read health or load, or keep state of its own.
 
 /// Mean Earth radius in kilometres (IUGG R1), the usual choice for a spherical model.
 pub const EARTH_RADIUS_KM: f64 = 6371.0088;
+
+/// The longest great-circle distance on the sphere (between antipodes), π × [`EARTH_RADIUS_KM`]:
+/// no two points are farther apart, so dividing by it maps any distance into 0..=1.
+pub const HALF_CIRCUMFERENCE_KM: f64 = std::f64::consts::PI * EARTH_RADIUS_KM;
 
 /// Errors from building geographic values.
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
@@ -74,92 +76,6 @@ pub fn distance_km(a: Coord, b: Coord) -> f64 {
     2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
 }
 
-/// What the selection knows about one participant.
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    pub name: String,
-    pub coord: Coord,
-    /// Healthy and registered.
-    pub up: bool,
-    pub active_flows: u32,
-    /// Most flows it accepts; 0 means it accepts none.
-    pub capacity: u32,
-}
-
-/// Why a candidate cannot serve. When several apply, the first in declaration order is given.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub enum Exclusion {
-    /// Not up.
-    Down,
-    /// `active_flows >= capacity`.
-    Full,
-}
-
-/// One line of the ranking, as `batonctl explain` prints it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Ranked {
-    pub name: String,
-    /// Distance from the client, when the client's location is known.
-    pub distance_km: Option<f64>,
-    /// `active_flows / capacity`; 1.0 when capacity is 0.
-    pub load: f64,
-    /// `None` for candidates that can serve.
-    pub excluded: Option<Exclusion>,
-}
-
-fn load(c: &Candidate) -> f64 {
-    if c.capacity == 0 {
-        1.0
-    } else {
-        f64::from(c.active_flows) / f64::from(c.capacity)
-    }
-}
-
-fn exclusion(c: &Candidate) -> Option<Exclusion> {
-    if !c.up {
-        Some(Exclusion::Down)
-    } else if c.active_flows >= c.capacity {
-        Some(Exclusion::Full)
-    } else {
-        None
-    }
-}
-
-/// Orders every candidate: eligible ones first, nearest first (by load when the client's
-/// location is unknown), ties broken by load and then by name; excluded ones follow in the same
-/// order, each with its reason.
-pub fn rank(client: Option<Coord>, candidates: &[Candidate]) -> Vec<Ranked> {
-    let mut out: Vec<Ranked> = candidates
-        .iter()
-        .map(|c| Ranked {
-            name: c.name.clone(),
-            distance_km: client.map(|at| distance_km(at, c.coord)),
-            load: load(c),
-            excluded: exclusion(c),
-        })
-        .collect();
-    out.sort_by(|a, b| {
-        a.excluded
-            .is_some()
-            .cmp(&b.excluded.is_some())
-            .then_with(|| match (a.distance_km, b.distance_km) {
-                (Some(x), Some(y)) => x.total_cmp(&y),
-                _ => Ordering::Equal,
-            })
-            .then_with(|| a.load.total_cmp(&b.load))
-            .then_with(|| a.name.cmp(&b.name))
-    });
-    out
-}
-
-/// The participant that should serve, or `None` when none can (the main then serves itself).
-pub fn choose(client: Option<Coord>, candidates: &[Candidate]) -> Option<String> {
-    rank(client, candidates)
-        .into_iter()
-        .find(|r| r.excluded.is_none())
-        .map(|r| r.name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,25 +106,10 @@ mod tests {
 
     #[test]
     fn coord_range_checks() {
-        assert_eq!(
-            Coord::new(90.0, 180.0),
-            Ok(Coord {
-                lat: 90.0,
-                lon: 180.0
-            })
-        );
-        assert_eq!(
-            Coord::new(-90.0, -180.0),
-            Ok(Coord {
-                lat: -90.0,
-                lon: -180.0
-            })
-        );
+        assert_eq!(Coord::new(90.0, 180.0), Ok(Coord { lat: 90.0, lon: 180.0 }));
+        assert_eq!(Coord::new(-90.0, -180.0), Ok(Coord { lat: -90.0, lon: -180.0 }));
         assert_eq!(Coord::new(90.5, 0.0), Err(GeoError::Latitude { lat: 90.5 }));
-        assert_eq!(
-            Coord::new(0.0, -180.1),
-            Err(GeoError::Longitude { lon: -180.1 })
-        );
+        assert_eq!(Coord::new(0.0, -180.1), Err(GeoError::Longitude { lon: -180.1 }));
         assert_eq!(Coord::new(f64::NAN, 0.0), Err(GeoError::NotFinite));
         assert_eq!(Coord::new(0.0, f64::INFINITY), Err(GeoError::NotFinite));
     }
@@ -217,10 +118,7 @@ mod tests {
     fn coord_serde_checks_range() {
         let c: Coord = serde_json::from_str(r#"{"lat":1.5,"lon":-2.25}"#).expect("valid");
         assert_eq!(c, at(1.5, -2.25));
-        assert_eq!(
-            serde_json::to_string(&c).expect("serialize"),
-            r#"{"lat":1.5,"lon":-2.25}"#
-        );
+        assert_eq!(serde_json::to_string(&c).expect("serialize"), r#"{"lat":1.5,"lon":-2.25}"#);
         assert!(serde_json::from_str::<Coord>(r#"{"lat":91.0,"lon":0.0}"#).is_err());
     }
 
@@ -237,111 +135,19 @@ mod tests {
     #[test]
     fn symmetric_and_zero() {
         assert_eq!(distance_km(frankfurt(), frankfurt()), 0.0);
-        assert_eq!(
-            distance_km(frankfurt(), singapore()),
-            distance_km(singapore(), frankfurt())
-        );
+        assert_eq!(distance_km(frankfurt(), singapore()), distance_km(singapore(), frankfurt()));
     }
 
     #[test]
     fn antipodes_are_half_the_circumference() {
-        let half = std::f64::consts::PI * EARTH_RADIUS_KM;
-        for (a, b) in [
-            (at(0.0, 0.0), at(0.0, 180.0)),
-            (at(90.0, 0.0), at(-90.0, 0.0)),
-            (at(40.0, -3.7), at(-40.0, 176.3)),
-        ] {
+        let half = HALF_CIRCUMFERENCE_KM;
+        for (a, b) in
+            [(at(0.0, 0.0), at(0.0, 180.0)), (at(90.0, 0.0), at(-90.0, 0.0)), (at(40.0, -3.7), at(-40.0, 176.3))]
+        {
             let d = distance_km(a, b);
             assert!(d.is_finite());
             // Within a metre: decimal degrees are not exact in binary.
             assert!((d - half).abs() < 1e-3, "{d} vs {half}");
         }
-    }
-
-    fn cand(name: &str, coord: Coord, up: bool, active: u32, cap: u32) -> Candidate {
-        Candidate {
-            name: name.to_string(),
-            coord,
-            up,
-            active_flows: active,
-            capacity: cap,
-        }
-    }
-
-    fn names(r: &[Ranked]) -> Vec<&str> {
-        r.iter().map(|r| r.name.as_str()).collect()
-    }
-
-    #[test]
-    fn nearest_eligible_first_and_exclusions_last() {
-        let cs = [
-            cand("sg", singapore(), true, 0, 10),
-            cand("fra", frankfurt(), false, 0, 10),
-            cand("lon", london(), true, 10, 10),
-            cand("nyc", new_york(), true, 3, 10),
-            cand("syd", sydney(), true, 0, 0),
-        ];
-        // A client in Paris: Frankfurt and London are nearer but excluded.
-        let client = Some(at(48.8566, 2.3522));
-        let r = rank(client, &cs);
-        assert_eq!(names(&r), ["nyc", "sg", "lon", "fra", "syd"]);
-        assert_eq!(r[0].excluded, None);
-        assert_eq!(r[1].excluded, None);
-        assert_eq!(r[2].excluded, Some(Exclusion::Full));
-        assert_eq!(r[3].excluded, Some(Exclusion::Down));
-        assert_eq!(r[4].excluded, Some(Exclusion::Full));
-        assert_eq!(r[0].load, 0.3);
-        assert_eq!(r[4].load, 1.0);
-        assert!(r.iter().all(|r| r.distance_km.is_some()));
-        assert_eq!(choose(client, &cs).as_deref(), Some("nyc"));
-    }
-
-    #[test]
-    fn down_wins_over_full() {
-        let r = rank(None, &[cand("a", frankfurt(), false, 5, 5)]);
-        assert_eq!(r[0].excluded, Some(Exclusion::Down));
-    }
-
-    #[test]
-    fn ties_by_load_then_name() {
-        let cs = [
-            cand("b", frankfurt(), true, 1, 10),
-            cand("c", frankfurt(), true, 5, 10),
-            cand("a", frankfurt(), true, 1, 10),
-        ];
-        let r = rank(Some(london()), &cs);
-        assert_eq!(names(&r), ["a", "b", "c"]);
-        assert_eq!(choose(Some(london()), &cs).as_deref(), Some("a"));
-    }
-
-    #[test]
-    fn unknown_client_location_ranks_by_load() {
-        let cs = [
-            cand("near", london(), true, 8, 10),
-            cand("far", sydney(), true, 1, 10),
-            cand("mid", new_york(), true, 1, 2),
-        ];
-        let r = rank(None, &cs);
-        assert_eq!(names(&r), ["far", "mid", "near"]);
-        assert!(r.iter().all(|r| r.distance_km.is_none()));
-        assert_eq!(choose(None, &cs).as_deref(), Some("far"));
-    }
-
-    #[test]
-    fn nobody_can_serve() {
-        assert_eq!(choose(None, &[]), None);
-        assert_eq!(
-            choose(Some(london()), &[cand("x", london(), false, 0, 1)]),
-            None
-        );
-    }
-
-    #[test]
-    fn ranked_serializes_for_explain() {
-        let r = rank(None, &[cand("x", london(), false, 1, 4)]);
-        assert_eq!(
-            serde_json::to_string(&r).expect("serialize"),
-            r#"[{"name":"x","distance_km":null,"load":0.25,"excluded":"Down"}]"#
-        );
     }
 }
