@@ -5,6 +5,7 @@
 //! file, read a clock, spawn a task or depend on an async runtime: the binaries are thin shells
 //! that do the I/O and call into it, passing in whatever time or state a function needs.
 
+pub mod config;
 pub mod control;
 pub mod digest;
 pub mod geo;
