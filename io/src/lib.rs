@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod repair;
 pub mod session;
 pub mod store;
+pub mod tls;
