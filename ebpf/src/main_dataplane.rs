@@ -28,6 +28,8 @@ use crate::types::{
 /// `BPF_EXIST`: update an element only if it is there.
 const BPF_EXIST: u64 = 2;
 
+/// The loopback interface, where the main's own probe connections arrive.
+const LOOPBACK_IFACE: &str = "lo";
 /// The flow map (pinned).
 const FLOWS_MAP: &str = "baton_flows";
 /// The configuration map (not pinned).
@@ -142,6 +144,14 @@ impl MainDataplane {
             stats: Mutex::new(stats),
             _config: config,
         })
+    }
+
+    /// Also runs the program on the ingress of `lo`, so that the main's own
+    /// connections to the VIP (its health probes) are handed off like a
+    /// client's: their later segments, which the kernel loops back, are
+    /// forwarded to the participant instead of meeting the main's stack.
+    pub fn attach_loopback(&self) -> Result<(), DataplaneError> {
+        self.loaded.attach_tc_ingress_also(LOOPBACK_IFACE).map(|_| ())
     }
 
     /// Marks a flow frozen: its packets are dropped from now on. Overwrites

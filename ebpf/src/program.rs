@@ -203,6 +203,29 @@ impl Loaded {
         Ok(outcome)
     }
 
+    /// Attaches the object's tc entry point to the ingress of one more
+    /// interface (`lo`, for the main's own probe connections), through its
+    /// own pinned link, whatever the mode of the main attachment: in XDP mode
+    /// the tc entry point is loaded here first.
+    pub(crate) fn attach_tc_ingress_also(&self, iface: &str) -> Result<AttachOutcome, DataplaneError> {
+        let program = self.object.tc_program;
+        let index = ifindex(iface)?;
+        let mut ebpf = self.ebpf.lock().map_err(|_| DataplaneError::Poisoned)?;
+        if self.mode != AttachMode::Tc {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(program)
+                .ok_or(DataplaneError::MissingFromObject { what: "program", name: program, object: self.object.name })?
+                .try_into()
+                .map_err(|e| DataplaneError::program(program, e))?;
+            if p.fd().is_err() {
+                p.load().map_err(|e| DataplaneError::program(program, e))?;
+            }
+        }
+        let outcome = link::attach_pinned(&mut ebpf, self.object.name, program, link::Hook::TcIngress, iface, index, &self.pin_dir)?;
+        tracing::info!(program, iface, ?outcome, "attached");
+        Ok(outcome)
+    }
+
     /// Attaches the object's egress program to the egress of `iface` through
     /// its own pinned link.
     pub(crate) fn attach_egress(&self, iface: &str) -> Result<AttachOutcome, DataplaneError> {
