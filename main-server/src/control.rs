@@ -1,9 +1,13 @@
 //! The main's side of the participant control channel: registration, heartbeats, handoff
 //! answers and close reports.
 //!
-//! A connection must register first, within [`REGISTER_TIMEOUT`]. After that the reader task
-//! applies what the participant reports and a writer task sends what the main queued for it.
-//! A report about a flow the participant does not own is logged and ignored.
+//! Every connection is mutual TLS with the cluster CA (TLS 1.3, no early data, so a recorded
+//! session cannot be replayed). The first message must be a registration, within
+//! [`REGISTER_TIMEOUT`], under the name the participant's certificate was issued to. After that
+//! the reader task applies what the participant reports and a writer task sends what the main
+//! queued for it. Refusals (no or foreign credentials, a name the certificate does not prove, a
+//! report about a flow the sender does not own, a message only the main may send) are logged,
+//! counted by reason and never acted on.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use baton_io::control::{write_message, FrameReader};
 use baton_shared::control::Message;
+use baton_shared::moves::Phase;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, info_span, warn, Instrument};
 
@@ -20,14 +25,23 @@ use crate::state::Shared;
 /// How long a new control connection may take to send its registration.
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a new control connection may take to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Control connections accepted at once that have not registered yet; more wait in the
+/// kernel's backlog (an outsider cannot hold the registration path).
+pub const MAX_UNREGISTERED: usize = 64;
+
 /// Accepts participant control connections until the process ends.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn run(listener: TcpListener, tls: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_UNREGISTERED));
     loop {
+        let Ok(permit) = limit.clone().acquire_owned().await else { return };
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let shared = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve(stream, peer, shared).await {
+                    if let Err(e) = serve(stream, peer, &tls, shared, permit).await {
                         warn!(%peer, error = %e, "control connection ended");
                     }
                 });
@@ -40,11 +54,56 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// Why a message from `name` may not be acted on, if it may not: only the participant a flow
+/// concerns may report on it.
+fn refusal(shared: &Shared, name: &str, msg: &Message) -> Option<&'static str> {
+    if let Message::Prepared { flow_id } | Message::PrepareFailed { flow_id, .. } = msg {
+        return (!shared.registry.take_prepared(name, *flow_id)).then_some("not_asked");
+    }
+    if let Message::Restored { flow_id } | Message::RestoreFailed { flow_id, .. } = msg {
+        if shared.registry.awaits_answer(name, *flow_id) {
+            return None;
+        }
+    }
+    let c = shared.conductor.lock().unwrap_or_else(|p| p.into_inner());
+    let owns = |id: u64| c.flow(id).is_some_and(|f| f.owner == name);
+    let ok = match msg {
+        Message::Heartbeat(_) => true,
+        Message::Restored { flow_id } | Message::RestoreFailed { flow_id, .. } => {
+            c.flow(*flow_id).is_some_and(|f| f.owner == name && matches!(f.phase, Phase::Restoring { .. }))
+        }
+        Message::FlowClosed { flow_id, .. } | Message::Serving { flow_id, .. } | Message::ReleaseFailed { flow_id, .. } => owns(*flow_id),
+        Message::Released(h) => owns(h.flow_id),
+        _ => return Some("unexpected_kind"),
+    };
+    (!ok).then_some("not_owner")
+}
+
+/// The flow a message concerns, for logging a refusal.
+fn flow_of(msg: &Message) -> Option<u64> {
+    match msg {
+        Message::Restored { flow_id }
+        | Message::RestoreFailed { flow_id, .. }
+        | Message::FlowClosed { flow_id, .. }
+        | Message::Serving { flow_id, .. }
+        | Message::ReleaseFailed { flow_id, .. }
+        | Message::Prepared { flow_id }
+        | Message::PrepareFailed { flow_id, .. } => Some(*flow_id),
+        Message::Released(h) => Some(h.flow_id),
+        _ => None,
+    }
+}
+
 /// Applies one message from participant `name`.
 fn handle(shared: &Arc<Shared>, name: &str, msg: Message) {
     shared.conduct(|c, _, now| c.heard(name, now));
+    if let Some(reason) = refusal(shared, name, &msg) {
+        shared.metrics.refuse(reason);
+        warn!(flow = ?flow_of(&msg), reason, "control message refused: it is not this participant's to send");
+        return;
+    }
     match msg {
-        Message::Heartbeat { active_flows } => shared.registry.heartbeat(name, active_flows),
+        Message::Heartbeat(load) => shared.registry.heartbeat(name, load),
         Message::Restored { flow_id } => {
             shared.mark_dirty();
             if !shared.registry.answer(name, flow_id, RestoreAnswer::Restored) {
@@ -67,8 +126,8 @@ fn handle(shared: &Arc<Shared>, name: &str, msg: Message) {
             });
             if owned {
                 info!(flow = flow_id, bytes_sent, "flow closed");
-            } else if !shared.flows.closed(flow_id, Instant::now()) {
-                warn!(flow = flow_id, "close report for a flow this participant does not own");
+            } else {
+                shared.flows.closed(flow_id, Instant::now());
             }
         }
         Message::Serving { flow_id, response } => {
@@ -95,19 +154,49 @@ fn handle(shared: &Arc<Shared>, name: &str, msg: Message) {
     }
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()> {
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: &tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
-    let (rd, mut wr) = stream.into_split();
+    let stream = match baton_io::tls::accept(tls, stream, HANDSHAKE_TIMEOUT).await {
+        Ok(s) => s,
+        Err(e) => {
+            shared.metrics.refuse("tls");
+            warn!(%peer, error = %e, "control connection refused");
+            return Ok(());
+        }
+    };
+    let certs: Vec<_> = stream.get_ref().1.peer_certificates().map(|c| c.iter().map(|c| c.clone().into_owned()).collect()).unwrap_or_default();
+    let (rd, mut wr) = tokio::io::split(stream);
     let mut reader = FrameReader::new(rd);
     let first = tokio::time::timeout(REGISTER_TIMEOUT, reader.next())
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no registration"))??;
     let Some(Message::Register { name, addr, coord, capacity }) = first else {
+        shared.metrics.refuse("no_registration");
         write_message(&mut wr, &Message::Rejected { reason: "expected a registration".to_owned() }).await?;
         return Ok(());
     };
+    if let Err(e) = baton_io::tls::verify_participant(&certs, &name) {
+        shared.metrics.refuse("identity");
+        warn!(%peer, participant = %name, error = %e, "registration refused: the certificate does not prove this name");
+        write_message(&mut wr, &Message::Rejected { reason: format!("the certificate does not prove the name {name}") }).await?;
+        return Ok(());
+    }
+    if let Some(known) = shared.registry.addr_of(&name).filter(|a| *a != addr && shared.registry.static_entries().iter().any(|e| e.name == name)) {
+        shared.metrics.refuse("address");
+        warn!(%peer, participant = %name, %addr, %known, "registration refused: the operator added this participant with another address");
+        write_message(&mut wr, &Message::Rejected { reason: format!("{name} is registered with address {known}") }).await?;
+        return Ok(());
+    }
+    drop(permit);
     let mut session = shared.registry.connect(&name, addr, coord, capacity);
     shared.conduct(|c, _, now| c.peer_up(&name, now));
+    shared.health.connected(&name, shared.clock());
     let span = info_span!("participant", participant = %name);
     span.in_scope(|| info!(%peer, %addr, lat = coord.lat, lon = coord.lon, capacity, "registered"));
     write_message(&mut wr, &Message::Registered { participant_id: session.id as u32 }).await?;
@@ -138,6 +227,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> std:
         // Its control connection is gone: a participant process that died. Its flows go
         // elsewhere now, from what the data plane last saw of each client.
         shared.conduct(|c, env, now| c.peer_down(&name, now, env));
+        shared.health.forget(&name);
     }
     writer.abort();
     span.in_scope(|| info!("disconnected"));

@@ -10,6 +10,7 @@ pub mod control;
 pub mod metrics;
 pub mod moves;
 pub mod persist;
+pub mod probe;
 pub mod registry;
 pub mod state;
 pub mod vip;
@@ -47,6 +48,30 @@ pub fn check_forwarding(iface: &str) -> anyhow::Result<()> {
             "IPv4 forwarding is off on {iface}; the data plane cannot route handed-off packets to participants \
              (sysctl -w net.ipv4.conf.all.forwarding=1)"
         );
+    }
+    Ok(())
+}
+
+/// Lets the main's health probes through the VIP path: the participant's answers come back to
+/// the main's own address with the VIP, a local address, as their source, which the kernel
+/// drops as martian unless `accept_local` is on for the interface, and strict reverse-path
+/// filtering drops too (loose filtering, 2, passes). Says what it changed.
+pub fn prepare_probe_path(iface: &str) -> anyhow::Result<()> {
+    let set = |key: &str, dev: &str, value: &str| -> anyhow::Result<()> {
+        let path = format!("/proc/sys/net/ipv4/conf/{dev}/{key}");
+        let old = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("reading {path}: {e}"))?;
+        if old.trim() != value {
+            std::fs::write(&path, value).map_err(|e| anyhow::anyhow!("writing {path}: {e}"))?;
+            tracing::info!(setting = %path, from = old.trim(), to = value, "changed for the health probes' return path");
+        }
+        Ok(())
+    };
+    set("accept_local", iface, "1")?;
+    for dev in ["all", iface] {
+        let path = format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter");
+        if std::fs::read_to_string(&path).map(|v| v.trim() == "1").unwrap_or(false) {
+            set("rp_filter", dev, "2")?;
+        }
     }
     Ok(())
 }

@@ -65,6 +65,36 @@ pub fn render(shared: &Shared) -> String {
         }
     }
 
+    let states = shared.candidates(None);
+    e.family("baton_participant_healthy", Kind::Gauge, "1 when the participant may get new flows (connected, probes pass, not draining).");
+    for c in &states {
+        e.sample("baton_participant_healthy", &[("participant", &c.name)], if c.health == baton_shared::select::Health::Healthy { 1.0 } else { 0.0 });
+    }
+    let load = shared.registry.list();
+    e.family("baton_participant_send_bytes_per_second", Kind::Gauge, "What each participant reports sending, per second.");
+    for p in &load {
+        e.sample("baton_participant_send_bytes_per_second", &[("participant", &p.name)], p.load.bytes_per_sec as f64);
+    }
+    e.family("baton_participant_load_average", Kind::Gauge, "Each participant's one-minute load average.");
+    for p in &load {
+        e.sample("baton_participant_load_average", &[("participant", &p.name)], f64::from(p.load.load_avg_milli) / 1000.0);
+    }
+    e.family("baton_selections_total", Kind::Counter, "New flows by the participant selection chose (none: the main served).");
+    for (winner, n) in m.selections.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        e.sample("baton_selections_total", &[("participant", winner)], *n as f64);
+    }
+    e.family("baton_probes_total", Kind::Counter, "Health probes through the VIP path, by result.");
+    for (result, n) in m.probes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        e.sample("baton_probes_total", &[("result", result)], *n as f64);
+    }
+    counter(&mut e, "baton_health_changes_total", "Participants becoming healthy or unhealthy.", m.health_changes.load(Ordering::Relaxed));
+    e.family("baton_control_refused_total", Kind::Counter, "Control connections and messages refused, by reason.");
+    for (reason, n) in m.control_refused.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        e.sample("baton_control_refused_total", &[("reason", reason)], *n as f64);
+    }
+    counter(&mut e, "baton_admin_requests_total", "Admin API requests carried out.", m.admin_requests.load(Ordering::Relaxed));
+    counter(&mut e, "baton_admin_refused_total", "Admin HTTP requests refused for want of a valid token.", m.admin_refused.load(Ordering::Relaxed));
+
     if let Ok(counters) = shared.dataplane.counters() {
         e.family("baton_dataplane_packets_total", Kind::Counter, "Packets the main's eBPF program handled, by outcome.");
         for (c, n) in counters {

@@ -13,7 +13,7 @@ use baton_ebpf::{FlowKey, FlowTarget};
 use baton_io::repair::{restore, Resume};
 use baton_io::session::{Ending, PendingBody, Session};
 use baton_shared::control::Message;
-use baton_shared::geo::choose;
+use baton_shared::select;
 use baton_shared::handoff::Handoff;
 use baton_shared::http::object_path;
 use baton_shared::moves::{Action, Conductor, Env, FlowId, Ledger, Observation};
@@ -60,8 +60,11 @@ impl Env for MainEnv<'_> {
 
     fn choose(&self, _flow: FlowId, ledger: &Ledger, exclude: &BTreeSet<String>) -> Option<String> {
         let coord = self.shared.geo.locate(*ledger.origin.remote.ip());
-        let candidates: Vec<_> = self.shared.registry.candidates().into_iter().filter(|c| !exclude.contains(&c.name)).collect();
-        choose(coord, &candidates)
+        let object = ledger.responses.back().and_then(|r| r.body.as_ref()).map(|b| b.object.path.as_str());
+        // Called by the conductor, under its lock: it excludes draining participants itself.
+        let candidates: Vec<_> =
+            self.shared.candidates_given(object, |_| false).into_iter().filter(|c| !exclude.contains(&c.name)).collect();
+        select::choose(&self.shared.policy, coord, &candidates)
     }
 }
 
@@ -92,6 +95,10 @@ impl Shared {
         match action {
             Action::Prepare { participant, flow, objects } => {
                 debug!(flow, %participant, objects = objects.len(), "asking to prepare");
+                self.registry.expect_prepared(&participant, flow);
+                for o in &objects {
+                    self.registry.holds(&participant, &o.path);
+                }
                 if let Err(e) = self.registry.send(&participant, Message::Prepare { flow_id: flow, objects }) {
                     warn!(flow, %participant, error = %e, "could not ask to prepare");
                     self.conduct(|c, _, _| c.prepare_failed(&participant, flow));
@@ -121,6 +128,9 @@ impl Shared {
             }
             Action::Handoff { participant, handoff } => {
                 info!(flow = handoff.flow_id, %participant, offset = handoff.snd_offset, "handing the flow over");
+                if let Some(o) = &handoff.object {
+                    self.registry.holds(&participant, &o.path);
+                }
                 if let Err(e) = self.registry.send(&participant, Message::Handoff(handoff.clone())) {
                     warn!(flow = handoff.flow_id, %participant, error = %e, "handoff not sent");
                     let me = self.clone();

@@ -131,18 +131,64 @@ fn collect(shared: &Shared) -> Vec<Saved> {
 /// Writes the flow table to `path` atomically.
 pub fn save(shared: &Shared, path: &Path) -> std::io::Result<usize> {
     let flows = collect(shared);
-    let bytes = encode(&flows);
+    write_atomically(path, &encode(&flows))?;
+    Ok(flows.len())
+}
+
+/// Replaces `path` with `bytes`: write a temporary file beside it, fsync, rename.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
         f.sync_data()?;
     }
-    std::fs::rename(&tmp, path)?;
-    Ok(flows.len())
+    std::fs::rename(&tmp, path)
+}
+
+/// The file beside the flow table that keeps what operators set: the participants they added
+/// and the ones they drain.
+pub const REGISTRY_FILE: &str = "registry.json";
+
+/// What operators set through the admin API, kept across restarts of the main.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub participants: Vec<crate::registry::StaticEntry>,
+    /// Participants that get no new flows until an operator undrains them.
+    pub drained: Vec<String>,
+}
+
+fn registry_path(shared: &Shared) -> Option<std::path::PathBuf> {
+    shared.state_file.as_deref().and_then(Path::parent).map(|d| d.join(REGISTRY_FILE))
+}
+
+/// Saves the operators' settings now (they change rarely, and an answer to the operator must
+/// mean they are kept).
+pub fn save_settings(shared: &Shared) -> std::io::Result<()> {
+    let Some(path) = registry_path(shared) else { return Ok(()) };
+    let drained = {
+        let c = shared.conductor.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<String> = shared.registry.list().into_iter().map(|p| p.name).filter(|n| c.is_draining(n)).collect();
+        names.sort();
+        names
+    };
+    let settings = Settings { participants: shared.registry.static_entries(), drained };
+    let json = serde_json::to_vec_pretty(&settings).map_err(std::io::Error::other)?;
+    write_atomically(&path, &json)
+}
+
+/// Loads the operators' settings saved by an earlier run; returns them for the caller to apply.
+pub fn load_settings(shared: &Shared) -> Result<Settings, String> {
+    let Some(path) = registry_path(shared) else { return Ok(Settings::default()) };
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
 }
 
 /// Saves the flow table whenever it changed, until the process ends.

@@ -9,14 +9,19 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use baton_shared::control::Message;
-use baton_shared::geo::{Candidate, Coord};
+use std::collections::{HashSet, VecDeque};
+
+use baton_shared::control::{Load, Message};
+use baton_shared::geo::Coord;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 /// Outbound control messages a participant may have queued before its writer task sends them.
 /// Handoffs wait on their answer, so the queue never grows past the handoffs in flight.
 pub const CONTROL_QUEUE_DEPTH: usize = 1024;
+/// Objects remembered per participant as "it holds this" (handed off, prepared or served
+/// there). Oldest forgotten first; a forgotten object only costs a selection point.
+pub const MAX_KNOWN_OBJECTS: usize = 4096;
 
 /// The answer a participant gave to a handoff.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,10 +38,36 @@ pub struct Participant {
     pub coord: Coord,
     pub capacity: u32,
     pub active_flows: u32,
+    /// The figures of its last heartbeat.
+    pub load: Load,
     /// Added by an operator (kept when it disconnects) rather than only self-registered.
     pub static_entry: bool,
+    /// Objects it is known to hold, oldest first.
+    objects: KnownObjects,
     /// Present while its control connection is up.
     link: Option<Link>,
+}
+
+/// A bounded set of object paths, forgetting the oldest.
+#[derive(Debug, Default)]
+struct KnownObjects {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl KnownObjects {
+    fn insert(&mut self, path: &str) {
+        if self.set.contains(path) {
+            return;
+        }
+        if self.order.len() >= MAX_KNOWN_OBJECTS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.order.push_back(path.to_owned());
+        self.set.insert(path.to_owned());
+    }
 }
 
 #[derive(Debug)]
@@ -44,7 +75,13 @@ struct Link {
     session: u64,
     tx: mpsc::Sender<Message>,
     pending: HashMap<u64, oneshot::Sender<RestoreAnswer>>,
+    /// Flows this session was asked to prepare (as a move's target or a standby): a
+    /// `Prepared` about any other flow is not its to send.
+    prepares: HashSet<u64>,
 }
+
+/// Most remembered prepare requests per session (each answer removes its own).
+const MAX_PREPARES_TRACKED: usize = 65_536;
 
 /// What `batonctl participant list` shows.
 #[derive(Debug, Clone, Serialize)]
@@ -55,8 +92,31 @@ pub struct ParticipantView {
     pub lon: f64,
     pub capacity: u32,
     pub active_flows: u32,
+    pub load: Load,
     pub connected: bool,
     pub static_entry: bool,
+    pub known_objects: usize,
+}
+
+/// A participant an operator added, as saved across restarts of the main.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct StaticEntry {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    pub lat: f64,
+    pub lon: f64,
+    pub capacity: u32,
+}
+
+/// What selection needs of one participant.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub name: String,
+    pub coord: Coord,
+    pub connected: bool,
+    pub active_flows: u32,
+    pub capacity: u32,
+    pub has_object: bool,
 }
 
 /// Why a registry operation was refused.
@@ -112,7 +172,17 @@ impl Registry {
         }
         g.participants.insert(
             name.to_owned(),
-            Participant { name: name.to_owned(), addr, coord, capacity, active_flows: 0, static_entry: true, link: None },
+            Participant {
+                name: name.to_owned(),
+                addr,
+                coord,
+                capacity,
+                active_flows: 0,
+                load: Load::default(),
+                static_entry: true,
+                objects: KnownObjects::default(),
+                link: None,
+            },
         );
         Ok(())
     }
@@ -137,13 +207,15 @@ impl Registry {
             coord,
             capacity,
             active_flows: 0,
+            load: Load::default(),
             static_entry: false,
+            objects: KnownObjects::default(),
             link: None,
         });
         entry.addr = addr;
         entry.coord = coord;
         entry.capacity = capacity;
-        entry.link = Some(Link { session, tx, pending: HashMap::new() });
+        entry.link = Some(Link { session, tx, pending: HashMap::new(), prepares: HashSet::new() });
         Session { name: name.to_owned(), id: session, rx }
     }
 
@@ -165,10 +237,51 @@ impl Registry {
         true
     }
 
-    pub fn heartbeat(&self, name: &str, active_flows: u32) {
+    pub fn heartbeat(&self, name: &str, load: Load) {
         if let Some(p) = self.lock().participants.get_mut(name) {
-            p.active_flows = active_flows;
+            p.active_flows = load.active_flows;
+            p.load = load;
         }
+    }
+
+    /// Notes that `name` holds (or is filling) `object`.
+    pub fn holds(&self, name: &str, object: &str) {
+        if let Some(p) = self.lock().participants.get_mut(name) {
+            p.objects.insert(object);
+        }
+    }
+
+    /// Notes that `name` was asked to prepare `flow`.
+    pub fn expect_prepared(&self, name: &str, flow: u64) {
+        if let Some(link) = self.lock().participants.get_mut(name).and_then(|p| p.link.as_mut()) {
+            if link.prepares.len() < MAX_PREPARES_TRACKED {
+                link.prepares.insert(flow);
+            }
+        }
+    }
+
+    /// Whether `name` was asked to prepare `flow` (and has not answered yet); the answer
+    /// consumes the request.
+    pub fn take_prepared(&self, name: &str, flow: u64) -> bool {
+        self.lock().participants.get_mut(name).and_then(|p| p.link.as_mut()).is_some_and(|l| l.prepares.remove(&flow))
+    }
+
+    /// Whether a handoff of `flow` to `name` awaits its answer.
+    pub fn awaits_answer(&self, name: &str, flow: u64) -> bool {
+        self.lock().participants.get(name).and_then(|p| p.link.as_ref()).is_some_and(|l| l.pending.contains_key(&flow))
+    }
+
+    /// The operator-added participants, for saving.
+    pub fn static_entries(&self) -> Vec<StaticEntry> {
+        let mut v: Vec<StaticEntry> = self
+            .lock()
+            .participants
+            .values()
+            .filter(|p| p.static_entry)
+            .map(|p| StaticEntry { name: p.name.clone(), addr: p.addr, lat: p.coord.lat, lon: p.coord.lon, capacity: p.capacity })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     /// Queues a message for a participant.
@@ -217,19 +330,25 @@ impl Registry {
         }
     }
 
-    /// Candidates for selection: connected participants are up.
-    pub fn candidates(&self) -> Vec<Candidate> {
+    /// Every participant as selection sees it, for a request of `object`.
+    pub fn snapshot(&self, object: Option<&str>) -> Vec<Snapshot> {
         self.lock()
             .participants
             .values()
-            .map(|p| Candidate {
+            .map(|p| Snapshot {
                 name: p.name.clone(),
                 coord: p.coord,
-                up: p.link.is_some(),
+                connected: p.link.is_some(),
                 active_flows: p.active_flows,
                 capacity: p.capacity,
+                has_object: object.is_some_and(|o| p.objects.set.contains(o)),
             })
             .collect()
+    }
+
+    /// Whether `name`'s control connection is up.
+    pub fn is_connected(&self, name: &str) -> bool {
+        self.lock().participants.get(name).is_some_and(|p| p.link.is_some())
     }
 
     pub fn addr_of(&self, name: &str) -> Option<Ipv4Addr> {
@@ -248,8 +367,10 @@ impl Registry {
                 lon: p.coord.lon,
                 capacity: p.capacity,
                 active_flows: p.active_flows,
+                load: p.load,
                 connected: p.link.is_some(),
                 static_entry: p.static_entry,
+                known_objects: p.objects.order.len(),
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -269,11 +390,11 @@ mod tests {
     async fn handoff_answers_reach_the_waiter_and_disconnect_leaves_them_unanswered() {
         let reg = Registry::default();
         let mut s = reg.connect("p1", Ipv4Addr::new(198, 18, 0, 2), coord(), 10);
-        let rx = reg.send_handoff("p1", 7, Message::Heartbeat { active_flows: 0 }).expect("send");
+        let rx = reg.send_handoff("p1", 7, Message::Heartbeat(Load::default())).expect("send");
         assert!(matches!(s.rx.recv().await, Some(Message::Heartbeat { .. })));
         assert!(reg.answer("p1", 7, RestoreAnswer::Restored));
         assert_eq!(rx.await.expect("answer"), RestoreAnswer::Restored);
-        let rx = reg.send_handoff("p1", 8, Message::Heartbeat { active_flows: 0 }).expect("send");
+        let rx = reg.send_handoff("p1", 8, Message::Heartbeat(Load::default())).expect("send");
         reg.disconnect("p1", s.id);
         assert!(rx.await.is_err(), "a lost participant's answer is unknown, not a failure");
         assert!(reg.list().is_empty(), "self-registered participants are forgotten on disconnect");

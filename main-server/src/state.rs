@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use baton_ebpf::{FlowKey, MainDataplane};
 use baton_io::http::ServeConfig;
 use baton_io::store::DirStore;
-use baton_shared::geo::{choose, Coord};
+use baton_shared::geo::Coord;
+use baton_shared::select::{self, Candidate, Policy, Ranking};
 use baton_shared::moves::Conductor;
 use serde::Serialize;
 
@@ -47,11 +48,31 @@ impl GeoDb {
 
     /// Coordinates of `ip`, when the database knows them.
     pub fn locate(&self, ip: Ipv4Addr) -> Option<Coord> {
+        self.lookup(ip).map(|g| g.coord)
+    }
+
+    /// What the database says of `ip`: coordinates, and city and country names in English
+    /// when it has them.
+    pub fn lookup(&self, ip: Ipv4Addr) -> Option<GeoInfo> {
         let reader = self.reader.as_ref()?;
         let city: maxminddb::geoip2::City = reader.lookup(IpAddr::V4(ip)).ok().flatten()?;
-        let loc = city.location?;
-        Coord::new(loc.latitude?, loc.longitude?).ok()
+        let loc = city.location.as_ref()?;
+        let coord = Coord::new(loc.latitude?, loc.longitude?).ok()?;
+        let english = |names: Option<&std::collections::BTreeMap<&str, &str>>| names.and_then(|n| n.get("en")).map(|s| (*s).to_owned());
+        Some(GeoInfo {
+            coord,
+            city: english(city.city.as_ref().and_then(|c| c.names.as_ref())),
+            country: city.country.as_ref().and_then(|c| c.iso_code).map(str::to_owned),
+        })
     }
+}
+
+/// A GeoIP answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeoInfo {
+    pub coord: Coord,
+    pub city: Option<String>,
+    pub country: Option<String>,
 }
 
 /// A connection now served by a participant.
@@ -146,7 +167,7 @@ impl FlowTable {
     }
 }
 
-/// Counters the admin API reports.
+/// Counters the admin API and /metrics report.
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub handoffs: AtomicU64,
@@ -154,6 +175,28 @@ pub struct Metrics {
     /// Handoffs whose participant never reported the restore (the flow stayed with it).
     pub handoffs_unconfirmed: AtomicU64,
     pub local_serves: AtomicU64,
+    /// Selections by outcome: the winner's name, or "none".
+    pub selections: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Health probes by outcome ("ok", "failed").
+    pub probes: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Participants becoming healthy or unhealthy.
+    pub health_changes: AtomicU64,
+    /// Control connections and messages refused, by reason.
+    pub control_refused: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Admin requests carried out, and admin HTTP requests refused for want of a valid token.
+    pub admin_requests: AtomicU64,
+    pub admin_refused: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts a refused control connection or message.
+    pub fn refuse(&self, reason: &'static str) {
+        *self.control_refused.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_insert(0) += 1;
+    }
+
+    fn selected(&self, winner: Option<&str>) {
+        *self.selections.lock().unwrap_or_else(|p| p.into_inner()).entry(winner.unwrap_or("none").to_owned()).or_insert(0) += 1;
+    }
 }
 
 /// Everything the main's tasks share.
@@ -175,18 +218,61 @@ pub struct Shared {
     pub state_file: Option<PathBuf>,
     /// The flow table changed since it was last saved.
     pub dirty: AtomicBool,
+    /// The VIP listener's address (probes connect to it).
+    pub vip: SocketAddrV4,
+    /// This host's own address (probes come from it).
+    pub local_addr: Ipv4Addr,
+    /// How participants are ranked.
+    pub policy: Policy,
+    /// Participants' health from the active probes.
+    pub health: crate::probe::Health,
+    /// Flows that are the main's own health probes (listed only on request).
+    pub probe_flows: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Shared {
-    /// The participant a client at `client` should get, if any can serve: the nearest that is
-    /// up and not draining.
-    pub fn select(&self, client: Option<Coord>) -> Option<String> {
-        let mut candidates = self.registry.candidates();
-        {
-            let c = self.conductor.lock().unwrap_or_else(|p| p.into_inner());
-            candidates.retain(|p| c.accepts_new(&p.name));
-        }
-        choose(client, &candidates)
+    /// Every participant as selection sees it for a request of `object`.
+    pub fn candidates(&self, object: Option<&str>) -> Vec<Candidate> {
+        let c = self.conductor.lock().unwrap_or_else(|p| p.into_inner());
+        self.candidates_given(object, |name| c.is_draining(name))
+    }
+
+    /// [`Shared::candidates`] with the drain state from `draining`: for callers that hold the
+    /// conductor already (its `Env::choose`), which must not lock it again.
+    pub fn candidates_given(&self, object: Option<&str>, draining: impl Fn(&str) -> bool) -> Vec<Candidate> {
+        self.registry
+            .snapshot(object)
+            .into_iter()
+            .map(|p| Candidate {
+                health: if !p.connected {
+                    select::Health::Down
+                } else if draining(&p.name) {
+                    select::Health::Draining
+                } else if !self.health.healthy(&p.name) {
+                    select::Health::Unhealthy
+                } else {
+                    select::Health::Healthy
+                },
+                name: p.name,
+                coord: p.coord,
+                active_flows: p.active_flows,
+                capacity: p.capacity,
+                has_object: p.has_object,
+            })
+            .collect()
+    }
+
+    /// The whole ranking for a client at `client` asking for `object` (`batonctl explain`).
+    pub fn rank(&self, client: Option<Coord>, object: Option<&str>) -> Ranking {
+        select::rank(&self.policy, client, &self.candidates(object))
+    }
+
+    /// The participant a new client at `client` asking for `object` should get, if any can
+    /// serve; counted by outcome.
+    pub fn select(&self, client: Option<Coord>, object: Option<&str>) -> Option<String> {
+        let winner = select::choose(&self.policy, client, &self.candidates(object));
+        self.metrics.selected(winner.as_deref());
+        winner
     }
 
     /// Notes that the flow table must be saved again.
@@ -203,6 +289,13 @@ pub struct StatsView {
     pub handoffs_unconfirmed: u64,
     pub local_serves: u64,
     pub flows: usize,
+    pub participants: usize,
+    pub participants_healthy: usize,
+    pub moves_done: u64,
+    pub recoveries: u64,
+    pub selections: std::collections::BTreeMap<String, u64>,
+    pub probes: std::collections::BTreeMap<String, u64>,
+    pub control_refused: std::collections::BTreeMap<String, u64>,
 }
 
 #[cfg(test)]

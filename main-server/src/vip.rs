@@ -157,13 +157,24 @@ async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) 
     let head_read = accepted.elapsed();
 
     let plan = handoff_plan(&head, &shared).await;
+    // The main's own health probe names the participant it tests.
+    let probe = crate::probe::probed_participant(&head, *peer.ip(), shared.local_addr);
     if let Some(plan) = plan {
         let flow_id = NEXT_FLOW.fetch_add(1, Ordering::Relaxed);
-        let span = info_span!("flow", flow = flow_id);
+        let span = match &probe {
+            Some(p) => info_span!("flow", flow = flow_id, probe = %p),
+            None => info_span!("flow", flow = flow_id),
+        };
         let request = buf.clone();
-        match try_handoff(&mut stream, peer, flow_id, request, plan, &shared).instrument(span.clone()).await {
+        let is_probe = probe.is_some();
+        match try_handoff(&mut stream, peer, flow_id, request, plan, probe, &shared).instrument(span.clone()).await {
             Ok(Handed { participant, steps }) => {
                 // Logged after the commit: the participant is already serving.
+                if is_probe {
+                    shared.probe_flows.lock().unwrap_or_else(|p| p.into_inner()).insert(flow_id);
+                    debug!(%participant, "probe handed off");
+                    return;
+                }
                 span.in_scope(|| {
                     info!(
                         %participant,
@@ -178,6 +189,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) 
                 shared.metrics.handoffs.fetch_add(1, Ordering::Relaxed);
                 return;
             }
+            Err(e) if is_probe => span.in_scope(|| debug!(error = %e, "probe not handed off")),
             Err(e) => {
                 span.in_scope(|| info!(error = %e, "serving locally"));
                 shared.metrics.local_serves.fetch_add(1, Ordering::Relaxed);
@@ -217,11 +229,14 @@ async fn try_handoff(
     flow_id: u64,
     mut request: Vec<u8>,
     object: ObjectPlan,
+    forced: Option<String>,
     shared: &Shared,
 ) -> Result<Handed, HandoffError> {
     let t_start = Instant::now();
-    let client_coord = shared.geo.locate(*peer.ip());
-    let participant = shared.select(client_coord).ok_or(HandoffError::NoParticipant)?;
+    let participant = match forced {
+        Some(p) => p,
+        None => shared.select(shared.geo.locate(*peer.ip()), Some(&object.path)).ok_or(HandoffError::NoParticipant)?,
+    };
     let participant_addr = shared.registry.addr_of(&participant).ok_or(HandoffError::NoParticipant)?;
     let local = match stream.local_addr()? {
         SocketAddr::V4(a) => a,
@@ -272,6 +287,7 @@ async fn try_handoff(
     }
     let record = FlowRecord { key, client: peer, started: Instant::now() };
     shared.flows.insert(flow_id, record);
+    let object_path = object.path.clone();
     let handoff = Handoff { flow_id, tcp, request, object: Some(object), snd_offset: 0, in_flight: 0, pending: Vec::new() };
     // Known to the conductor before the participant hears of it, so its first report (which
     // may overtake the restore answer here) finds the flow.
@@ -311,6 +327,7 @@ async fn try_handoff(
     let control_rtt = t_ctl.elapsed();
     guard.close_silently();
     shared.registry.add_flows(&participant, 1);
+    shared.registry.holds(&participant, &object_path);
     Ok(Handed {
         participant,
         steps: Steps {

@@ -18,7 +18,7 @@ use baton_io::http::ServeConfig;
 use baton_io::repair::{close_silently, destroy_socket, restore_with_sent, RepairGuard, Resume};
 use baton_io::session::{stream_bytes, Ending, PendingBody, Session};
 use baton_io::store::Primed;
-use baton_shared::control::Message;
+use baton_shared::control::{Load, Message};
 use baton_shared::geo::Coord;
 use baton_shared::handoff::{Handoff, ObjectPlan, TcpState};
 use baton_shared::http::object_path;
@@ -62,11 +62,78 @@ pub struct AgentStats {
     pub prepare_failed: AtomicU64,
 }
 
+/// How long the TLS handshake with the main may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Heartbeats between two walks of the cache directory for its size (a walk costs a
+/// `stat` per object; the size changes slowly).
+const CACHE_SIZE_EVERY: u32 = 50;
+
+/// Turns the agent's counters into the load figures each heartbeat carries.
+#[derive(Debug, Default)]
+struct LoadMeter {
+    last: Option<(std::time::Instant, u64)>,
+    beats: u32,
+    cache_bytes: u64,
+}
+
+impl LoadMeter {
+    fn sample(&mut self, agent: &Agent) -> Load {
+        let now = std::time::Instant::now();
+        let sent = agent.stats.body_bytes.load(Ordering::Relaxed);
+        let bytes_per_sec = match self.last {
+            Some((at, before)) => {
+                let secs = now.duration_since(at).as_secs_f64();
+                if secs > 0.0 { (sent.saturating_sub(before) as f64 / secs) as u64 } else { 0 }
+            }
+            None => 0,
+        };
+        self.last = Some((now, sent));
+        if self.beats % CACHE_SIZE_EVERY == 0 {
+            self.cache_bytes = dir_bytes(agent.cache.root());
+        }
+        self.beats = self.beats.wrapping_add(1);
+        Load {
+            active_flows: agent.active.load(Ordering::Relaxed),
+            bytes_per_sec,
+            load_avg_milli: load_average_milli().unwrap_or(0),
+            cache_bytes: self.cache_bytes,
+        }
+    }
+}
+
+/// The one-minute load average × 1000, from /proc/loadavg.
+fn load_average_milli() -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let first: f64 = text.split_whitespace().next()?.parse().ok()?;
+    Some((first * 1000.0).round().clamp(0.0, f64::from(u32::MAX)) as u32)
+}
+
+/// Bytes of the regular files below `root` (symlinks not followed).
+fn dir_bytes(root: &std::path::Path) -> u64 {
+    let mut total = 0u64;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for entry in rd.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                total = total.saturating_add(meta.len());
+            }
+        }
+    }
+    total
+}
+
 /// State shared by the agent's tasks.
 #[derive(Debug)]
 pub struct Agent {
     pub identity: Identity,
     pub main: SocketAddrV4,
+    /// Mutual TLS with the cluster CA for the control connection.
+    tls: Arc<rustls::ClientConfig>,
     pub cache: CacheStore,
     pub serve: ServeConfig,
     pub active: AtomicU32,
@@ -79,8 +146,16 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(identity: Identity, main: SocketAddrV4, cache: CacheStore, serve: ServeConfig, guard: Guard) -> Arc<Self> {
+    pub fn new(
+        identity: Identity,
+        main: SocketAddrV4,
+        tls: Arc<rustls::ClientConfig>,
+        cache: CacheStore,
+        serve: ServeConfig,
+        guard: Guard,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            tls,
             identity,
             main,
             cache,
@@ -119,7 +194,10 @@ impl Agent {
     async fn session(self: Arc<Self>) -> std::io::Result<()> {
         let stream = TcpStream::connect(self.main).await?;
         let _ = stream.set_nodelay(true);
-        let (rd, mut wr) = stream.into_split();
+        let stream = baton_io::tls::connect(self.tls.clone(), stream, TLS_HANDSHAKE_TIMEOUT)
+            .await
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e.to_string()))?;
+        let (rd, mut wr) = tokio::io::split(stream);
         let mut reader = FrameReader::new(rd);
         let id = &self.identity;
         write_message(
@@ -149,10 +227,11 @@ impl Agent {
         let me = self.clone();
         let heartbeat = tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+            let mut meter = LoadMeter::default();
             loop {
                 tick.tick().await;
-                let active_flows = me.active.load(Ordering::Relaxed);
-                if hb_tx.send(Message::Heartbeat { active_flows }).is_err() {
+                let load = meter.sample(&me);
+                if hb_tx.send(Message::Heartbeat(load)).is_err() {
                     break;
                 }
             }

@@ -53,6 +53,11 @@ impl CacheStore {
         Ok(Self { dir: DirStore::open(dir)?, origin, fills: Arc::default(), filled_bytes: Arc::default() })
     }
 
+    /// The cache directory.
+    pub fn root(&self) -> &Path {
+        self.dir.root()
+    }
+
     fn fill_lock(&self, path: &ObjectPath) -> Arc<tokio::sync::Mutex<()>> {
         let mut g = self.fills.lock().unwrap_or_else(|p| p.into_inner());
         g.entry(path.as_str().to_owned()).or_default().clone()

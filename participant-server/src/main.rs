@@ -11,85 +11,130 @@ use baton_participant::agent::{Agent, Identity};
 use baton_participant::cache::CacheStore;
 use baton_participant::guard::Guard;
 use baton_shared::geo::Coord;
-use baton_io::cli::CommonArgs;
-use clap::Parser;
+use baton_io::cli::{CommonArgs, FlagPath};
+use baton_shared::config::ParticipantConfig;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use tracing::info;
 
 /// A participant server: restores connections the main hands over and serves them directly.
+///
+/// Every setting is in the YAML config (`--config`); each flag sets one config field for this
+/// run and wins over the file.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Name under which this participant registers.
+    /// Name under which this participant registers (its certificate must be issued to it)
+    /// [config: name].
     #[arg(long)]
-    name: String,
-    /// This host's own address (where the main's encapsulated packets arrive, and the mirror).
+    name: Option<String>,
+    /// This host's own address (where the main's encapsulated packets arrive, and the mirror)
+    /// [config: addr].
     #[arg(long)]
-    addr: Ipv4Addr,
-    /// The main's address (control channel, origin store, and the only accepted encapsulator).
+    addr: Option<Ipv4Addr>,
+    /// The main's address (control channel, origin store, and the only accepted encapsulator)
+    /// [config: main.addr].
     #[arg(long)]
-    main_addr: Ipv4Addr,
-    #[arg(long, default_value_t = 7100)]
-    control_port: u16,
-    #[arg(long, default_value_t = 8081)]
-    origin_port: u16,
-    /// The VIP, which must be on lo.
-    #[arg(long, default_value = "203.0.113.10")]
-    vip: Ipv4Addr,
-    /// Latitude of this participant.
+    main_addr: Option<Ipv4Addr>,
+    /// [config: main.control_port]
+    #[arg(long)]
+    control_port: Option<u16>,
+    /// [config: main.origin_port]
+    #[arg(long)]
+    origin_port: Option<u16>,
+    /// The cluster CA's certificate [config: tls.ca].
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// This participant's certificate (`batonctl cluster issue <name>`) [config: tls.cert].
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// This participant's private key [config: tls.key].
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// The VIP, which must be on lo [config: vip].
+    #[arg(long)]
+    vip: Option<Ipv4Addr>,
+    /// Latitude of this participant [config: lat].
     #[arg(long, allow_hyphen_values = true)]
-    lat: f64,
-    /// Longitude of this participant.
+    lat: Option<f64>,
+    /// Longitude of this participant [config: lon].
     #[arg(long, allow_hyphen_values = true)]
-    lon: f64,
-    /// Concurrent flows this participant accepts.
-    #[arg(long, default_value_t = 1000)]
-    capacity: u32,
-    /// Cache directory.
+    lon: Option<f64>,
+    /// Concurrent flows this participant accepts [config: capacity].
     #[arg(long)]
-    cache_dir: PathBuf,
-    /// Interface where encapsulated packets from the main arrive.
-    #[arg(long, default_value = "eth0")]
-    iface: String,
-    /// bpffs directory for this participant's pinned maps.
-    #[arg(long, default_value = "/sys/fs/bpf/baton/participant")]
-    pin_dir: PathBuf,
-    /// Port of the plain HTTP mirror on --addr (0 disables it).
-    #[arg(long, default_value_t = 80)]
-    mirror_port: u16,
-    /// Where Prometheus scrapes `/metrics`.
-    #[arg(long, default_value = "127.0.0.1:9471")]
-    metrics_addr: SocketAddr,
+    capacity: Option<u32>,
+    /// Cache directory [config: cache_dir].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Interface where encapsulated packets from the main arrive [config: iface].
+    #[arg(long)]
+    iface: Option<String>,
+    /// bpffs directory for this participant's pinned maps [config: pin_dir].
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// Port of the plain HTTP mirror on --addr (0 disables it) [config: mirror_port].
+    #[arg(long)]
+    mirror_port: Option<u16>,
+    /// Where Prometheus scrapes `/metrics` [config: metrics_addr].
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     common: CommonArgs,
 }
+
+/// The config path each flag sets.
+const FLAG_PATHS: &[FlagPath] = &[
+    ("name", "name", None),
+    ("addr", "addr", None),
+    ("main_addr", "main.addr", None),
+    ("control_port", "main.control_port", None),
+    ("origin_port", "main.origin_port", None),
+    ("tls_ca", "tls.ca", None),
+    ("tls_cert", "tls.cert", None),
+    ("tls_key", "tls.key", None),
+    ("vip", "vip", None),
+    ("lat", "lat", None),
+    ("lon", "lon", None),
+    ("capacity", "capacity", None),
+    ("cache_dir", "cache_dir", None),
+    ("iface", "iface", None),
+    ("pin_dir", "pin_dir", None),
+    ("mirror_port", "mirror_port", None),
+    ("metrics_addr", "metrics_addr", None),
+];
 
 /// How long a graceful stop waits for its connections to be given back.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    args.common.init_tracing();
-    let rt = args.common.runtime().context("starting the runtime")?;
-    rt.block_on(run(args))
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches)?;
+    let overrides = baton_io::cli::overrides(&matches, FLAG_PATHS)?;
+    let (file, text) = baton_io::cli::read_config(args.common.config.as_deref())?;
+    let cfg = baton_shared::config::parse_participant(&file, &text, &overrides).map_err(|e| anyhow::anyhow!("{e}"))?;
+    baton_io::cli::init_tracing(cfg.log.format);
+    let rt = baton_io::cli::runtime(cfg.threads).context("starting the runtime")?;
+    rt.block_on(run(cfg))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: ParticipantConfig) -> anyhow::Result<()> {
+    let tls = baton_io::tls::client_config(&args.tls.ca, &args.tls.cert, &args.tls.key)
+        .context("the control channel's TLS credentials (batonctl cluster issue <name> makes them)")?;
     baton_ebpf::check_capabilities().context("baton-participant needs CAP_BPF and CAP_NET_ADMIN (TCP_REPAIR and its data plane)")?;
     baton_participant::checks::check_host(args.vip, &args.iface).context("this host is not ready for direct server return")?;
     let coord = Coord::new(args.lat, args.lon).context("--lat/--lon")?;
     let dataplane = ParticipantDataplane::load(&ParticipantOptions {
         iface: args.iface.clone(),
-        mode: args.common.mode(),
+        mode: baton_io::cli::attach_mode(&args.dataplane),
         pin_dir: args.pin_dir.clone(),
-        main_addr: args.main_addr,
-        encap: args.common.encap(),
+        main_addr: args.main.addr,
+        encap: baton_io::cli::encap(&args.dataplane),
         require_socket: true,
     })
     .with_context(|| format!("loading the data plane on {}", args.iface))?;
     let dataplane = std::sync::Arc::new(dataplane);
-    let origin = SocketAddrV4::new(args.main_addr, args.origin_port);
+    let origin = SocketAddrV4::new(args.main.addr, args.main.origin_port);
     let cache = CacheStore::open(&args.cache_dir, origin).context("opening the cache")?;
-    let serve = ServeConfig { server_name: "baton".to_owned(), head_timeout: Duration::from_millis(args.common.head_timeout_ms), served_by: Some(args.name.clone()) };
+    let serve = ServeConfig { server_name: "baton".to_owned(), head_timeout: Duration::from_millis(args.head_timeout_ms), served_by: Some(args.name.clone()) };
 
     if args.mirror_port != 0 {
         let listener = tokio::net::TcpListener::bind(SocketAddr::V4(SocketAddrV4::new(args.addr, args.mirror_port)))
@@ -100,12 +145,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let identity = Identity { name: args.name.clone(), addr: args.addr, coord, capacity: args.capacity };
     let agent = Agent::new(
         identity,
-        SocketAddrV4::new(args.main_addr, args.control_port),
+        SocketAddrV4::new(args.main.addr, args.main.control_port),
+        tls,
         cache,
         serve,
         Guard::new(dataplane.clone()),
     );
-    info!(name = %args.name, addr = %args.addr, main = %args.main_addr, "baton-participant starting");
+    info!(name = %args.name, addr = %args.addr, main = %args.main.addr, "baton-participant starting");
     tokio::spawn(agent.clone().run());
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
@@ -136,4 +182,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     info!("shutting down");
     drop(dataplane);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_has_a_config_equivalent() {
+        baton_io::cli::check_flag_table(&Args::command(), FLAG_PATHS, baton_shared::config::PARTICIPANT_EXAMPLE).expect("flag table");
+    }
 }

@@ -47,6 +47,19 @@ const KIND_PREPARE_FAILED: u8 = 15;
 /// Most objects one [`Message::Prepare`] names (one per unfinished response).
 pub const MAX_PREPARE_OBJECTS: usize = crate::handoff::MAX_PENDING_RESPONSES;
 
+/// A participant's load figures, sent with every heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Load {
+    /// Connections it serves now.
+    pub active_flows: u32,
+    /// Bytes it sent to clients per second, over the last heartbeat interval.
+    pub bytes_per_sec: u64,
+    /// The host's one-minute load average, × 1000.
+    pub load_avg_milli: u32,
+    /// Bytes of objects in its cache.
+    pub cache_bytes: u64,
+}
+
 /// A control-channel message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
@@ -62,7 +75,7 @@ pub enum Message {
     /// Main → participant: registration refused.
     Rejected { reason: String },
     /// Participant → main, periodic: current load.
-    Heartbeat { active_flows: u32 },
+    Heartbeat(Load),
     /// Main → participant: take over this connection.
     Handoff(Handoff),
     /// Participant → main: the connection is restored and being served.
@@ -181,9 +194,12 @@ pub fn encode_frame(msg: &Message, out: &mut Vec<u8>) {
             out.push(KIND_REJECTED);
             put_reason(out, reason);
         }
-        Message::Heartbeat { active_flows } => {
+        Message::Heartbeat(load) => {
             out.push(KIND_HEARTBEAT);
-            out.extend_from_slice(&active_flows.to_be_bytes());
+            out.extend_from_slice(&load.active_flows.to_be_bytes());
+            out.extend_from_slice(&load.bytes_per_sec.to_be_bytes());
+            out.extend_from_slice(&load.load_avg_milli.to_be_bytes());
+            out.extend_from_slice(&load.cache_bytes.to_be_bytes());
         }
         Message::Handoff(handoff) => {
             out.push(KIND_HANDOFF);
@@ -310,9 +326,12 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, FrameError> {
         KIND_REJECTED => Message::Rejected {
             reason: get_reason(&mut r)?,
         },
-        KIND_HEARTBEAT => Message::Heartbeat {
+        KIND_HEARTBEAT => Message::Heartbeat(Load {
             active_flows: r.u32().ok_or(T)?,
-        },
+            bytes_per_sec: r.u64().ok_or(T)?,
+            load_avg_milli: r.u32().ok_or(T)?,
+            cache_bytes: r.u64().ok_or(T)?,
+        }),
         KIND_RESTORED => Message::Restored {
             flow_id: r.u64().ok_or(T)?,
         },
@@ -381,7 +400,15 @@ mod tests {
     ];
     static REGISTERED: &[u8] = &[0, 0, 0, 5, 2, 0, 0, 0, 7];
     static REJECTED: &[u8] = &[0, 0, 0, 7, 3, 0, 4, b'f', b'u', b'l', b'l'];
-    static HEARTBEAT: &[u8] = &[0, 0, 0, 5, 4, 0, 0, 1, 2];
+    #[rustfmt::skip]
+    static HEARTBEAT: &[u8] = &[
+        0, 0, 0, 25,                                    // length
+        4,                                              // kind
+        0, 0, 1, 2,                                     // active_flows 258
+        0, 0, 0, 0, 0x05, 0xf5, 0xe1, 0,                // bytes_per_sec 100_000_000
+        0, 0, 0x06, 0x1a,                               // load_avg_milli 1562
+        0, 0, 0, 0x01, 0, 0, 0, 0,                      // cache_bytes 4 GiB
+    ];
     #[rustfmt::skip]
     static HANDOFF: &[u8] = &[
         0, 0, 0, 77,                                    // length
@@ -509,7 +536,10 @@ mod tests {
                 },
                 REJECTED,
             ),
-            (Message::Heartbeat { active_flows: 258 }, HEARTBEAT),
+            (
+                Message::Heartbeat(Load { active_flows: 258, bytes_per_sec: 100_000_000, load_avg_milli: 1562, cache_bytes: 1 << 32 }),
+                HEARTBEAT,
+            ),
             (Message::Handoff(handoff()), HANDOFF),
             (
                 Message::Restored {

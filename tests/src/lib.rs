@@ -114,6 +114,24 @@ pub fn wan_topology() -> String {
     .concat()
 }
 
+/// Creates the lab's cluster CA and a certificate for the main (for its address) and for every
+/// participant, in `<state>/tls`.
+fn make_credentials(lab: &Lab) -> anyhow::Result<PathBuf> {
+    use baton_io::tls;
+    let dir = lab.state_dir().join("tls");
+    std::fs::create_dir_all(&dir)?;
+    tls::init_ca(&dir, "Baton lab CA", tls::DEFAULT_CA_VALIDITY_DAYS, true).context("lab CA")?;
+    for n in lab.nodes_with_role(Role::Main) {
+        let role = tls::Role::Main { ips: vec![std::net::IpAddr::V4(n.addr)] };
+        tls::issue(&dir, "main", role, tls::DEFAULT_VALIDITY_DAYS, &dir, true).context("main certificate")?;
+    }
+    for n in lab.nodes_with_role(Role::Participant) {
+        tls::issue(&dir, &n.name, tls::Role::Participant, tls::DEFAULT_VALIDITY_DAYS, &dir, true)
+            .with_context(|| format!("{} certificate", n.name))?;
+    }
+    Ok(dir)
+}
+
 /// What a cluster looks like.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -151,6 +169,8 @@ pub struct Cluster {
     procs: Vec<Proc>,
     pub origin_dir: PathBuf,
     pub admin: PathBuf,
+    /// The cluster CA and every node's certificate (`<node>.pem`, `<node>.key`).
+    pub tls_dir: PathBuf,
     main_args: Vec<String>,
     participant_args: Vec<String>,
     // Dropped last: processes first, then the lab.
@@ -171,7 +191,9 @@ impl Cluster {
         let origin_dir = lab.state_dir().join("origin");
         std::fs::create_dir_all(&origin_dir)?;
         let admin = lab.state_dir().join("main.sock");
-        let mut c = Cluster { procs: Vec::new(), origin_dir, admin, main_args: opts.main_args.clone(), participant_args: opts.participant_args.clone(), lab };
+        let tls_dir = make_credentials(&lab)?;
+        let mut c = Cluster {
+            tls_dir, procs: Vec::new(), origin_dir, admin, main_args: opts.main_args.clone(), participant_args: opts.participant_args.clone(), lab };
         c.start_main(&opts.main_args)?;
         if opts.participants {
             let extra: Vec<&str> = opts.participant_args.iter().map(String::as_str).collect();
@@ -238,6 +260,7 @@ impl Cluster {
             "--state-dir".to_owned(),
             self.lab.state_dir().join("main-state").display().to_string(),
         ];
+        args.extend(self.tls_args("main"));
         args.extend(extra.iter().cloned());
         self.spawn(&node, "baton-main", &args)?;
         // Wait for the admin socket: the main is listening once it answers.
@@ -254,10 +277,19 @@ impl Cluster {
 
     /// Starts baton-participant in `node`.
     pub fn start_participant(&mut self, node: &str, extra: &[&str]) -> anyhow::Result<()> {
+        let mut args = self.participant_args(node)?;
+        args.extend(self.tls_args(node));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn(node, "baton-participant", &args)
+    }
+
+    /// The arguments that make baton-participant serve as `node` in this lab, without the
+    /// `--tls-*` flags (see [`Cluster::tls_args`]).
+    pub fn participant_args(&self, node: &str) -> anyhow::Result<Vec<String>> {
         let main = self.addr(&self.main_node()?)?;
         let n = self.lab.node(node)?.clone();
         let loc = n.location.clone().ok_or_else(|| anyhow!("{node} has no location"))?;
-        let mut args = vec![
+        Ok(vec![
             "--name".to_owned(),
             node.to_owned(),
             "--addr".to_owned(),
@@ -276,9 +308,25 @@ impl Cluster {
             self.lab.state_dir().join(format!("cache-{node}")).display().to_string(),
             "--pin-dir".to_owned(),
             self.lab.pin_dir().join(node).display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        self.spawn(node, "baton-participant", &args)
+        ])
+    }
+
+    /// Starts `binary` in `node` with exactly `args` (killed with the cluster).
+    pub fn start_process(&mut self, node: &str, binary: &str, args: &[String]) -> anyhow::Result<()> {
+        self.spawn(node, binary, args)
+    }
+
+    /// The `--tls-*` flags of `node` (whose certificate is `<node>.pem` in [`Cluster::tls_dir`]).
+    pub fn tls_args(&self, node: &str) -> Vec<String> {
+        let f = |name: String| self.tls_dir.join(name).display().to_string();
+        vec![
+            "--tls-ca".to_owned(),
+            f(baton_io::tls::CA_CERT_FILE.to_owned()),
+            "--tls-cert".to_owned(),
+            f(format!("{node}.pem")),
+            "--tls-key".to_owned(),
+            f(format!("{node}.key")),
+        ]
     }
 
     /// Kills baton-main (SIGKILL) and starts it again with the same arguments.
