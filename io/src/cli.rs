@@ -96,10 +96,12 @@ const NOT_SETTINGS: &[&str] = &["config", "help", "version"];
 
 /// The overrides for every flag the user gave on the command line, by `table` (the binary's
 /// flags followed by [`COMMON_FLAG_PATHS`]).
-pub fn overrides(matches: &ArgMatches, table: &[FlagPath]) -> Result<Vec<Override>, CliError> {
+pub fn overrides(command: &clap::Command, matches: &ArgMatches, table: &[FlagPath]) -> Result<Vec<Override>, CliError> {
     let mut out = Vec::new();
-    for id in matches.ids() {
-        let id = id.as_str();
+    // The command's arguments, not `matches.ids()`: those include argument groups (a flattened
+    // struct's name), which are not flags.
+    for arg in command.get_arguments() {
+        let id = arg.get_id().as_str();
         if NOT_SETTINGS.contains(&id) || matches.value_source(id) != Some(ValueSource::CommandLine) {
             continue;
         }

@@ -147,9 +147,10 @@ const FLAG_PATHS: &[FlagPath] = &[
 ];
 
 fn main() -> anyhow::Result<()> {
-    let matches = Args::command().get_matches();
+    let command = Args::command();
+    let matches = command.clone().get_matches();
     let args = Args::from_arg_matches(&matches)?;
-    let overrides = baton_io::cli::overrides(&matches, FLAG_PATHS)?;
+    let overrides = baton_io::cli::overrides(&command, &matches, FLAG_PATHS)?;
     let (file, text) = baton_io::cli::read_config(args.common.config.as_deref())?;
     let cfg = baton_shared::config::parse_main(&file, &text, &overrides).map_err(|e| anyhow::anyhow!("{e}"))?;
     baton_io::cli::init_tracing(cfg.log.format);
@@ -364,12 +365,17 @@ mod tests {
     #[test]
     fn flags_override_the_config_file() {
         let matches = Args::command()
-            .try_get_matches_from(["baton-main", "--local-addr", "198.18.0.2", "--origin-dir", "/srv", "--no-standby", "--restore-timeout-ms", "250"])
+            .try_get_matches_from([
+                "baton-main", "--local-addr", "198.18.0.2", "--origin-dir", "/srv", "--no-standby", "--restore-timeout-ms", "250",
+                "--encap", "gue", "--threads", "2",
+            ])
             .expect("flags");
-        let overrides = baton_io::cli::overrides(&matches, FLAG_PATHS).expect("overrides");
+        let overrides = baton_io::cli::overrides(&Args::command(), &matches, FLAG_PATHS).expect("overrides");
         let cfg = baton_shared::config::parse_main("main.yaml", "control:\n  restore_timeout_ms: 900\n", &overrides).expect("config");
         assert_eq!(cfg.local_addr, Ipv4Addr::new(198, 18, 0, 2));
         assert_eq!(cfg.control.restore_timeout_ms, 250);
         assert!(!cfg.control.standby);
+        assert_eq!(cfg.dataplane.encap, baton_shared::config::EncapKind::Gue, "a flag of the shared group");
+        assert_eq!(cfg.threads, 2);
     }
 }

@@ -106,9 +106,10 @@ const FLAG_PATHS: &[FlagPath] = &[
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 fn main() -> anyhow::Result<()> {
-    let matches = Args::command().get_matches();
+    let command = Args::command();
+    let matches = command.clone().get_matches();
     let args = Args::from_arg_matches(&matches)?;
-    let overrides = baton_io::cli::overrides(&matches, FLAG_PATHS)?;
+    let overrides = baton_io::cli::overrides(&command, &matches, FLAG_PATHS)?;
     let (file, text) = baton_io::cli::read_config(args.common.config.as_deref())?;
     let cfg = baton_shared::config::parse_participant(&file, &text, &overrides).map_err(|e| anyhow::anyhow!("{e}"))?;
     baton_io::cli::init_tracing(cfg.log.format);
