@@ -55,17 +55,18 @@ pub async fn run(listener: TcpListener, tls: tokio_rustls::TlsAcceptor, shared: 
 }
 
 /// Why a message from `name` may not be acted on, if it may not: only the participant a flow
-/// concerns may report on it.
-fn refusal(shared: &Shared, name: &str, msg: &Message) -> Option<&'static str> {
+/// concerns may report on it, and only on what it was asked (a restore it was handed, objects it
+/// was asked to prepare, a release of a flow it owns).
+pub fn refusal(registry: &crate::registry::Registry, conductor: &std::sync::Mutex<baton_shared::moves::Conductor>, name: &str, msg: &Message) -> Option<&'static str> {
     if let Message::Prepared { flow_id } | Message::PrepareFailed { flow_id, .. } = msg {
-        return (!shared.registry.take_prepared(name, *flow_id)).then_some("not_asked");
+        return (!registry.take_prepared(name, *flow_id)).then_some("not_asked");
     }
     if let Message::Restored { flow_id } | Message::RestoreFailed { flow_id, .. } = msg {
-        if shared.registry.awaits_answer(name, *flow_id) {
+        if registry.awaits_answer(name, *flow_id) {
             return None;
         }
     }
-    let c = shared.conductor.lock().unwrap_or_else(|p| p.into_inner());
+    let c = conductor.lock().unwrap_or_else(|p| p.into_inner());
     let owns = |id: u64| c.flow(id).is_some_and(|f| f.owner == name);
     let ok = match msg {
         Message::Heartbeat(_) => true,
@@ -97,7 +98,7 @@ fn flow_of(msg: &Message) -> Option<u64> {
 /// Applies one message from participant `name`.
 fn handle(shared: &Arc<Shared>, name: &str, msg: Message) {
     shared.conduct(|c, _, now| c.heard(name, now));
-    if let Some(reason) = refusal(shared, name, &msg) {
+    if let Some(reason) = refusal(&shared.registry, &shared.conductor, name, &msg) {
         shared.metrics.refuse(reason);
         warn!(flow = ?flow_of(&msg), reason, "control message refused: it is not this participant's to send");
         return;
@@ -232,4 +233,66 @@ async fn serve(
     writer.abort();
     span.in_scope(|| info!("disconnected"));
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::sync::Mutex;
+
+    use baton_shared::control::Load;
+    use baton_shared::geo::Coord;
+    use baton_shared::handoff::{Handoff, RepairWindow, TcpState};
+    use baton_shared::moves::{Conductor, Ledger};
+
+    use crate::registry::Registry;
+
+    fn handoff(flow_id: u64) -> Handoff {
+        let tcp = TcpState {
+            local: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 80),
+            remote: SocketAddrV4::new(Ipv4Addr::new(198, 18, 4, 2), 40000),
+            snd_seq: 1,
+            rcv_seq: 1,
+            mss: 1460,
+            snd_wscale: 7,
+            rcv_wscale: 7,
+            sack: true,
+            timestamps: true,
+            ts_val: 1,
+            window: RepairWindow { snd_wl1: 1, snd_wnd: 64_000, max_window: 64_000, rcv_wnd: 65_000, rcv_wup: 1 },
+        };
+        Handoff { flow_id, tcp, request: Vec::new(), object: None, snd_offset: 0, in_flight: 0, pending: Vec::new() }
+    }
+
+    #[test]
+    fn only_the_owner_reports_on_a_flow() {
+        let registry = Registry::default();
+        let coord = Coord::new(50.0, 8.0).expect("coord");
+        let _a = registry.connect("p-a", Ipv4Addr::new(198, 18, 1, 2), coord, 10);
+        let _b = registry.connect("p-b", Ipv4Addr::new(198, 18, 2, 2), coord, 10);
+        let conductor = Mutex::new(Conductor::default());
+        conductor.lock().expect("lock").adopt("p-a", Ledger::new(&handoff(7)));
+
+        let closed = Message::FlowClosed { flow_id: 7, bytes_sent: 1 };
+        assert_eq!(refusal(&registry, &conductor, "p-a", &closed), None);
+        assert_eq!(refusal(&registry, &conductor, "p-b", &closed), Some("not_owner"));
+        assert_eq!(refusal(&registry, &conductor, "p-b", &Message::Released(handoff(7))), Some("not_owner"));
+        assert_eq!(refusal(&registry, &conductor, "p-a", &Message::Released(handoff(7))), None);
+        assert_eq!(refusal(&registry, &conductor, "p-b", &Message::FlowClosed { flow_id: 8, bytes_sent: 0 }), Some("not_owner"));
+        // A restore report needs a handoff to that participant awaiting its answer.
+        assert_eq!(refusal(&registry, &conductor, "p-b", &Message::Restored { flow_id: 7 }), Some("not_owner"));
+        let _rx = registry.send_handoff("p-b", 9, Message::Heartbeat(Load::default())).expect("queued");
+        assert_eq!(refusal(&registry, &conductor, "p-b", &Message::Restored { flow_id: 9 }), None);
+        assert_eq!(refusal(&registry, &conductor, "p-a", &Message::Restored { flow_id: 9 }), Some("not_owner"));
+        // Prepared only when asked, and only once.
+        assert_eq!(refusal(&registry, &conductor, "p-b", &Message::Prepared { flow_id: 7 }), Some("not_asked"));
+        registry.expect_prepared("p-b", 7);
+        assert_eq!(refusal(&registry, &conductor, "p-b", &Message::Prepared { flow_id: 7 }), None);
+        assert_eq!(refusal(&registry, &conductor, "p-b", &Message::Prepared { flow_id: 7 }), Some("not_asked"));
+        // Messages only the main sends.
+        assert_eq!(refusal(&registry, &conductor, "p-a", &Message::Release { flow_id: 7 }), Some("unexpected_kind"));
+        assert_eq!(refusal(&registry, &conductor, "p-a", &Message::Handoff(handoff(7))), Some("unexpected_kind"));
+        assert_eq!(refusal(&registry, &conductor, "p-a", &Message::Heartbeat(Load::default())), None);
+    }
 }
