@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use baton_ebpf::{AttachMode, Encap};
-use baton_shared::config::{DataplaneConfig, DataplaneMode, EncapKind, LogFormat, Override};
+use baton_shared::config::{ConfigError, DataplaneConfig, DataplaneMode, EncapKind, LogFormat, Override};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, ValueEnum};
 
@@ -75,6 +75,8 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Config(#[from] ConfigError),
 }
 
 /// Which config field a flag sets: `(flag id, config path, fixed value)`. The fixed value is
@@ -90,6 +92,20 @@ pub const COMMON_FLAG_PATHS: &[FlagPath] = &[
     ("head_timeout_ms", "head_timeout_ms", None),
     ("threads", "threads", None),
 ];
+
+/// A server's settings from its command line: the config file named by `--config` (if any)
+/// with every flag the user gave applied over it, read by `parse` (`parse_main` or
+/// `parse_participant`). Exits with clap's usage message on a bad command line.
+pub fn configure<T>(
+    command: clap::Command,
+    table: &[FlagPath],
+    parse: impl FnOnce(&str, &str, &[Override]) -> Result<T, ConfigError>,
+) -> Result<T, CliError> {
+    let matches = command.clone().get_matches();
+    let overrides = overrides(&command, &matches, table)?;
+    let (file, text) = read_config(matches.get_one::<PathBuf>("config").map(PathBuf::as_path))?;
+    Ok(parse(&file, &text, &overrides)?)
+}
 
 /// Flag ids that are not settings.
 const NOT_SETTINGS: &[&str] = &["config", "help", "version"];

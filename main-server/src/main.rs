@@ -17,7 +17,7 @@ use baton_shared::moves::{Conductor, Timeouts};
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 use baton_io::cli::{CommonArgs, FlagPath};
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{CommandFactory, Parser};
 use tracing::{info, warn};
 
 /// Bytes an IPv4 + TCP header takes without options.
@@ -147,12 +147,7 @@ const FLAG_PATHS: &[FlagPath] = &[
 ];
 
 fn main() -> anyhow::Result<()> {
-    let command = Args::command();
-    let matches = command.clone().get_matches();
-    let args = Args::from_arg_matches(&matches)?;
-    let overrides = baton_io::cli::overrides(&command, &matches, FLAG_PATHS)?;
-    let (file, text) = baton_io::cli::read_config(args.common.config.as_deref())?;
-    let cfg = baton_shared::config::parse_main(&file, &text, &overrides).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = baton_io::cli::configure(Args::command(), FLAG_PATHS, baton_shared::config::parse_main)?;
     baton_io::cli::init_tracing(cfg.log.format);
     let rt = baton_io::cli::runtime(cfg.threads).context("starting the runtime")?;
     rt.block_on(run(cfg))

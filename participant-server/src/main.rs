@@ -13,7 +13,7 @@ use baton_participant::guard::Guard;
 use baton_shared::geo::Coord;
 use baton_io::cli::{CommonArgs, FlagPath};
 use baton_shared::config::ParticipantConfig;
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{CommandFactory, Parser};
 use tracing::info;
 
 /// A participant server: restores connections the main hands over and serves them directly.
@@ -106,12 +106,7 @@ const FLAG_PATHS: &[FlagPath] = &[
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 fn main() -> anyhow::Result<()> {
-    let command = Args::command();
-    let matches = command.clone().get_matches();
-    let args = Args::from_arg_matches(&matches)?;
-    let overrides = baton_io::cli::overrides(&command, &matches, FLAG_PATHS)?;
-    let (file, text) = baton_io::cli::read_config(args.common.config.as_deref())?;
-    let cfg = baton_shared::config::parse_participant(&file, &text, &overrides).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = baton_io::cli::configure(Args::command(), FLAG_PATHS, baton_shared::config::parse_participant)?;
     baton_io::cli::init_tracing(cfg.log.format);
     let rt = baton_io::cli::runtime(cfg.threads).context("starting the runtime")?;
     rt.block_on(run(cfg))
