@@ -139,18 +139,20 @@ pub enum TlsError {
     Participant { claimed: String, reason: String },
 }
 
-/// The files `init_ca` wrote.
+/// A certificate and its key, as `init_ca` and `issue` write them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CaFiles {
+pub struct PemFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
-/// The files `issue` wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IssuedFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+impl PemFiles {
+    /// Writes `key` (mode 0600) and `cert` into `dir`, creating it.
+    fn save(&self, dir: &Path, key: &KeyPair, cert: &rcgen::Certificate, force: bool) -> Result<(), TlsError> {
+        fs::create_dir_all(dir).map_err(|source| TlsError::Write { path: dir.to_owned(), source })?;
+        write_new(&self.key, key.serialize_pem().as_bytes(), KEY_FILE_MODE, force)?;
+        write_new(&self.cert, cert.pem().as_bytes(), CERT_FILE_MODE, force)
+    }
 }
 
 /// What a certificate is for.
@@ -209,9 +211,9 @@ pub fn init_ca(
     common_name: &str,
     validity_days: u32,
     force: bool,
-) -> Result<CaFiles, TlsError> {
+) -> Result<PemFiles, TlsError> {
     validate_common_name(common_name)?;
-    let files = CaFiles {
+    let files = PemFiles {
         cert: dir.join(CA_CERT_FILE),
         key: dir.join(CA_KEY_FILE),
     };
@@ -225,17 +227,7 @@ pub fn init_ca(
             what: "ca certificate",
             source,
         })?;
-    fs::create_dir_all(dir).map_err(|source| TlsError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
-    write_new(
-        &files.key,
-        key.serialize_pem().as_bytes(),
-        KEY_FILE_MODE,
-        force,
-    )?;
-    write_new(&files.cert, cert.pem().as_bytes(), CERT_FILE_MODE, force)?;
+    files.save(dir, &key, &cert, force)?;
     Ok(files)
 }
 
@@ -249,9 +241,9 @@ pub fn issue(
     validity_days: u32,
     out_dir: &Path,
     force: bool,
-) -> Result<IssuedFiles, TlsError> {
+) -> Result<PemFiles, TlsError> {
     validate_name(name)?;
-    let files = IssuedFiles {
+    let files = PemFiles {
         cert: out_dir.join(format!("{name}.pem")),
         key: out_dir.join(format!("{name}.key")),
     };
@@ -288,17 +280,7 @@ pub fn issue(
             what: "certificate",
             source,
         })?;
-    fs::create_dir_all(out_dir).map_err(|source| TlsError::Write {
-        path: out_dir.to_owned(),
-        source,
-    })?;
-    write_new(
-        &files.key,
-        key.serialize_pem().as_bytes(),
-        KEY_FILE_MODE,
-        force,
-    )?;
-    write_new(&files.cert, cert.pem().as_bytes(), CERT_FILE_MODE, force)?;
+    files.save(out_dir, &key, &cert, force)?;
     Ok(files)
 }
 
@@ -819,9 +801,9 @@ mod tests {
     /// A CA with a main (127.0.0.1) and participant `p-fra` in a temporary directory, removed on drop.
     struct Cluster {
         dir: PathBuf,
-        ca: CaFiles,
-        main: IssuedFiles,
-        fra: IssuedFiles,
+        ca: PemFiles,
+        main: PemFiles,
+        fra: PemFiles,
     }
 
     impl Cluster {
