@@ -327,7 +327,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn handle(req: AdminRequest, shared: &Arc<Shared>) -> AdminResponse {
-    let known = |name: &str| shared.registry.list().iter().any(|p| p.name == name);
+    let known = |name: &str| shared.registry.addr_of(name).is_some();
     match req {
         AdminRequest::ParticipantDrain { name } => {
             if !known(&name) {
@@ -471,9 +471,9 @@ async fn handle(req: AdminRequest, shared: &Arc<Shared>) -> AdminResponse {
                 participants_healthy: rows.iter().filter(|r| r.state == baton_shared::select::Health::Healthy).count(),
                 moves_done: counts.moves_done,
                 recoveries: counts.recoveries,
-                selections: m.selections.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-                probes: m.probes.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
-                control_refused: m.control_refused.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+                selections: m.selections.snapshot(),
+                probes: m.probes.snapshot(),
+                control_refused: m.control_refused.snapshot(),
             };
             AdminResponse::ok(serde_json::to_value(view).ok())
         }

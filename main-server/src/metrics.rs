@@ -79,19 +79,18 @@ pub fn render(shared: &Shared) -> String {
     for p in &load {
         e.sample("baton_participant_load_average", &[("participant", &p.name)], f64::from(p.load.load_avg_milli) / 1000.0);
     }
-    e.family("baton_selections_total", Kind::Counter, "New flows by the participant selection chose (none: the main served).");
-    for (winner, n) in m.selections.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        e.sample("baton_selections_total", &[("participant", winner)], *n as f64);
-    }
-    e.family("baton_probes_total", Kind::Counter, "Health probes through the VIP path, by result.");
-    for (result, n) in m.probes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        e.sample("baton_probes_total", &[("result", result)], *n as f64);
+    let tallies = [
+        ("baton_selections_total", "New flows by the participant selection chose (none: the main served).", "participant", &m.selections),
+        ("baton_probes_total", "Health probes through the VIP path, by result.", "result", &m.probes),
+        ("baton_control_refused_total", "Control connections and messages refused, by reason.", "reason", &m.control_refused),
+    ];
+    for (name, help, label, tally) in tallies {
+        e.family(name, Kind::Counter, help);
+        for (value, n) in tally.snapshot() {
+            e.sample(name, &[(label, &value)], n as f64);
+        }
     }
     counter(&mut e, "baton_health_changes_total", "Participants becoming healthy or unhealthy.", m.health_changes.load(Ordering::Relaxed));
-    e.family("baton_control_refused_total", Kind::Counter, "Control connections and messages refused, by reason.");
-    for (reason, n) in m.control_refused.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        e.sample("baton_control_refused_total", &[("reason", reason)], *n as f64);
-    }
     counter(&mut e, "baton_admin_requests_total", "Admin API requests carried out.", m.admin_requests.load(Ordering::Relaxed));
     counter(&mut e, "baton_admin_refused_total", "Admin HTTP requests refused for want of a valid token.", m.admin_refused.load(Ordering::Relaxed));
 

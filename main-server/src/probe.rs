@@ -187,7 +187,7 @@ pub async fn run(shared: Arc<Shared>) {
                 };
                 let took = started.elapsed();
                 let outcome = if result.is_ok() { "ok" } else { "failed" };
-                shared.metrics.probes.lock().unwrap_or_else(|e| e.into_inner()).entry(outcome).and_modify(|n| *n += 1).or_insert(1);
+                shared.metrics.probes.add(outcome);
                 let detail = match &result {
                     Ok(_) => String::new(),
                     Err(e) => e.clone(),

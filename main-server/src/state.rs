@@ -176,13 +176,13 @@ pub struct Metrics {
     pub handoffs_unconfirmed: AtomicU64,
     pub local_serves: AtomicU64,
     /// Selections by outcome: the winner's name, or "none".
-    pub selections: Mutex<std::collections::BTreeMap<String, u64>>,
+    pub selections: Tally,
     /// Health probes by outcome ("ok", "failed").
-    pub probes: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    pub probes: Tally,
     /// Participants becoming healthy or unhealthy.
     pub health_changes: AtomicU64,
     /// Control connections and messages refused, by reason.
-    pub control_refused: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    pub control_refused: Tally,
     /// Admin requests carried out, and admin HTTP requests refused for want of a valid token.
     pub admin_requests: AtomicU64,
     pub admin_refused: AtomicU64,
@@ -191,11 +191,27 @@ pub struct Metrics {
 impl Metrics {
     /// Counts a refused control connection or message.
     pub fn refuse(&self, reason: &'static str) {
-        *self.control_refused.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_insert(0) += 1;
+        self.control_refused.add(reason);
+    }
+}
+
+/// Counts by label (a participant, a reason), for /metrics and `batonctl stats`.
+#[derive(Debug, Default)]
+pub struct Tally(Mutex<std::collections::BTreeMap<String, u64>>);
+
+impl Tally {
+    pub fn add(&self, label: &str) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match g.get_mut(label) {
+            Some(n) => *n += 1,
+            None => {
+                g.insert(label.to_owned(), 1);
+            }
+        }
     }
 
-    fn selected(&self, winner: Option<&str>) {
-        *self.selections.lock().unwrap_or_else(|p| p.into_inner()).entry(winner.unwrap_or("none").to_owned()).or_insert(0) += 1;
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -271,7 +287,7 @@ impl Shared {
     /// serve; counted by outcome.
     pub fn select(&self, client: Option<Coord>, object: Option<&str>) -> Option<String> {
         let winner = select::choose(&self.policy, client, &self.candidates(object));
-        self.metrics.selected(winner.as_deref());
+        self.metrics.selections.add(winner.as_deref().unwrap_or("none"));
         winner
     }
 
