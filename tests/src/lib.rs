@@ -742,3 +742,54 @@ impl Drop for Background {
         let _ = std::fs::remove_file(&self.hdrs);
     }
 }
+
+/// Parses Prometheus text format 0.0.4 strictly enough to catch a malformed page: every sample
+/// belongs to a family declared with `# TYPE` before it, names are valid, values are numbers.
+/// Returns `name{labels}` → value.
+pub fn parse_metrics(text: &str) -> Result<BTreeMap<String, f64>, String> {
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()))
+    };
+    let mut typed = Vec::new();
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let at = |m: &str| format!("line {}: {m}: {line}", i + 1);
+        if line.is_empty() || line.starts_with("# HELP ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut p = rest.split_whitespace();
+            let (name, kind) = (p.next().unwrap_or(""), p.next().unwrap_or(""));
+            if !valid_name(name) || !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                return Err(at("bad TYPE line"));
+            }
+            typed.push(name.to_owned());
+            continue;
+        }
+        if line.starts_with('#') {
+            return Err(at("unknown comment"));
+        }
+        let (series, value) = line.rsplit_once(' ').ok_or_else(|| at("no value"))?;
+        let name = series.split('{').next().unwrap_or("");
+        if !valid_name(name) {
+            return Err(at("bad metric name"));
+        }
+        if !typed.iter().any(|t| t == name) {
+            return Err(at("sample before its TYPE"));
+        }
+        if series.contains('{') && !series.ends_with('}') {
+            return Err(at("unterminated labels"));
+        }
+        let v: f64 = value.parse().map_err(|_| at("value is not a number"))?;
+        out.insert(series.to_owned(), v);
+    }
+    Ok(out)
+}
+
+pub fn scrape_metrics(c: &Cluster, node: &str, port: u16) -> BTreeMap<String, f64> {
+    let out = c.exec(node, &["curl", "-sS", "--max-time", "5", &format!("http://127.0.0.1:{port}/metrics")]).expect("curl");
+    assert!(out.status.success(), "scrape {node}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_metrics(&text).unwrap_or_else(|e| panic!("{node}: {e}\n{text}"))
+}

@@ -11,7 +11,7 @@ use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton_tests::{bin_dir, curl_download, require_root, spawn_curl, Cluster, ClusterOptions, CONTROL_PORT};
+use baton_tests::{bin_dir, curl_download, require_root, scrape_metrics, spawn_curl, Cluster, ClusterOptions, CONTROL_PORT};
 use serde_json::Value;
 
 /// How long the tests wait for the main to notice something (a registration, a refusal, a
@@ -48,18 +48,9 @@ fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// The main's /metrics, as `name{labels}` → value.
-fn main_metrics(c: &Cluster) -> Vec<(String, f64)> {
-    let out = c.exec("main", &["curl", "-sS", "--max-time", "5", "http://127.0.0.1:9470/metrics"]).expect("curl");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| v.parse().ok().map(|v| (k.to_owned(), v))))
-        .collect()
-}
-
+/// A sample of the main's /metrics (0 when absent).
 fn metric(c: &Cluster, series: &str) -> f64 {
-    main_metrics(c).into_iter().find(|(k, _)| k == series).map_or(0.0, |(_, v)| v)
+    scrape_metrics(c, "main", 9470).get(series).copied().unwrap_or(0.0)
 }
 
 /// A TCP relay in the main's namespace from `listen` to the main's control port that records
