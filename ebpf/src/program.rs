@@ -94,12 +94,7 @@ impl ObjectSpec {
                 object: self.name,
             })?;
         match mode {
-            AttachMode::Tc => {
-                let p: &mut SchedClassifier = prog
-                    .try_into()
-                    .map_err(|e| DataplaneError::program(program, e))?;
-                p.load().map_err(|e| DataplaneError::program(program, e))?;
-            }
+            AttachMode::Tc => load_classifier(&mut ebpf, self.name, program)?,
             AttachMode::Xdp => {
                 let p: &mut Xdp = prog
                     .try_into()
@@ -108,16 +103,7 @@ impl ObjectSpec {
             }
         }
         if let Some(egress) = self.egress_program {
-            let p: &mut SchedClassifier = ebpf
-                .program_mut(egress)
-                .ok_or(DataplaneError::MissingFromObject {
-                    what: "program",
-                    name: egress,
-                    object: self.name,
-                })?
-                .try_into()
-                .map_err(|e| DataplaneError::program(egress, e))?;
-            p.load().map_err(|e| DataplaneError::program(egress, e))?;
+            load_classifier(&mut ebpf, self.name, egress)?;
         }
         Ok(Loaded {
             ebpf: Mutex::new(ebpf),
@@ -140,6 +126,19 @@ pub(crate) struct Loaded {
     mode: AttachMode,
     pin_dir: PathBuf,
     attached: Option<(String, u32)>,
+}
+
+/// Loads the tc program `program` of `ebpf` into the kernel (once: a loaded one is left as is).
+fn load_classifier(ebpf: &mut Ebpf, object: &'static str, program: &'static str) -> Result<(), DataplaneError> {
+    let p: &mut SchedClassifier = ebpf
+        .program_mut(program)
+        .ok_or(DataplaneError::MissingFromObject { what: "program", name: program, object })?
+        .try_into()
+        .map_err(|e| DataplaneError::program(program, e))?;
+    if p.fd().is_err() {
+        p.load().map_err(|e| DataplaneError::program(program, e))?;
+    }
+    Ok(())
 }
 
 /// The index of `iface` in this thread's network namespace.
@@ -212,14 +211,7 @@ impl Loaded {
         let index = ifindex(iface)?;
         let mut ebpf = self.ebpf.lock().map_err(|_| DataplaneError::Poisoned)?;
         if self.mode != AttachMode::Tc {
-            let p: &mut SchedClassifier = ebpf
-                .program_mut(program)
-                .ok_or(DataplaneError::MissingFromObject { what: "program", name: program, object: self.object.name })?
-                .try_into()
-                .map_err(|e| DataplaneError::program(program, e))?;
-            if p.fd().is_err() {
-                p.load().map_err(|e| DataplaneError::program(program, e))?;
-            }
+            load_classifier(&mut ebpf, self.object.name, program)?;
         }
         let outcome = link::attach_pinned(&mut ebpf, self.object.name, program, link::Hook::TcIngress, iface, index, &self.pin_dir)?;
         tracing::info!(program, iface, ?outcome, "attached");
