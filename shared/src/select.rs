@@ -307,6 +307,24 @@ fn by_score(a: &Ranked, b: &Ranked) -> Ordering {
 /// [`Exclusion::OutsideRadius`]. With the client's location unknown nothing is filtered and
 /// distance counts for nobody, in either mode.
 pub fn rank(policy: &Policy, client: Option<Coord>, candidates: &[Candidate]) -> Ranking {
+    let (rows, cut) = order(policy, client, candidates);
+    let reason = reason(&policy.weights, client, cut, &rows);
+    let winner = winner(&rows);
+    Ranking { ranked: rows.into_iter().map(|r| r.ranked).collect(), winner, reason }
+}
+
+/// The participant that should serve, or `None` when none can (the main then serves itself).
+/// The same decision as [`rank`]'s, without the explanation (this runs for every new flow).
+pub fn choose(policy: &Policy, client: Option<Coord>, candidates: &[Candidate]) -> Option<String> {
+    winner(&order(policy, client, candidates).0)
+}
+
+fn winner(rows: &[Row]) -> Option<String> {
+    rows.first().filter(|r| r.ranked.excluded.is_none()).map(|r| r.ranked.name.clone())
+}
+
+/// Every candidate scored, in ranking order, and where the geo filter cut.
+fn order(policy: &Policy, client: Option<Coord>, candidates: &[Candidate]) -> (Vec<Row>, Option<Cut>) {
     let mut rows: Vec<Row> = candidates
         .iter()
         .map(|c| Row {
@@ -349,14 +367,7 @@ pub fn rank(policy: &Policy, client: Option<Coord>, candidates: &[Candidate]) ->
     rows.sort_by(|a, b| {
         a.ranked.excluded.is_some().cmp(&b.ranked.excluded.is_some()).then_with(|| by_score(&a.ranked, &b.ranked))
     });
-    let reason = reason(&policy.weights, client, cut, &rows);
-    let winner = rows.first().filter(|r| r.ranked.excluded.is_none()).map(|r| r.ranked.name.clone());
-    Ranking { ranked: rows.into_iter().map(|r| r.ranked).collect(), winner, reason }
-}
-
-/// The participant that should serve, or `None` when none can (the main then serves itself).
-pub fn choose(policy: &Policy, client: Option<Coord>, candidates: &[Candidate]) -> Option<String> {
-    rank(policy, client, candidates).winner
+    (rows, cut)
 }
 
 /// Applies [`GeoMode::Filter`]'s radius to the rows; returns where it cut, or `None` when the
