@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context};
 use baton_lab::{Lab, Role, Topology};
 use sha2::Digest;
 
+pub mod ftp;
 pub mod tcpflow;
 
 /// How long a started cluster may take until every participant has registered.
