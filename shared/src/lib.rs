@@ -1,5 +1,6 @@
 //! Baton's protocol and domain code: wire formats, the TCP handoff record, HTTP head parsing and
-//! response planning, geo math and participant selection.
+//! response planning, geo math, participant selection, and mirror publication (RFC 6249 `Link`
+//! values, RFC 5854 Metalink documents).
 //!
 //! Everything here is deterministic and free of I/O. This crate must never open a socket or a
 //! file, read a clock, spawn a task or depend on an async runtime: the binaries are thin shells
@@ -12,6 +13,8 @@ pub mod geo;
 pub mod handoff;
 pub mod health;
 pub mod http;
+pub mod link;
+pub mod metalink;
 pub mod moves;
 pub mod select;
 
