@@ -177,7 +177,7 @@ async fn serve(
     let first = tokio::time::timeout(REGISTER_TIMEOUT, reader.next())
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no registration"))??;
-    let Some(Message::Register { name, addr, coord, capacity }) = first else {
+    let Some(Message::Register { name, addr, coord, capacity, mirror_port }) = first else {
         shared.metrics.refuse("no_registration");
         write_message(&mut wr, &Message::Rejected { reason: "expected a registration".to_owned() }).await?;
         return Ok(());
@@ -195,11 +195,11 @@ async fn serve(
         return Ok(());
     }
     drop(permit);
-    let mut session = shared.registry.connect(&name, addr, coord, capacity);
+    let mut session = shared.registry.connect(&name, addr, coord, capacity, mirror_port);
     shared.conduct(|c, _, now| c.peer_up(&name, now));
     shared.health.connected(&name, shared.clock());
     let span = info_span!("participant", participant = %name);
-    span.in_scope(|| info!(%peer, %addr, lat = coord.lat, lon = coord.lon, capacity, "registered"));
+    span.in_scope(|| info!(%peer, %addr, lat = coord.lat, lon = coord.lon, capacity, mirror_port, "registered"));
     write_message(&mut wr, &Message::Registered { participant_id: session.id as u32 }).await?;
 
     let writer = tokio::spawn(
@@ -269,8 +269,8 @@ mod tests {
     fn only_the_owner_reports_on_a_flow() {
         let registry = Registry::default();
         let coord = Coord::new(50.0, 8.0).expect("coord");
-        let _a = registry.connect("p-a", Ipv4Addr::new(198, 18, 1, 2), coord, 10);
-        let _b = registry.connect("p-b", Ipv4Addr::new(198, 18, 2, 2), coord, 10);
+        let _a = registry.connect("p-a", Ipv4Addr::new(198, 18, 1, 2), coord, 10, 0);
+        let _b = registry.connect("p-b", Ipv4Addr::new(198, 18, 2, 2), coord, 10, 0);
         let conductor = Mutex::new(Conductor::default());
         conductor.lock().expect("lock").adopt("p-a", Ledger::new(&handoff(7)));
 

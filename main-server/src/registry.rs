@@ -6,7 +6,7 @@
 //! participant's outbound queue, which its control-connection task drains.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use std::collections::{HashSet, VecDeque};
@@ -37,6 +37,9 @@ pub struct Participant {
     pub addr: Ipv4Addr,
     pub coord: Coord,
     pub capacity: u32,
+    /// Port of its plain-HTTP mirror on `addr`, as its current session registered it; 0 when
+    /// it runs none or is not connected.
+    pub mirror_port: u16,
     pub active_flows: u32,
     /// The figures of its last heartbeat.
     pub load: Load,
@@ -91,6 +94,7 @@ pub struct ParticipantView {
     pub lat: f64,
     pub lon: f64,
     pub capacity: u32,
+    pub mirror_port: u16,
     pub active_flows: u32,
     pub load: Load,
     pub connected: bool,
@@ -177,6 +181,7 @@ impl Registry {
                 addr,
                 coord,
                 capacity,
+                mirror_port: 0,
                 active_flows: 0,
                 load: Load::default(),
                 static_entry: true,
@@ -196,7 +201,7 @@ impl Registry {
     }
 
     /// A participant registered over its control connection; replaces an older session.
-    pub fn connect(&self, name: &str, addr: Ipv4Addr, coord: Coord, capacity: u32) -> Session {
+    pub fn connect(&self, name: &str, addr: Ipv4Addr, coord: Coord, capacity: u32, mirror_port: u16) -> Session {
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE_DEPTH);
         let mut g = self.lock();
         g.next_session += 1;
@@ -206,6 +211,7 @@ impl Registry {
             addr,
             coord,
             capacity,
+            mirror_port,
             active_flows: 0,
             load: Load::default(),
             static_entry: false,
@@ -215,6 +221,7 @@ impl Registry {
         entry.addr = addr;
         entry.coord = coord;
         entry.capacity = capacity;
+        entry.mirror_port = mirror_port;
         entry.link = Some(Link { session, tx, pending: HashMap::new(), prepares: HashSet::new() });
         Session { name: name.to_owned(), id: session, rx }
     }
@@ -231,6 +238,7 @@ impl Registry {
             return false;
         }
         p.link = None;
+        p.mirror_port = 0;
         if !p.static_entry {
             g.participants.remove(name);
         }
@@ -351,6 +359,19 @@ impl Registry {
         self.lock().participants.get(name).is_some_and(|p| p.link.is_some())
     }
 
+    /// Where each connected participant's mirror listens (those that run one), by name.
+    pub fn mirrors(&self) -> Vec<(String, SocketAddrV4)> {
+        let mut v: Vec<(String, SocketAddrV4)> = self
+            .lock()
+            .participants
+            .values()
+            .filter(|p| p.link.is_some() && p.mirror_port != 0)
+            .map(|p| (p.name.clone(), SocketAddrV4::new(p.addr, p.mirror_port)))
+            .collect();
+        v.sort();
+        v
+    }
+
     pub fn addr_of(&self, name: &str) -> Option<Ipv4Addr> {
         self.lock().participants.get(name).map(|p| p.addr)
     }
@@ -366,6 +387,7 @@ impl Registry {
                 lat: p.coord.lat,
                 lon: p.coord.lon,
                 capacity: p.capacity,
+                mirror_port: p.mirror_port,
                 active_flows: p.active_flows,
                 load: p.load,
                 connected: p.link.is_some(),
@@ -389,7 +411,7 @@ mod tests {
     #[tokio::test]
     async fn handoff_answers_reach_the_waiter_and_disconnect_leaves_them_unanswered() {
         let reg = Registry::default();
-        let mut s = reg.connect("p1", Ipv4Addr::new(198, 18, 0, 2), coord(), 10);
+        let mut s = reg.connect("p1", Ipv4Addr::new(198, 18, 0, 2), coord(), 10, 0);
         let rx = reg.send_handoff("p1", 7, Message::Heartbeat(Load::default())).expect("send");
         assert!(matches!(s.rx.recv().await, Some(Message::Heartbeat { .. })));
         assert!(reg.answer("p1", 7, RestoreAnswer::Restored));
@@ -404,8 +426,8 @@ mod tests {
     fn static_entries_survive_disconnects_and_stale_sessions_are_ignored() {
         let reg = Registry::default();
         reg.add("p1", Ipv4Addr::new(198, 18, 0, 2), coord(), 10).expect("add");
-        let old = reg.connect("p1", Ipv4Addr::new(198, 18, 0, 2), coord(), 10);
-        let new = reg.connect("p1", Ipv4Addr::new(198, 18, 0, 2), coord(), 10);
+        let old = reg.connect("p1", Ipv4Addr::new(198, 18, 0, 2), coord(), 10, 0);
+        let new = reg.connect("p1", Ipv4Addr::new(198, 18, 0, 2), coord(), 10, 0);
         reg.disconnect("p1", old.id);
         assert!(reg.list()[0].connected, "a stale session must not take down the new one");
         reg.disconnect("p1", new.id);
@@ -417,5 +439,25 @@ mod tests {
             Err(RegistryError::Exists { name: "p1".into(), addr: Ipv4Addr::new(198, 18, 0, 2) })
         );
         assert_eq!(reg.remove("p2"), Err(RegistryError::Unknown { name: "p2".into() }));
+    }
+
+    #[test]
+    fn mirrors_are_the_connected_participants_that_run_one() {
+        let reg = Registry::default();
+        reg.add("p0", Ipv4Addr::new(198, 18, 0, 2), coord(), 10).expect("add");
+        let a = reg.connect("p1", Ipv4Addr::new(198, 18, 1, 2), coord(), 10, 8080);
+        let _b = reg.connect("p2", Ipv4Addr::new(198, 18, 2, 2), coord(), 10, 0);
+        let c = reg.connect("p0", Ipv4Addr::new(198, 18, 0, 2), coord(), 10, 80);
+        assert_eq!(
+            reg.mirrors(),
+            [
+                ("p0".to_owned(), SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 80)),
+                ("p1".to_owned(), SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 2), 8080)),
+            ]
+        );
+        assert!(reg.disconnect("p0", c.id));
+        assert!(reg.disconnect("p1", a.id));
+        assert!(reg.mirrors().is_empty(), "a disconnected participant's mirror is not advertised");
+        assert_eq!(reg.list().iter().find(|p| p.name == "p0").map(|p| p.mirror_port), Some(0));
     }
 }

@@ -48,6 +48,8 @@ pub struct Identity {
     pub addr: std::net::Ipv4Addr,
     pub coord: Coord,
     pub capacity: u32,
+    /// Port of its plain-HTTP mirror on `addr` (0: none), which the main advertises.
+    pub mirror_port: u16,
 }
 
 /// What the agent counts, for `/metrics`.
@@ -202,7 +204,13 @@ impl Agent {
         let id = &self.identity;
         write_message(
             &mut wr,
-            &Message::Register { name: id.name.clone(), addr: id.addr, coord: id.coord, capacity: id.capacity },
+            &Message::Register {
+                name: id.name.clone(),
+                addr: id.addr,
+                coord: id.coord,
+                capacity: id.capacity,
+                mirror_port: id.mirror_port,
+            },
         )
         .await?;
         match reader.next().await? {

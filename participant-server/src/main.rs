@@ -138,7 +138,9 @@ async fn run(args: ParticipantConfig) -> anyhow::Result<()> {
             .with_context(|| format!("binding the mirror on {}:{}", args.addr, args.mirror_port))?;
         tokio::spawn(serve_listener(listener, cache.clone(), serve.clone(), "mirror"));
     }
-    let identity = Identity { name: args.name.clone(), addr: args.addr, coord, capacity: args.capacity };
+    // Bound above (or off): the main may advertise it from the moment it hears of it.
+    let identity =
+        Identity { name: args.name.clone(), addr: args.addr, coord, capacity: args.capacity, mirror_port: args.mirror_port };
     let agent = Agent::new(
         identity,
         SocketAddrV4::new(args.main.addr, args.main.control_port),

@@ -69,6 +69,8 @@ pub enum Message {
         addr: Ipv4Addr,
         coord: Coord,
         capacity: u32,
+        /// Port of its plain-HTTP mirror on `addr`; 0 when it runs none.
+        mirror_port: u16,
     },
     /// Main → participant: registration accepted.
     Registered { participant_id: u32 },
@@ -176,6 +178,7 @@ pub fn encode_frame(msg: &Message, out: &mut Vec<u8>) {
             addr,
             coord,
             capacity,
+            mirror_port,
         } => {
             out.push(KIND_REGISTER);
             let name = &name.as_bytes()[..name.len().min(usize::from(u8::MAX))];
@@ -185,6 +188,7 @@ pub fn encode_frame(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&coord.lat.to_bits().to_be_bytes());
             out.extend_from_slice(&coord.lon.to_bits().to_be_bytes());
             out.extend_from_slice(&capacity.to_be_bytes());
+            out.extend_from_slice(&mirror_port.to_be_bytes());
         }
         Message::Registered { participant_id } => {
             out.push(KIND_REGISTERED);
@@ -313,11 +317,13 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, FrameError> {
             let lon = f64::from_bits(r.u64().ok_or(T)?);
             let coord = Coord::new(lat, lon).map_err(FrameError::Coord)?;
             let capacity = r.u32().ok_or(T)?;
+            let mirror_port = r.u16().ok_or(T)?;
             Message::Register {
                 name,
                 addr,
                 coord,
                 capacity,
+                mirror_port,
             }
         }
         KIND_REGISTERED => Message::Registered {
@@ -390,13 +396,14 @@ mod tests {
 
     #[rustfmt::skip]
     static REGISTER: &[u8] = &[
-        0, 0, 0, 31,                                    // length
+        0, 0, 0, 33,                                    // length
         1,                                              // kind
         5, b'f', b'r', b'a', b'-', b'1',                // name "fra-1"
         198, 18, 2, 10,                                 // addr
         0x40, 0x49, 0, 0, 0, 0, 0, 0,                   // lat 50.0
         0x40, 0x21, 0, 0, 0, 0, 0, 0,                   // lon 8.5
         0, 0, 0x03, 0xe8,                               // capacity 1000
+        0x1f, 0x90,                                     // mirror_port 8080
     ];
     static REGISTERED: &[u8] = &[0, 0, 0, 5, 2, 0, 0, 0, 7];
     static REJECTED: &[u8] = &[0, 0, 0, 7, 3, 0, 4, b'f', b'u', b'l', b'l'];
@@ -526,6 +533,7 @@ mod tests {
                     addr: Ipv4Addr::new(198, 18, 2, 10),
                     coord: Coord::new(50.0, 8.5).expect("in range"),
                     capacity: 1000,
+                    mirror_port: 8080,
                 },
                 REGISTER,
             ),
@@ -724,8 +732,21 @@ mod tests {
             addr: Ipv4Addr::LOCALHOST,
             coord: Coord::new(0.0, 0.0).expect("in range"),
             capacity: 1,
+            mirror_port: 0,
         };
         assert_eq!(decode_err(&encode(&msg)), FrameError::BadName);
+    }
+
+    #[test]
+    fn register_carries_the_mirror_port() {
+        // A registration without it (as older participants sent) is incomplete.
+        assert_eq!(decode_err(&frame(KIND_REGISTER, &REGISTER[5..REGISTER.len() - 2])), FrameError::Truncated);
+        let mut no_mirror = REGISTER.to_vec();
+        no_mirror[35..37].copy_from_slice(&[0, 0]);
+        let Ok(Some((Message::Register { mirror_port, capacity, .. }, 37))) = decode_frame(&no_mirror) else {
+            panic!("registration without a mirror must decode");
+        };
+        assert_eq!((mirror_port, capacity), (0, 1000));
     }
 
     #[test]
