@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod control;
 pub mod metrics;
+pub mod mirror;
 pub mod moves;
 pub mod persist;
 pub mod probe;

@@ -207,6 +207,7 @@ async fn run(cfg: MainConfig) -> anyhow::Result<()> {
         policy: cfg.selection,
         health: baton_main::probe::Health::new(cfg.health.clone()),
         probe_flows: Mutex::default(),
+        pieces: baton_main::mirror::PieceCache::default(),
     });
     apply_settings(&shared, &cfg)?;
     let reloaded = persist::reload(&shared);

@@ -83,6 +83,7 @@ pub fn render(shared: &Shared) -> String {
         ("baton_selections_total", "New flows by the participant selection chose (none: the main served).", "participant", &m.selections),
         ("baton_probes_total", "Health probes through the VIP path, by result.", "result", &m.probes),
         ("baton_control_refused_total", "Control connections and messages refused, by reason.", "reason", &m.control_refused),
+        ("baton_mirror_answers_total", "Mirror discovery requests the VIP answered itself, by kind (head, metalink).", "kind", &m.mirror_answers),
     ];
     for (name, help, label, tally) in tallies {
         e.family(name, Kind::Counter, help);

@@ -183,6 +183,9 @@ pub struct Metrics {
     pub health_changes: AtomicU64,
     /// Control connections and messages refused, by reason.
     pub control_refused: Tally,
+    /// Requests the VIP answered for mirror discovery, by kind ("head": an object's HEAD with
+    /// its mirrors; "metalink": a Metalink document). Neither a handoff nor a local serve.
+    pub mirror_answers: Tally,
     /// Admin requests carried out, and admin HTTP requests refused for want of a valid token.
     pub admin_requests: AtomicU64,
     pub admin_refused: AtomicU64,
@@ -244,6 +247,8 @@ pub struct Shared {
     pub health: crate::probe::Health,
     /// Flows that are the main's own health probes (listed only on request).
     pub probe_flows: Mutex<std::collections::HashSet<u64>>,
+    /// Piece hashes of the objects whose Metalink documents were asked for.
+    pub pieces: crate::mirror::PieceCache,
 }
 
 impl Shared {

@@ -9,6 +9,10 @@
 //! the participant reports the restore. A failure before the handoff is sent, or a reported
 //! failed restore, unfreezes the flow and the main answers the request itself on the same
 //! connection.
+//!
+//! Mirror discovery is never handed off: a HEAD of an object and a `<path>.meta4` Metalink
+//! document are answered here ([`crate::mirror`]), and the connection's next request is read
+//! and dealt with the same way.
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -23,6 +27,7 @@ use baton_shared::control::Message;
 use baton_shared::handoff::{Handoff, ObjectPlan, MAX_HANDOFF_REQUEST_BYTES};
 use baton_shared::http::{object_path, plan_error_response, Method, RequestHead};
 use baton_shared::moves::Ledger;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -132,27 +137,45 @@ async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) 
     let _ = stream.set_nodelay(true);
     let cfg = shared.serve.clone();
     let mut buf = Vec::new();
-    let accepted = Instant::now();
-    // The head stays in `buf`: it travels with a handoff, or the local session reads it again.
-    let head = match read_head(&mut stream, &mut buf, cfg.head_timeout).await {
-        Ok(HeadRead::Head { head, .. }) => head,
-        Ok(HeadRead::Closed) => return,
-        Ok(HeadRead::Invalid(e)) => {
-            info!(status = e.status(), error = %e, "bad request head");
-            let _ = send_all(&stream, &plan_error_response(e.status(), false, &cfg.server_name).head).await;
-            return;
-        }
-        Ok(HeadRead::TimedOut) => {
-            info!("request head timed out");
-            if !buf.is_empty() {
-                let _ = send_all(&stream, &plan_error_response(408, false, &cfg.server_name).head).await;
+    let mut accepted = Instant::now();
+    // Mirror discovery (a HEAD of an object, a Metalink document) is answered here and the
+    // connection's next request read; the first other request goes on below, as a connection's
+    // first request always did.
+    let head = loop {
+        // The head stays in `buf`: it travels with a handoff, or the local session reads it again.
+        let (head, len) = match read_head(&mut stream, &mut buf, cfg.head_timeout).await {
+            Ok(HeadRead::Head { head, len }) => (head, len),
+            Ok(HeadRead::Closed) => return,
+            Ok(HeadRead::Invalid(e)) => {
+                info!(status = e.status(), error = %e, "bad request head");
+                let _ = send_all(&stream, &plan_error_response(e.status(), false, &cfg.server_name).head).await;
+                return;
             }
-            return;
-        }
-        Err(e) => {
+            Ok(HeadRead::TimedOut) => {
+                info!("request head timed out");
+                if !buf.is_empty() {
+                    let _ = send_all(&stream, &plan_error_response(408, false, &cfg.server_name).head).await;
+                }
+                return;
+            }
+            Err(e) => {
+                debug!(error = %e, "client went away");
+                return;
+            }
+        };
+        let Some(answer) = mirror_answer(&stream, &head, peer, &shared).await else { break head };
+        shared.metrics.mirror_answers.add(answer.kind.label());
+        debug!(kind = answer.kind.label(), status = answer.plan.status, target = %head.target, "answered mirror discovery");
+        if let Err(e) = send_all(&stream, &answer.plan.head).await {
             debug!(error = %e, "client went away");
             return;
         }
+        if !answer.plan.keep_alive {
+            let _ = stream.shutdown().await;
+            return;
+        }
+        buf.drain(..len);
+        accepted = Instant::now();
     };
     let head_read = accepted.elapsed();
 
@@ -205,9 +228,21 @@ async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) 
     }
 }
 
-/// A request worth handing off: GET or HEAD of an object that exists. Everything else (bad
-/// paths, missing objects, other methods) is answered by the main, so bad input never reaches a
-/// participant.
+/// The main's own answer when `head` is mirror discovery (see [`crate::mirror::answer`]); never
+/// for the main's health probes, which must reach the participant they name.
+async fn mirror_answer(stream: &TcpStream, head: &RequestHead, peer: SocketAddrV4, shared: &Shared) -> Option<crate::mirror::Answer> {
+    if crate::probe::probed_participant(head, *peer.ip(), shared.local_addr).is_some() {
+        return None;
+    }
+    let SocketAddr::V4(vip) = stream.local_addr().ok()? else { return None };
+    let client = shared.geo.locate(*peer.ip());
+    crate::mirror::answer(head, &shared.origin, &shared.serve, &shared.pieces, vip, |path| shared.mirrors_for(client, path)).await
+}
+
+/// A request worth handing off: GET or HEAD of an object that exists (a HEAD gets here only as
+/// a health probe, or when the mirror answer could not look the object up). Everything else
+/// (bad paths, missing objects, other methods) is answered by the main, so bad input never
+/// reaches a participant.
 async fn handoff_plan(head: &RequestHead, shared: &Shared) -> Option<ObjectPlan> {
     if matches!(head.method, Method::Other(_)) {
         return None;

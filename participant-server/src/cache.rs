@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use baton_io::store::{DirStore, Object, ObjectSource, StoreError};
 use baton_shared::digest::{parse_repr_digest, sha256_hex, Sha256};
-use baton_shared::http::{parse_response_head, ObjectPath};
+use baton_shared::http::{parse_response_head, percent_encode_path, ObjectPath};
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -214,28 +214,4 @@ fn cache_path(root: &Path, path: &ObjectPath) -> PathBuf {
 fn unique() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Percent-encodes everything in a path but RFC 3986 unreserved characters and `/`.
-pub fn percent_encode_path(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for b in path.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn encodes_reserved_bytes() {
-        assert_eq!(percent_encode_path("a b/c%d?.bin"), "a%20b/c%25d%3F.bin");
-        assert_eq!(percent_encode_path("ä"), "%C3%A4");
-    }
 }

@@ -15,6 +15,7 @@ pub mod health;
 pub mod http;
 pub mod link;
 pub mod metalink;
+pub mod mirror;
 pub mod moves;
 pub mod select;
 

@@ -6,7 +6,8 @@
 //! [`rank`] scores every candidate (Σ weight × term, each term normalised to 0..=1, lower is
 //! better), excludes those that cannot serve (down, unhealthy, draining, full, or outside the
 //! geo filter's radius), orders them and explains the winner in one sentence for
-//! `batonctl explain`. [`choose`] is the same decision without the explanation.
+//! `batonctl explain`. [`choose`] is the same decision without the explanation, and [`eligible`]
+//! the order of all who can serve (the mirrors the main advertises).
 //!
 //! Pure functions over a snapshot of the candidates; never reads a clock, the registry or a GeoIP
 //! database, and keeps no state between calls.
@@ -317,6 +318,13 @@ pub fn rank(policy: &Policy, client: Option<Coord>, candidates: &[Candidate]) ->
 /// The same decision as [`rank`]'s, without the explanation (this runs for every new flow).
 pub fn choose(policy: &Policy, client: Option<Coord>, candidates: &[Candidate]) -> Option<String> {
     winner(&order(policy, client, candidates).0)
+}
+
+/// Every candidate that can serve, best first: [`choose`]'s winner, then the others in the same
+/// ranking order. The main advertises mirrors in this order, so a client's first mirror is the
+/// participant it would be handed to.
+pub fn eligible(policy: &Policy, client: Option<Coord>, candidates: &[Candidate]) -> Vec<String> {
+    order(policy, client, candidates).0.into_iter().take_while(|r| r.ranked.excluded.is_none()).map(|r| r.ranked.name).collect()
 }
 
 fn winner(rows: &[Row]) -> Option<String> {

@@ -16,11 +16,11 @@ pub use head::{
     parse_request_head, parse_response_head, HeadError, Header, Method, RequestHead, ResponseHead,
     MAX_HEADERS, MAX_HEAD_BYTES, MAX_TARGET_BYTES,
 };
-pub use path::{object_path, ObjectPath, PathError};
+pub use path::{object_path, percent_encode_path, ObjectPath, PathError};
 pub use range::{evaluate_range, RangeSpec};
 pub use response::{
-    imf_fixdate, plan_error_response, plan_object_response, plan_request_error, reason_phrase,
-    ObjectMeta, ResponsePlan,
+    imf_fixdate, plan_document_response, plan_error_response, plan_object_response,
+    plan_request_error, reason_phrase, ObjectMeta, ResponsePlan,
 };
 
 /// `tchar` from RFC 9110 §5.6.2: the characters allowed in methods and field names.

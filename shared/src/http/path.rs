@@ -101,6 +101,21 @@ impl std::fmt::Display for ObjectPath {
     }
 }
 
+/// Percent-encodes every byte of `path` but RFC 3986 unreserved characters and `/`: the path
+/// part of a URL that names the object `path` (decoded once by [`object_path`], it is `path`
+/// again).
+pub fn percent_encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Rejects bytes that must not appear in a path segment, raw or decoded.
 fn check_byte(b: u8) -> Result<(), PathError> {
     match b {
@@ -219,6 +234,15 @@ mod tests {
         match object_path(target) {
             Ok(p) => panic!("{target:?} accepted as {p}"),
             Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn percent_encoding_round_trips() {
+        assert_eq!(percent_encode_path("a b/c%d?.bin"), "a%20b/c%25d%3F.bin");
+        assert_eq!(percent_encode_path("\u{e4}/x~y_z-1.iso"), "%C3%A4/x~y_z-1.iso");
+        for p in ["a b/c%d?.bin", "\u{e4}t\u{e9}/#;,<>\"'", "%2e%2e/x"] {
+            assert_eq!(ok(&format!("/{}", percent_encode_path(p))), p);
         }
     }
 

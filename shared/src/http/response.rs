@@ -45,6 +45,18 @@ impl ResponsePlan {
         let line = format!("Date: {date}\r\n");
         self.head.splice(eol + 2..eol + 2, line.into_bytes());
     }
+
+    /// Appends a header field to the head, after the others (before the blank line that ends
+    /// the head, so a short text body held in `head` stays after it). Characters other than
+    /// printable ASCII are dropped from the name and the value, so no caller can break the head.
+    pub fn add_header(&mut self, name: &str, value: &str) {
+        let Some(end) = self.head.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return;
+        };
+        let printable = |s: &str| -> String { s.chars().filter(|c| matches!(c, ' '..='~')).collect() };
+        let line = format!("{}: {}\r\n", printable(name), printable(value).trim());
+        self.head.splice(end + 2..end + 2, line.into_bytes());
+    }
 }
 
 /// Standard reason phrase for `status`, or `"Unknown"`.
@@ -255,6 +267,42 @@ fn if_range_allows(value: Option<&[u8]>, etag: &str, last_modified: Option<&str>
     };
     let value = trim_ows(value);
     value == etag.as_bytes() || last_modified.is_some_and(|lm| value == lm.as_bytes())
+}
+
+/// Plans a 200 carrying a small document generated on the spot (a Metalink document, say): the
+/// document is appended to `head` for a GET (like an error's text) and left out for a HEAD, so
+/// `body` is `None` either way. Range and conditional headers are ignored: a 200 with the whole
+/// document is always a valid answer. Other methods get 405, and the connection is kept as for
+/// [`plan_object_response`].
+///
+/// Header order is fixed: `Server`, `Content-Type`, `Content-Length`, `Connection`.
+pub fn plan_document_response(
+    req: &RequestHead,
+    content_type: &str,
+    document: &[u8],
+    server: &str,
+) -> ResponsePlan {
+    let send_body = match req.method {
+        Method::Get => true,
+        Method::Head => false,
+        Method::Other(_) => return plan_request_error(req, 405, server),
+    };
+    let keep_alive = req.keep_alive() && !req.has_body();
+    let mut w = HeadWriter::new(200);
+    w.server(server);
+    w.header("Content-Type", content_type);
+    w.header("Content-Length", &document.len().to_string());
+    w.connection(keep_alive, req.minor_version);
+    let mut head = w.finish();
+    if send_body {
+        head.extend_from_slice(document);
+    }
+    ResponsePlan {
+        status: 200,
+        head,
+        body: None,
+        keep_alive,
+    }
 }
 
 /// Plans the response to a GET or HEAD for an object that exists.
@@ -655,6 +703,59 @@ Content-Length: 14\r\n\
         let p = plan_error_response(500, false, "evil\r\nSet-Cookie: x\u{e9}");
         assert!(text(&p)
             .starts_with("HTTP/1.1 500 Internal Server Error\r\nServer: evilSet-Cookie: x\r\n"));
+    }
+
+    #[test]
+    fn headers_added_at_the_end() {
+        let mut p = plan(&req("HEAD /f HTTP/1.1\r\nHost: vip\r\n\r\n"));
+        p.add_header("Link", "<http://m/f>; rel=duplicate");
+        p.add_header("X-Evil\r\n", " a\r\nSet-Cookie: b\u{e9} ");
+        let expected = FULL_200.strip_suffix("\r\n").expect("blank line").to_owned()
+            + "Link: <http://m/f>; rel=duplicate\r\nX-Evil: aSet-Cookie: b\r\n\r\n";
+        assert_eq!(text(&p), expected);
+        // An error's text body stays after the head.
+        let mut p = plan_error_response(404, true, "baton");
+        p.add_header("X", "1");
+        assert!(text(&p).ends_with("Content-Length: 14\r\nX: 1\r\n\r\n404 Not Found\n"));
+    }
+
+    #[test]
+    fn documents() {
+        let doc = b"<metalink/>\n";
+        let p = plan_document_response(&get("Range: bytes=0-1\r\n"), "application/metalink4+xml", doc, "baton");
+        assert_eq!(
+            text(&p),
+            "HTTP/1.1 200 OK\r\n\
+Server: baton\r\n\
+Content-Type: application/metalink4+xml\r\n\
+Content-Length: 12\r\n\
+\r\n\
+<metalink/>\n"
+        );
+        assert_eq!((p.status, p.body, p.keep_alive), (200, None, true));
+        let p = plan_document_response(
+            &req("HEAD /f.meta4 HTTP/1.0\r\n\r\n"),
+            "application/metalink4+xml",
+            doc,
+            "baton",
+        );
+        assert_eq!(
+            text(&p),
+            "HTTP/1.1 200 OK\r\n\
+Server: baton\r\n\
+Content-Type: application/metalink4+xml\r\n\
+Content-Length: 12\r\n\
+Connection: close\r\n\
+\r\n"
+        );
+        assert!(!p.keep_alive);
+        let p = plan_document_response(
+            &req("DELETE /f.meta4 HTTP/1.1\r\nHost: vip\r\n\r\n"),
+            "application/metalink4+xml",
+            doc,
+            "baton",
+        );
+        assert_eq!(p.status, 405);
     }
 
     #[test]

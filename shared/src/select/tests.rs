@@ -82,6 +82,7 @@ fn nearest_eligible_first_and_exclusions_last() {
          4892 km nearer (distance 0.29 vs 0.54 × 1.0); despite more loaded (load 0.30 vs 0.00 × 0.5)"
     );
     assert_eq!(choose(&Policy::default(), Some(paris()), &cs).as_deref(), Some("nyc"));
+    assert_eq!(eligible(&Policy::default(), Some(paris()), &cs), ["nyc", "sg"]);
 }
 
 #[test]
@@ -185,6 +186,7 @@ fn nobody_can_serve() {
     assert_eq!(r.reason, "no participant can serve: none is registered (the main serves itself)");
     let cs = [cand("x", london(), Health::Down, 0, 1), cand("y", paris(), Health::Unhealthy, 0, 1)];
     assert_eq!(choose(&Policy::default(), Some(london()), &cs), None);
+    assert!(eligible(&Policy::default(), Some(london()), &cs).is_empty());
     assert_eq!(
         rank(&Policy::default(), Some(london()), &cs).reason,
         "no participant can serve: 1 down, 1 unhealthy (the main serves itself)"
@@ -293,6 +295,7 @@ fn filter_mode_less_loaded_wins_within_the_radius() {
     let r = rank(&filter(1000.0), Some(paris()), &cs);
     assert_eq!(names(&r), ["fra", "lon", "nyc"]);
     assert_eq!(exclusions(&r), [None, None, Some(Exclusion::OutsideRadius)]);
+    assert_eq!(eligible(&filter(1000.0), Some(paris()), &cs), ["fra", "lon"]);
     assert!(r.ranked.iter().all(|r| r.terms.distance == 0.0));
     assert_eq!(r.ranked[0].score, 0.25);
     assert_eq!(r.ranked[2].score, 0.2);
