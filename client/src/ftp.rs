@@ -144,11 +144,7 @@ pub struct FtpData {
 }
 
 impl AsyncRead for FtpData {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(result) => {
@@ -178,16 +174,11 @@ impl FtpSession {
     /// anonymous / "baton-fetch@"), TYPE I. Each step bounded by `timeout`.
     pub async fn connect(url: &Url, timeout: Duration) -> Result<FtpSession, FtpError> {
         if url.scheme() != "ftp" {
-            return Err(FtpError::BadUrl(format!(
-                "scheme {:?} is not ftp",
-                url.scheme()
-            )));
+            return Err(FtpError::BadUrl(format!("scheme {:?} is not ftp", url.scheme())));
         }
         let port = url.port_or_known_default().unwrap_or(DEFAULT_PORT);
         let (user, password) = credentials(url)?;
-        let host = url
-            .host()
-            .ok_or_else(|| FtpError::BadUrl("no host".to_owned()))?;
+        let host = url.host().ok_or_else(|| FtpError::BadUrl("no host".to_owned()))?;
         let connecting = async {
             match host {
                 Host::Domain(name) => TcpStream::connect((name, port)).await,
@@ -248,9 +239,9 @@ impl FtpSession {
         match reply.code {
             213 => {
                 let text = reply.text.trim();
-                text.parse::<u64>().map(Some).map_err(|_| {
-                    FtpError::Protocol(format!("SIZE reply {text:?} is not a byte count"))
-                })
+                text.parse::<u64>()
+                    .map(Some)
+                    .map_err(|_| FtpError::Protocol(format!("SIZE reply {text:?} is not a byte count")))
             }
             500 | 502 | 504 | 550 => Ok(None),
             _ => Err(reply.into_error("SIZE")),
@@ -267,9 +258,7 @@ impl FtpSession {
                 if is_mdtm_time(text) {
                     Ok(Some(text.to_owned()))
                 } else {
-                    Err(FtpError::Protocol(format!(
-                        "MDTM reply {text:?} is not a time"
-                    )))
+                    Err(FtpError::Protocol(format!("MDTM reply {text:?} is not a time")))
                 }
             }
             500 | 502 | 504 | 550 => Ok(None),
@@ -288,12 +277,7 @@ impl FtpSession {
         // Checked before EPSV, so a bad path does not leave the server a passive socket.
         command_line("RETR", Some(path))?;
         let port = self.passive().await?;
-        let stream = within(
-            self.timeout,
-            "data connect",
-            TcpStream::connect((self.peer, port)),
-        )
-        .await?;
+        let stream = within(self.timeout, "data connect", TcpStream::connect((self.peer, port))).await?;
         if offset > 0 {
             self.expect("REST", Some(&offset.to_string()), 350).await?;
         }
@@ -329,11 +313,7 @@ impl FtpSession {
     pub async fn finish(&mut self, data: FtpData, complete: bool) -> Result<(), FtpError> {
         match self.state {
             State::Transfer => {}
-            State::Ready => {
-                return Err(FtpError::Protocol(
-                    "finish without an open retrieval".to_owned(),
-                ))
-            }
+            State::Ready => return Err(FtpError::Protocol("finish without an open retrieval".to_owned())),
             State::Broken => return Err(FtpError::Broken),
         }
         drop(data);
@@ -418,12 +398,7 @@ impl FtpSession {
     }
 
     /// Sends a command whose only success is `code`.
-    async fn expect(
-        &mut self,
-        verb: &'static str,
-        arg: Option<&str>,
-        code: u16,
-    ) -> Result<(), FtpError> {
+    async fn expect(&mut self, verb: &'static str, arg: Option<&str>, code: u16) -> Result<(), FtpError> {
         let reply = self.command(verb, arg).await?;
         if reply.code == code {
             Ok(())
@@ -470,11 +445,7 @@ impl FtpSession {
         result
     }
 
-    async fn read_reply_until(
-        &mut self,
-        step: &'static str,
-        deadline: Instant,
-    ) -> Result<Reply, FtpError> {
+    async fn read_reply_until(&mut self, step: &'static str, deadline: Instant) -> Result<Reply, FtpError> {
         loop {
             if let Some((reply, used)) = parse_reply(&self.buf)? {
                 self.buf.drain(..used);
@@ -509,11 +480,7 @@ pub fn url_path(url: &Url) -> Result<String, FtpError> {
     let raw = raw.strip_prefix('/').unwrap_or(raw);
     let raw = match raw.rsplit_once(";type=") {
         Some((path, "i" | "I")) => path,
-        Some((_, code)) => {
-            return Err(FtpError::BadUrl(format!(
-                "transfer type {code:?} is not binary (i)"
-            )))
-        }
+        Some((_, code)) => return Err(FtpError::BadUrl(format!("transfer type {code:?} is not binary (i)"))),
         None => raw,
     };
     let path = decode(raw)?;
@@ -555,12 +522,9 @@ fn decode(text: &str) -> Result<String, FtpError> {
         }
     }
     if out.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
-        return Err(FtpError::BadUrl(format!(
-            "{text:?} decodes to CR, LF or NUL"
-        )));
+        return Err(FtpError::BadUrl(format!("{text:?} decodes to CR, LF or NUL")));
     }
-    String::from_utf8(out)
-        .map_err(|_| FtpError::BadUrl(format!("{text:?} is not UTF-8 once decoded")))
+    String::from_utf8(out).map_err(|_| FtpError::BadUrl(format!("{text:?} is not UTF-8 once decoded")))
 }
 
 /// The bytes of one command line.
@@ -602,17 +566,13 @@ fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, FtpError> {
     loop {
         let Some(nl) = buf[pos..].iter().position(|&b| b == b'\n') else {
             if buf.len() > MAX_REPLY_BYTES {
-                return Err(FtpError::ReplyTooLong {
-                    limit: MAX_REPLY_BYTES,
-                });
+                return Err(FtpError::ReplyTooLong { limit: MAX_REPLY_BYTES });
             }
             return Ok(None);
         };
         let end = pos + nl + 1;
         if end > MAX_REPLY_BYTES {
-            return Err(FtpError::ReplyTooLong {
-                limit: MAX_REPLY_BYTES,
-            });
+            return Err(FtpError::ReplyTooLong { limit: MAX_REPLY_BYTES });
         }
         let line = &buf[pos..pos + nl];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -646,9 +606,7 @@ fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, FtpError> {
                         let code = reply_code(&digits)?;
                         return Ok(Some((Reply { code, text }, pos)));
                     }
-                    Some(b'-') if same_code => {
-                        push_text(&mut text, line.get(4..).unwrap_or_default())
-                    }
+                    Some(b'-') if same_code => push_text(&mut text, line.get(4..).unwrap_or_default()),
                     _ => push_text(&mut text, line),
                 }
             }
@@ -673,13 +631,11 @@ fn reply_code(line: &[u8]) -> Result<u16, FtpError> {
 /// logs and error messages).
 fn push_text(text: &mut String, bytes: &[u8]) {
     let decoded = String::from_utf8_lossy(bytes);
-    text.extend(decoded.chars().map(|c| {
-        if c.is_control() {
-            char::REPLACEMENT_CHARACTER
-        } else {
-            c
-        }
-    }));
+    text.extend(
+        decoded
+            .chars()
+            .map(|c| if c.is_control() { char::REPLACEMENT_CHARACTER } else { c }),
+    );
 }
 
 /// The address and port of a PASV reply: six numbers `h1,h2,h3,h4,p1,p2`, found from the first
@@ -694,10 +650,7 @@ fn parse_pasv(text: &str) -> Result<(Ipv4Addr, u16), FtpError> {
     let mut numbers = [0u8; 6];
     let mut parts = rest[..len].split(',');
     for n in &mut numbers {
-        *n = parts
-            .next()
-            .and_then(|p| p.parse::<u8>().ok())
-            .ok_or_else(bad)?;
+        *n = parts.next().and_then(|p| p.parse::<u8>().ok()).ok_or_else(bad)?;
     }
     if parts.next().is_some() {
         return Err(bad());
@@ -766,21 +719,11 @@ mod tests {
         let bare_lf = b"331 Please specify the password.\n";
         assert_eq!(
             reply(bare_lf),
-            (
-                331,
-                "Please specify the password.".to_owned(),
-                bare_lf.len()
-            )
+            (331, "Please specify the password.".to_owned(), bare_lf.len())
         );
         // Only the first reply is taken; the next stays in the buffer.
-        assert_eq!(
-            reply(b"150 Opening\r\n226 Done\r\n"),
-            (150, "Opening".to_owned(), 13)
-        );
-        assert_eq!(
-            reply(b"550 \x1b[31mred\r\n"),
-            (550, "\u{fffd}[31mred".to_owned(), 14)
-        );
+        assert_eq!(reply(b"150 Opening\r\n226 Done\r\n"), (150, "Opening".to_owned(), 13));
+        assert_eq!(reply(b"550 \x1b[31mred\r\n"), (550, "\u{fffd}[31mred".to_owned(), 14));
     }
 
     #[test]
@@ -788,10 +731,7 @@ mod tests {
         let buf = b"220-first\r\n220-second\r\n 220 third does not end it\r\n123 nor this\r\n220 last\r\n200 next";
         let (code, text, used) = reply(buf);
         assert_eq!(code, 220);
-        assert_eq!(
-            text,
-            "first\nsecond\n 220 third does not end it\n123 nor this\nlast"
-        );
+        assert_eq!(text, "first\nsecond\n 220 third does not end it\n123 nor this\nlast");
         assert_eq!(&buf[used..], b"200 next");
         let bare_end = b"211-Features:\r\n MDTM\r\n SIZE\r\n211\r\n";
         assert_eq!(
@@ -834,9 +774,7 @@ mod tests {
         let endless = line.repeat(MAX_REPLY_BYTES / line.len() + 1);
         assert!(matches!(
             parse_reply(endless.as_bytes()),
-            Err(FtpError::ReplyTooLong {
-                limit: MAX_REPLY_BYTES
-            })
+            Err(FtpError::ReplyTooLong { limit: MAX_REPLY_BYTES })
         ));
         let unterminated = format!("220 {}", "x".repeat(MAX_REPLY_BYTES));
         assert!(matches!(
@@ -876,10 +814,7 @@ mod tests {
 
     #[test]
     fn epsv_replies() {
-        assert_eq!(
-            parse_epsv("Entering Extended Passive Mode (|||6446|)").ok(),
-            Some(6446)
-        );
+        assert_eq!(parse_epsv("Entering Extended Passive Mode (|||6446|)").ok(), Some(6446));
         assert_eq!(parse_epsv("ok (!!!65535!)").ok(), Some(65535));
         for bad in [
             "Entering Extended Passive Mode",
@@ -906,15 +841,9 @@ mod tests {
 
     #[test]
     fn url_paths() {
-        assert_eq!(
-            path_of("ftp://h/dir/file.bin").ok().as_deref(),
-            Some("dir/file.bin")
-        );
+        assert_eq!(path_of("ftp://h/dir/file.bin").ok().as_deref(), Some("dir/file.bin"));
         assert_eq!(path_of("ftp://h/%2Fetc/x").ok().as_deref(), Some("/etc/x"));
-        assert_eq!(
-            path_of("ftp://h:2121/a%20b%3F").ok().as_deref(),
-            Some("a b?")
-        );
+        assert_eq!(path_of("ftp://h:2121/a%20b%3F").ok().as_deref(), Some("a b?"));
         assert_eq!(path_of("ftp://h/f;type=i").ok().as_deref(), Some("f"));
         assert_eq!(path_of("ftp://h/caf%C3%A9").ok().as_deref(), Some("café"));
         for bad in [
@@ -958,10 +887,7 @@ mod tests {
 
     #[test]
     fn command_lines() {
-        assert_eq!(
-            command_line("RETR", Some("a b")).ok(),
-            Some(b"RETR a b\r\n".to_vec())
-        );
+        assert_eq!(command_line("RETR", Some("a b")).ok(), Some(b"RETR a b\r\n".to_vec()));
         assert_eq!(command_line("PWD", None).ok(), Some(b"PWD\r\n".to_vec()));
         for bad in ["a\r\nDELE b", "a\nb", "a\rb", "a\0b"] {
             assert!(matches!(
@@ -1020,15 +946,10 @@ mod tests {
                 let mut held = None;
                 for step in script {
                     match step {
-                        Step::Say(bytes) => {
-                            write.write_all(bytes).await.map_err(|e| e.to_string())?
-                        }
+                        Step::Say(bytes) => write.write_all(bytes).await.map_err(|e| e.to_string())?,
                         Step::Hear(want) => {
                             let mut line = String::new();
-                            lines
-                                .read_line(&mut line)
-                                .await
-                                .map_err(|e| e.to_string())?;
+                            lines.read_line(&mut line).await.map_err(|e| e.to_string())?;
                             if line != format!("{want}\r\n") {
                                 return Err(format!("expected {want:?}, got {line:?}"));
                             }
@@ -1039,10 +960,7 @@ mod tests {
                                 data_port >> 8,
                                 data_port & 0xff
                             );
-                            write
-                                .write_all(reply.as_bytes())
-                                .await
-                                .map_err(|e| e.to_string())?;
+                            write.write_all(reply.as_bytes()).await.map_err(|e| e.to_string())?;
                         }
                         Step::Data(bytes) => {
                             let (mut conn, _) = data.accept().await.map_err(|e| e.to_string())?;
@@ -1109,10 +1027,7 @@ mod tests {
         let mut got = [0u8; 4];
         data.read_exact(&mut got).await?;
         assert_eq!(&got, b"0123");
-        assert!(matches!(
-            session.size(&path).await,
-            Err(FtpError::TransferPending)
-        ));
+        assert!(matches!(session.size(&path).await, Err(FtpError::TransferPending)));
         session.finish(data, false).await?;
         match session.retrieve(&path, 0).await {
             Err(FtpError::Reply {
@@ -1128,8 +1043,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_silent_data_connection_times_out_and_abort_resynchronises(
-    ) -> Result<(), Box<dyn std::error::Error>> {
+    async fn a_silent_data_connection_times_out_and_abort_resynchronises() -> Result<(), Box<dyn std::error::Error>> {
         let (base, server) = scripted::serve(vec![
             Say(b"220 Hi\r\n"),
             Hear("USER anonymous"),
@@ -1191,8 +1105,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_silent_server_times_out_and_breaks_the_session(
-    ) -> Result<(), Box<dyn std::error::Error>> {
+    async fn a_silent_server_times_out_and_breaks_the_session() -> Result<(), Box<dyn std::error::Error>> {
         let (base, server) = scripted::serve(vec![
             Say(b"220 Hi\r\n"),
             Hear("USER anonymous"),

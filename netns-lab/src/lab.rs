@@ -30,6 +30,7 @@ use crate::delay_line::{self, DelayLine, NODE_SIDE_IFACE, ROUTER_SIDE_IFACE};
 use crate::impairment::seed_for;
 use crate::netns::{self, command_in, netns_path, processes_in, sysctl, tool};
 use crate::offload::{self, End};
+use crate::units::Rate;
 use crate::topology::{
     router_iface, validate_lab_name, Node, NodeSpec, Role, Topology, TopologyError, NODE_IFACE,
 };
@@ -838,35 +839,31 @@ impl Lab {
 
     /// A `tbf` on both ends of every link that has a rate.
     fn apply_rates(&self) -> Result<(), LabError> {
-        let router = self.router();
-        for ((i, node), spec) in self.linked_nodes().zip(self.topology.node_specs()) {
-            let Some(rate) = spec.rate else { continue };
-            let rate_arg = format!("{}bit", rate.bits_per_second());
-            let burst = rate.tbf_burst_bytes().to_string();
-            let veth = router_iface(i);
-            for (ns, dev) in [(&node.ns, node.iface.as_str()), (&router.ns, veth.as_str())] {
-                tool(
-                    "tc",
-                    &[
-                        "-n",
-                        ns,
-                        "qdisc",
-                        "replace",
-                        "dev",
-                        dev,
-                        "root",
-                        "tbf",
-                        "rate",
-                        &rate_arg,
-                        "burst",
-                        &burst,
-                        "latency",
-                        TBF_LATENCY,
-                    ],
-                )?;
+        for (node, spec) in self.linked_nodes().map(|(_, n)| n).zip(self.topology.node_specs()) {
+            if let Some(rate) = spec.rate {
+                self.set_rate(&node.name, rate)?;
             }
-            tracing::info!(node = node.name, %rate, burst, "rate limit");
         }
+        Ok(())
+    }
+
+    /// Sets (or changes, while traffic flows) the rate of a node's link, both directions.
+    pub fn set_rate(&self, node: &str, rate: Rate) -> Result<(), LabError> {
+        let router = self.router();
+        let Some((i, node)) = self.linked_nodes().find(|(_, n)| n.name == node) else {
+            let known = self.linked_nodes().map(|(_, n)| n.name.as_str()).collect::<Vec<_>>().join(", ");
+            return Err(LabError::NoSuchNode { lab: self.name().to_owned(), node: node.to_owned(), known });
+        };
+        let rate_arg = format!("{}bit", rate.bits_per_second());
+        let burst = rate.tbf_burst_bytes().to_string();
+        let veth = router_iface(i);
+        for (ns, dev) in [(&node.ns, node.iface.as_str()), (&router.ns, veth.as_str())] {
+            tool(
+                "tc",
+                &["-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", &rate_arg, "burst", &burst, "latency", TBF_LATENCY],
+            )?;
+        }
+        tracing::info!(node = node.name, %rate, burst, "rate limit");
         Ok(())
     }
 }

@@ -794,3 +794,38 @@ pub fn scrape_metrics(c: &Cluster, node: &str, port: u16) -> BTreeMap<String, f6
     let text = String::from_utf8_lossy(&out.stdout);
     parse_metrics(&text).unwrap_or_else(|e| panic!("{node}: {e}\n{text}"))
 }
+
+/// Link rates of the mirrors in [`fetch_topology`]: three different speeds, so the ranking and
+/// the share of bytes each delivers can be checked.
+pub const FETCH_MIRROR_RATES: [(&str, &str); 3] = [("p-fra", "80mbit"), ("p-par", "40mbit"), ("p-sin", "20mbit")];
+
+/// The lab of the baton-fetch tests and `bench fetch`: the main and one client on fast links,
+/// three participants (mirrors) on links of [`FETCH_MIRROR_RATES`]. The client is near p-fra.
+pub fn fetch_topology() -> String {
+    let node = |name: &str, role: &str, city: &str, cc: &str, lat: f64, lon: f64, rate: &str| {
+        format!("  - name: {name}\n    role: {role}\n    location: {{ city: {city}, country: {cc}, lat: {lat}, lon: {lon} }}\n    rate: {rate}\n")
+    };
+    let [(a, ra), (b, rb), (c, rc)] = FETCH_MIRROR_RATES;
+    [
+        "name: fetch\nblock: 198.18.0.0/21\nvip: 203.0.113.10\nnodes:\n".to_owned(),
+        node("main", "main", "Amsterdam", "NL", 52.37, 4.90, "10gbit"),
+        node(a, "participant", "Frankfurt", "DE", 50.11, 8.68, ra),
+        node(b, "participant", "Paris", "FR", 48.86, 2.35, rb),
+        node(c, "participant", "Singapore", "SG", 1.29, 103.85, rc),
+        node("c-fra", "client", "Mainz", "DE", 50.00, 8.27, "10gbit"),
+    ]
+    .concat()
+}
+
+/// Starts baton-fetch in `node` with `args`, stdout (the `--json` summary) and stderr piped.
+pub fn spawn_fetch(cluster: &Cluster, node: &str, args: &[&str]) -> anyhow::Result<Child> {
+    cluster
+        .lab
+        .command(node, bin("baton-fetch")?)?
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting baton-fetch")
+}

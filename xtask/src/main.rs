@@ -30,7 +30,16 @@ const BENCH_LARGE_ROUNDS: usize = 7;
 
 /// Commands and the Debian packages that provide them.
 const REQUIRED_COMMANDS: &[(&str, &str)] =
-    &[("clang", "clang"), ("ip", "iproute2"), ("tc", "iproute2"), ("curl", "curl"), ("tcpdump", "tcpdump")];
+    &[
+        ("clang", "clang"),
+        ("ip", "iproute2"),
+        ("tc", "iproute2"),
+        ("curl", "curl"),
+        ("tcpdump", "tcpdump"),
+        // The baton-fetch tests: a real FTP mirror, and aria2 reading the main's metalink.
+        ("vsftpd", "vsftpd"),
+        ("aria2c", "aria2"),
+    ];
 /// Header files and the Debian packages that provide them.
 const REQUIRED_FILES: &[(&str, &str)] =
     &[("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"), ("/usr/include/linux/bpf.h", "linux-libc-dev")];
@@ -122,8 +131,10 @@ fn is_root() -> bool {
 }
 
 fn have_command(cmd: &str) -> bool {
+    // Daemons (vsftpd) live in sbin, which a non-login PATH may lack.
+    let sbin = ["/usr/sbin", "/sbin"].map(std::path::PathBuf::from);
     std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(cmd).is_file()))
+        .map(|paths| std::env::split_paths(&paths).chain(sbin).any(|d| d.join(cmd).is_file()))
         .unwrap_or(false)
 }
 
@@ -181,7 +192,7 @@ fn cargo() -> Command {
 }
 
 fn build() -> anyhow::Result<()> {
-    run(cargo().args(["build", "--release", "--bins", "-p", "baton-main", "-p", "baton-participant", "-p", "baton-lab"]))
+    run(cargo().args(["build", "--release", "--bins", "-p", "baton-main", "-p", "baton-participant", "-p", "baton-lab", "-p", "baton-fetch"]))
 }
 
 fn test(extra: &[String]) -> anyhow::Result<()> {
