@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use baton_tests::{curl_download, Cluster, ClusterOptions};
 use clap::{Parser, Subcommand};
 
+mod bench_fetch;
 mod bench_move;
 
 /// Size of the object each demo client downloads.
@@ -67,9 +68,9 @@ enum Cmd {
     },
     /// Benchmarks (side-by-side ratios in one run).
     Bench {
-        #[arg(value_parser = ["handoff", "move"])]
+        #[arg(value_parser = ["handoff", "move", "fetch"])]
         which: String,
-        /// `move`: size of the downloaded object in MiB.
+        /// `move`, `fetch`: size of the downloaded object in MiB.
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
         /// `move`: graceful moves during the first download.
@@ -110,6 +111,7 @@ fn main() -> anyhow::Result<()> {
             match which.as_str() {
                 "handoff" => bench_handoff(),
                 "move" => bench_move::run(bench_move::Options { size_mib, moves, kills, keep_pcap }),
+                "fetch" => bench_fetch::run(bench_fetch::Options { size_mib }),
                 other => bail!("unknown benchmark {other}"),
             }
         }
