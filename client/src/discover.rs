@@ -160,6 +160,17 @@ fn add(list: &mut Vec<Candidate>, url: Url, found: Found, pri: Option<u32>, loca
     });
 }
 
+/// Adds a metalink's URLs, best priority first.
+fn add_metalink_urls(list: &mut Vec<Candidate>, m: &MetaFile) {
+    let mut urls = m.urls.clone();
+    urls.sort_by_key(|u| u.priority.unwrap_or(u32::MAX));
+    for u in urls {
+        if let Ok(url) = Url::parse(&u.url) {
+            add(list, url, Found::Metalink, u.priority, u.location.clone());
+        }
+    }
+}
+
 /// Finds the servers and the target. The returned candidates include those left out, with why.
 pub async fn discover(wanted: &Wanted, net: &Net) -> Result<(Target, Vec<Candidate>), DiscoverError> {
     let mut meta = match &wanted.metalink {
@@ -171,13 +182,7 @@ pub async fn discover(wanted: &Wanted, net: &Net) -> Result<(Target, Vec<Candida
         add(&mut list, u.clone(), Found::Given, None, None);
     }
     if let Some(m) = &meta {
-        let mut urls = m.urls.clone();
-        urls.sort_by_key(|u| u.priority.unwrap_or(u32::MAX));
-        for u in urls {
-            if let Ok(url) = Url::parse(&u.url) {
-                add(&mut list, url, Found::Metalink, u.priority, u.location.clone());
-            }
-        }
+        add_metalink_urls(&mut list, m);
     }
     if list.is_empty() {
         return Err(DiscoverError::NoUrl);
@@ -215,13 +220,7 @@ pub async fn discover(wanted: &Wanted, net: &Net) -> Result<(Target, Vec<Candida
                 }
             }
             if let Some(m) = &meta {
-                let mut urls = m.urls.clone();
-                urls.sort_by_key(|u| u.priority.unwrap_or(u32::MAX));
-                for u in urls {
-                    if let Ok(url) = Url::parse(&u.url) {
-                        add(&mut list, url, Found::Metalink, u.priority, u.location.clone());
-                    }
-                }
+                add_metalink_urls(&mut list, m);
             }
         }
         for d in &facts.links.duplicates {
@@ -353,7 +352,11 @@ pub fn sample_offsets(size: u64, seed: u64) -> Vec<(u64, u64)> {
         return Vec::new();
     }
     let span = size - len + 1;
-    let mut x = seed | 1;
+    // splitmix64 of the seed: every seed its own xorshift state, never 0.
+    let mut x = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x = (x ^ (x >> 31)).max(1);
     let mut out = vec![(size - len, size)];
     for _ in 1..SAMPLE_COUNT {
         // xorshift64*
