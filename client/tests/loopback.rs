@@ -181,3 +181,83 @@ async fn a_wrong_claimed_digest_leaves_nothing_under_the_output_name() {
     assert!(!out.exists());
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+/// An HTTPS server on loopback for `data` at `/f.bin`: rustls with a certificate for
+/// `localhost`, answers planned by Baton's own response planner (Range, digests). Returns the
+/// URL and the CA file to trust.
+async fn https_server(dir: &Path, data: Vec<u8>) -> (String, PathBuf) {
+    use baton_shared::http::{parse_request_head, plan_object_response, ObjectMeta};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).expect("ca file");
+    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.key_pair.serialize_der()).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let meta = ObjectMeta { size: data.len() as u64, sha256: sha2::Sha256::digest(&data).into(), last_modified_unix: None };
+    let data = std::sync::Arc::new(data);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, meta, data) = (acceptor.clone(), meta.clone(), data.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut buf = Vec::new();
+                loop {
+                    let (head, len) = loop {
+                        if let Ok(Some(h)) = parse_request_head(&buf) {
+                            break h;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    buf.drain(..len);
+                    let plan = if head.target == "/f.bin" {
+                        plan_object_response(&head, &meta, "test")
+                    } else {
+                        baton_shared::http::plan_request_error(&head, 404, "test")
+                    };
+                    if tls.write_all(&plan.head).await.is_err() {
+                        return;
+                    }
+                    if let Some((off, len)) = plan.body {
+                        if tls.write_all(&data[off as usize..(off + len) as usize]).await.is_err() {
+                            return;
+                        }
+                    }
+                    if !plan.keep_alive {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("https://localhost:{port}/f.bin"), ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_mirrors_with_a_private_ca() {
+    let dir = temp_dir("https");
+    let body = data(6 << 20, 21);
+    let (url, ca) = https_server(&dir, body.clone()).await;
+    let out = dir.join("out.bin");
+    // Without trusting the CA the only server fails its TLS handshake.
+    let r = baton_fetch::run(&options(std::slice::from_ref(&url), &out), no_cancel()).await;
+    assert!(matches!(r, Err(FetchError::Discover(ref e)) if e.to_string().contains("tls")), "{r:?}");
+    let mut opts = options(&[url], &out);
+    opts.cacert = Some(ca);
+    let summary = baton_fetch::run(&opts, no_cancel()).await.expect("download");
+    assert_eq!(std::fs::read(&out).expect("output"), body);
+    assert_eq!(summary.verified, "sha-256");
+    assert_eq!(summary.servers[0].protocol, baton_fetch::source::Protocol::Https);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
