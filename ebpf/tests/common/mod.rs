@@ -235,6 +235,13 @@ pub mod lab {
     /// Builds the lab in the current (fresh) namespace.
     pub fn build() {
         use super::{ip, sysctl};
+        // No IPv6 on the lab's links: the kernel's own router solicitations and MLD reports
+        // would otherwise reach the attached program in the middle of a fixture and move its
+        // counters.
+        if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            sysctl("net/ipv6/conf/all/disable_ipv6", "1");
+            sysctl("net/ipv6/conf/default/disable_ipv6", "1");
+        }
         ip(&[
             "link",
             "add",
