@@ -186,8 +186,17 @@ fn reload_under_traffic(mode: AttachMode) {
     assert_eq!(attached_ids(mode), ids);
 
     let stop = AtomicBool::new(false);
+    /// Stops the sender however the scope ends: a failed assertion below must be reported,
+    /// not leave the scope waiting forever for a sender nobody stops.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     let (sent, dp) = std::thread::scope(|s| {
         let sender = s.spawn(|| stream(&peer, &stop));
+        let _stop = StopOnDrop(&stop);
         for round in 0..RELOADS {
             std::thread::sleep(Duration::from_millis(30));
             // The process "exits": the program must keep forwarding meanwhile.
