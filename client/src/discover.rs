@@ -272,7 +272,8 @@ pub async fn discover(wanted: &Wanted, net: &Net) -> Result<(Target, Vec<Candida
     // Probe everyone else at once.
     let mut probes = tokio::task::JoinSet::new();
     for (i, c) in list.iter().enumerate() {
-        if i != primary && !matches!(c.verdict, Verdict::Unreachable(ref r) if r != "not probed") {
+        // Those before the primary were tried as primary and did not answer.
+        if i > primary {
             let (url, net) = (c.url.clone(), net.clone());
             probes.spawn(async move { (i, source::probe(&url, &net).await) });
         }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton_shared::digest::Sha256;
-use sha2::Digest as _;
+use baton_shared::metalink::PieceHasher;
 use tokio::sync::mpsc;
 use url::Url;
 
@@ -135,7 +135,6 @@ pub struct ServerReport {
     pub bytes: u64,
     /// Mean rate while it had work, bytes per second.
     pub rate: Option<f64>,
-    pub connections: usize,
 }
 
 /// What happened.
@@ -445,7 +444,8 @@ pub async fn run(opts: &Options, mut cancel: tokio::sync::watch::Receiver<bool>)
                     check.bad_pieces.len()
                 )));
             }
-            if let (Some(want), Some(got)) = (target.sha256, check.sha256) {
+            if let Some(want) = target.sha256 {
+                let got = check.sha256;
                 if want != got {
                     break Err(FetchError::Verify(format!(
                         "SHA-256 is {}, expected {}",
@@ -552,7 +552,6 @@ pub async fn run(opts: &Options, mut cancel: tokio::sync::watch::Receiver<bool>)
                 rtt_ms: s.cand.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 bytes,
                 rate: (s.busy_time > Duration::ZERO).then(|| bytes as f64 / s.busy_time.as_secs_f64()),
-                connections: 0,
             }
         })
         .collect();
@@ -574,7 +573,6 @@ pub async fn run(opts: &Options, mut cancel: tokio::sync::watch::Receiver<bool>)
             rtt_ms: c.rtt.map(|d| d.as_secs_f64() * 1000.0),
             bytes: 0,
             rate: None,
-            connections: 0,
         });
     }
     Ok(Summary {
@@ -703,43 +701,32 @@ async fn fetch_task(
 
 /// The result of hashing the finished file.
 struct Check {
-    sha256: Option<Sha256>,
+    sha256: Sha256,
     bad_pieces: Vec<(u64, u64)>,
 }
 
 fn check_file(file: &std::fs::File, target: &Target) -> std::io::Result<Check> {
-    let mut whole = sha2::Sha256::new();
-    let mut bad = Vec::new();
-    let piece_len = target.pieces.as_ref().map_or(u64::MAX, |p| p.length);
-    let mut piece = sha2::Sha256::new();
-    let mut piece_start = 0u64;
+    // Without a piece list the whole file is one piece: only its digest is used.
+    let piece_len = target.pieces.as_ref().map_or(target.size, |p| p.length).max(1);
+    let mut hasher = PieceHasher::new(piece_len);
     let mut buf = vec![0u8; HASH_READ_BYTES];
     let mut at = 0u64;
     while at < target.size {
-        let want = (target.size - at)
-            .min(buf.len() as u64)
-            .min(piece_start.saturating_add(piece_len) - at) as usize;
+        let want = (target.size - at).min(buf.len() as u64) as usize;
         file.read_exact_at(&mut buf[..want], at)?;
-        whole.update(&buf[..want]);
-        if target.pieces.is_some() {
-            piece.update(&buf[..want]);
-        }
+        hasher.update(&buf[..want]);
         at += want as u64;
-        if let Some(p) = &target.pieces {
-            if at == target.size || at - piece_start == piece_len {
-                let idx = (piece_start / piece_len) as usize;
-                let got: Sha256 = std::mem::take(&mut piece).finalize().into();
-                if p.sha256.get(idx) != Some(&got) {
-                    bad.push((piece_start, at));
-                }
-                piece_start = at;
-            }
-        }
     }
-    Ok(Check {
-        sha256: Some(whole.finalize().into()),
-        bad_pieces: bad,
-    })
+    let (whole, pieces) = hasher.finish();
+    let bad_pieces = match &target.pieces {
+        None => Vec::new(),
+        Some(p) => (0u64..)
+            .zip(&pieces)
+            .filter(|&(i, got)| p.sha256.get(i as usize) != Some(got))
+            .map(|(i, _)| (i * piece_len, ((i + 1) * piece_len).min(target.size)))
+            .collect(),
+    };
+    Ok(Check { sha256: whole, bad_pieces })
 }
 
 fn output_path(opts: &Options, target: &Target) -> Result<PathBuf, FetchError> {

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use baton_shared::digest::{parse_repr_digest, Sha256};
+use baton_shared::digest::{parse_legacy_digest, parse_repr_digest, Sha256};
 use baton_shared::link::{parse_links, Links};
 use url::Url;
 
@@ -148,20 +148,6 @@ pub async fn probe(url: &Url, net: &Net) -> Result<(Facts, Duration), SourceErro
             Err(SourceError::Refused(format!("more than {MAX_REDIRECTS} redirects")))
         }
     }
-}
-
-/// The `SHA-256` member of an RFC 3230 `Digest` value.
-fn parse_legacy_digest(value: &[u8]) -> Option<Sha256> {
-    use base64::Engine as _;
-    let text = std::str::from_utf8(value).ok()?;
-    text.split(',').find_map(|m| {
-        let (alg, v) = m.trim().split_once('=')?;
-        if !alg.eq_ignore_ascii_case("sha-256") {
-            return None;
-        }
-        let bytes = base64::engine::general_purpose::STANDARD.decode(v.trim()).ok()?;
-        Sha256::try_from(bytes.as_slice()).ok()
-    })
 }
 
 /// A connection that fetches ranges from one server, kept between ranges when it can be.

@@ -76,6 +76,21 @@ pub fn parse_repr_digest(value: &[u8]) -> Option<Sha256> {
     None
 }
 
+/// Finds the `SHA-256` member (any case) of an RFC 3230 `Digest` value and returns its digest;
+/// `None` when there is no well-formed member with exactly 32 bytes.
+pub fn parse_legacy_digest(value: &[u8]) -> Option<Sha256> {
+    value.split(|&b| b == b',').find_map(|member| {
+        let member = trim_ows(member);
+        let eq = member.iter().position(|&b| b == b'=')?;
+        let (alg, v) = (trim_ows(&member[..eq]), trim_ows(&member[eq + 1..]));
+        if !alg.eq_ignore_ascii_case(b"sha-256") {
+            return None;
+        }
+        let bytes = LENIENT_BASE64.decode(v).ok()?;
+        Sha256::try_from(bytes.as_slice()).ok()
+    })
+}
+
 /// Trims optional whitespace (SP and HTAB, RFC 9110 §5.6.3) from both ends.
 pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
@@ -122,6 +137,15 @@ mod tests {
             legacy_digest_value(&EMPTY),
             "SHA-256=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
         );
+    }
+
+    #[test]
+    fn legacy_digest_parses_its_own_output_and_skips_other_algorithms() {
+        assert_eq!(parse_legacy_digest(legacy_digest_value(&EMPTY).as_bytes()), Some(EMPTY));
+        let v = format!("MD5=HUXZLQLMuI/KZ5KDcJPcOA==, sha-256={}", &legacy_digest_value(&EMPTY)[8..]);
+        assert_eq!(parse_legacy_digest(v.as_bytes()), Some(EMPTY));
+        assert_eq!(parse_legacy_digest(b"SHA-256=AAAA"), None);
+        assert_eq!(parse_legacy_digest(b"MD5=HUXZLQLMuI/KZ5KDcJPcOA=="), None);
     }
 
     #[test]
