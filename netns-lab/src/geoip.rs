@@ -1,11 +1,14 @@
 //! The lab's own GeoIP database: every node subnet mapped to the node's city.
 //!
+//! The members of a LAN share one subnet; it maps to the city of the first member (in link
+//! order) that has a location.
+//!
 //! The file uses the GeoIP2/GeoLite2 City schema (`city.names.en`, `country.iso_code`,
 //! `location.latitude`, ...) and database type `GeoLite2-City`, so Baton's main server reads it
 //! exactly as it would read a real MaxMind database. Only lab subnets (198.18.0.0/15) are in
 //! it; it never describes real addresses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use ipnet::IpNet;
@@ -81,16 +84,22 @@ struct CityRecord<'a> {
     location: GeoLocation,
 }
 
-/// The database bytes: one entry per node subnet, for every node that has a location.
+/// The database bytes: one entry per node subnet, for every node that has a location. A
+/// subnet shared by a LAN's members gets the location of the first member that has one.
 pub fn database(lab_name: &str, nodes: &[Node]) -> Result<Vec<u8>, mmdb_writer::Error> {
     let description = format!("baton-lab {lab_name}: lab subnets mapped to topology cities");
     let mut writer = Writer::builder(DATABASE_TYPE)
         .description(&[("en", &description)])
         .build();
+    let mut mapped = HashSet::new();
     for node in nodes {
         let Some(location) = &node.location else {
             continue;
         };
+        // The writer lets a later insert of the same subnet win; the first member must.
+        if !mapped.insert(node.subnet) {
+            continue;
+        }
         let record = CityRecord {
             city: Names {
                 names: BTreeMap::from([("en", location.city.as_str())]),
@@ -208,6 +217,51 @@ mod tests {
             assert_eq!(location.latitude, Some(lat), "{addr}");
             assert_eq!(location.longitude, Some(lon), "{addr}");
             assert_eq!(location.accuracy_radius, Some(ACCURACY_RADIUS_KM), "{addr}");
+        }
+    }
+
+    #[test]
+    fn a_lan_subnet_maps_to_its_first_located_member() {
+        let yaml = "\
+name: t
+block: 198.18.8.0/22
+vip: 203.0.113.10
+nodes:
+  - { name: main, role: main, location: { city: Amsterdam, country: NL, lat: 52.37, lon: 4.9 } }
+  - { name: a, role: client, lan: office }
+  - { name: b, role: client, lan: office, location: { city: Berlin, country: DE, lat: 52.52, lon: 13.4 } }
+  - { name: c, role: client, lan: office, location: { city: Paris, country: FR, lat: 48.86, lon: 2.35 } }
+";
+        let nodes = Topology::from_yaml(yaml)
+            .expect("parses")
+            .resolve()
+            .expect("resolves");
+        let bytes = database("t", &nodes).expect("a shared subnet is no error");
+        let reader = maxminddb::Reader::from_source(bytes).expect("reader opens it");
+        for (addr, expected) in [
+            (Ipv4Addr::new(198, 18, 8, 2), "Amsterdam"),
+            // a (no location), b and c, and any other host of the LAN's /24.
+            (Ipv4Addr::new(198, 18, 9, 2), "Berlin"),
+            (Ipv4Addr::new(198, 18, 9, 3), "Berlin"),
+            (Ipv4Addr::new(198, 18, 9, 4), "Berlin"),
+            (Ipv4Addr::new(198, 18, 9, 200), "Berlin"),
+        ] {
+            let city: geoip2::City = reader
+                .lookup(IpAddr::V4(addr))
+                .unwrap_or_else(|error| panic!("{addr}: {error}"));
+            let names = city.city.and_then(|c| c.names).unwrap_or_default();
+            assert_eq!(names.get("en").copied(), Some(expected), "{addr}");
+        }
+        // The reserved links of b and c are in no one's subnet.
+        for addr in [Ipv4Addr::new(198, 18, 10, 2), Ipv4Addr::new(198, 18, 11, 2)] {
+            let result: Result<geoip2::City, _> = reader.lookup(IpAddr::V4(addr));
+            assert!(
+                matches!(
+                    result,
+                    Err(maxminddb::MaxMindDBError::AddressNotFoundError(_))
+                ),
+                "{addr}: {result:?}"
+            );
         }
     }
 

@@ -5,7 +5,9 @@
 //! clash), addresses, routes, sysctls, rate limits, the lab's GeoIP database and a state file
 //! under `/run/baton-lab/<name>/`. A link with delay, jitter or loss gets a delay-line
 //! namespace `<name>-<node>_dl` between node and router, and a delay-line daemon in it
-//! ([`crate::delay_line`]). `down` removes all of it, and also what a crashed run left: it
+//! ([`crate::delay_line`]). The members of a LAN keep their own veth pairs, but the router ends
+//! of them are ports of one bridge per LAN in the router's namespace, which holds the router's
+//! address on the LAN. `down` removes all of it, and also what a crashed run left: it
 //! finds namespaces by the `<name>-` prefix even without a state file, and stops every process
 //! in them, delay lines included.
 //!
@@ -32,7 +34,8 @@ use crate::netns::{self, command_in, netns_path, processes_in, sysctl, tool};
 use crate::offload::{self, End};
 use crate::units::Rate;
 use crate::topology::{
-    router_iface, validate_lab_name, Node, NodeSpec, Role, Topology, TopologyError, NODE_IFACE,
+    router_iface, validate_lab_name, Lan, Node, NodeSpec, Role, Topology, TopologyError,
+    NODE_IFACE,
 };
 
 /// Where labs keep their state: `/run/baton-lab/<name>/`. On tmpfs, so a reboot (which also
@@ -689,6 +692,8 @@ impl Lab {
             }
         }
         let router = self.router();
+        let lans = self.topology.lans();
+        let lan_of = |i: usize| lans.iter().find(|lan| lan.members.contains(&i));
         for (i, node) in self.linked_nodes() {
             let veth = router_iface(i);
             // Without a delay line the link is one veth pair; with one, two pairs meet in the
@@ -702,9 +707,12 @@ impl Lab {
                 add_veth_pair((NODE_IFACE, &node.ns), (NODE_SIDE_IFACE, &line.ns))?;
             }
         }
+        for lan in &lans {
+            add_bridge(&router.ns, lan)?;
+        }
         // Sysctls before any link is up, so no packet leaves under the kernel defaults.
         for node in &self.nodes {
-            sysctl(&node.ns, &self.sysctls(node))?;
+            sysctl(&node.ns, &self.sysctls(node, &lans))?;
         }
         for (_, _, _, line) in &impaired {
             let settings = ipv6_off();
@@ -724,11 +732,22 @@ impl Lab {
             let veth = router_iface(i);
             let gateway = format!("{}/{}", node.gateway, node.subnet.prefix_len());
             let addr = format!("{}/{}", node.addr, node.subnet.prefix_len());
-            tool(
-                "ip",
-                &["-n", &router.ns, "addr", "add", &gateway, "dev", &veth],
-            )?;
-            tool("ip", &["-n", &router.ns, "link", "set", &veth, "up"])?;
+            // On a LAN the router's address is on the bridge, set once for its first member.
+            let router_dev = match lan_of(i) {
+                None => Some(veth.as_str()),
+                Some(lan) if lan.members.first() == Some(&i) => Some(lan.bridge.as_str()),
+                Some(_) => None,
+            };
+            if let Some(dev) = router_dev {
+                tool(
+                    "ip",
+                    &["-n", &router.ns, "addr", "add", &gateway, "dev", dev],
+                )?;
+                tool("ip", &["-n", &router.ns, "link", "set", dev, "up"])?;
+            }
+            if router_dev != Some(veth.as_str()) {
+                tool("ip", &["-n", &router.ns, "link", "set", &veth, "up"])?;
+            }
             tool(
                 "ip",
                 &["-n", &node.ns, "addr", "add", &addr, "dev", &node.iface],
@@ -760,7 +779,7 @@ impl Lab {
     }
 
     /// The sysctls of `node`'s namespace.
-    fn sysctls(&self, node: &Node) -> Vec<(String, &'static str)> {
+    fn sysctls(&self, node: &Node, lans: &[Lan]) -> Vec<(String, &'static str)> {
         let mut settings = ipv6_off();
         let rp_filter_off = |iface: &str| (format!("net.ipv4.conf.{iface}.rp_filter"), "0");
         match node.role {
@@ -773,6 +792,10 @@ impl Lab {
                 settings.push(rp_filter_off("default"));
                 for (i, _) in self.linked_nodes() {
                     settings.push(rp_filter_off(&router_iface(i)));
+                }
+                // A LAN's bridge is where its members' packets enter the router's routing.
+                for lan in lans {
+                    settings.push(rp_filter_off(&lan.bridge));
                 }
             }
             Role::Participant => {
@@ -876,6 +899,33 @@ fn add_veth_pair(one: (&str, &str), other: (&str, &str)) -> Result<(), LabError>
         other.1,
     ];
     tool("ip", &args).map(drop)
+}
+
+/// Creates the bridge of `lan` in the router's namespace `ns` and makes its members' router-side
+/// veths its ports. Multicast snooping is off, so the bridge floods multicast to every port like
+/// a plain switch instead of waiting for IGMP reports that a lab without a querier may never
+/// send in time. With STP off (the default) ports forward at once.
+fn add_bridge(ns: &str, lan: &Lan) -> Result<(), LabError> {
+    tool(
+        "ip",
+        &[
+            "-n",
+            ns,
+            "link",
+            "add",
+            &lan.bridge,
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ],
+    )?;
+    for &i in &lan.members {
+        let veth = router_iface(i);
+        tool("ip", &["-n", ns, "link", "set", &veth, "master", &lan.bridge])?;
+    }
+    tracing::info!(lan = lan.name, bridge = lan.bridge, ports = lan.members.len(), "LAN");
+    Ok(())
 }
 
 /// The sysctls that turn IPv6 off in a namespace. The lab is IPv4 only: without this every

@@ -2,8 +2,9 @@
 //!
 //! A topology names the lab, gives it an address block inside 198.18.0.0/15 (RFC 2544) and a VIP
 //! inside 203.0.113.0/24 (TEST-NET-3), and lists its nodes. There is always exactly one router,
-//! which is implicit; every node has one link to it. Link `i` (node `i` in YAML order) uses the
-//! `i`-th /24 of the block, with the router on `.1` and the node on `.2`.
+//! which is implicit; every node has one link to it (or shares one, see LANs below). Link `i`
+//! (node `i` in YAML order) uses the `i`-th /24 of the block, with the router on `.1` and the
+//! node on `.2`.
 //!
 //! A node's link may carry a `rate` (both directions, `tbf`) and impairments, each applied in
 //! both directions of that link by a delay line ([`crate::delay_line`]):
@@ -16,6 +17,15 @@
 //!
 //! `delay` and `jitter` are at most [`Delay::MAX`] (10 s); `loss` is at least 0% and below
 //! [`Loss::LIMIT_PERCENT`] (100%).
+//!
+//! Nodes may share one Ethernet segment instead: all nodes with the same `lan: <name>`
+//! (`[a-z0-9-]`, at most [`MAX_LAN_NAME_LEN`] characters) sit on one switch, a bridge in the
+//! router's namespace, so that link-local multicast and subnet broadcasts reach every member
+//! while traffic to other nodes is routed (the router forwards no multicast). A LAN uses the
+//! /24 of its first member's link (in YAML order): the router is `.1` on it and the members are
+//! `.2`, `.3`, ... in YAML order. The other members' own links stay reserved and unused, so no
+//! other node's addresses move. A LAN member may have a `rate` (on its own port of the switch)
+//! but no `delay`, `jitter` or `loss`: delay lines are built per point-to-point link.
 //!
 //! This module never touches the system: it parses, checks and computes. Every error names the
 //! field it is about (`nodes[2].rate`, `block`, ...).
@@ -50,6 +60,14 @@ pub const MAX_NODE_NAME_LEN: usize = 24;
 
 /// Prefix length of one link's subnet: every link is a /24.
 pub const LINK_PREFIX_LEN: u8 = 24;
+
+/// Longest LAN name, for the same reason as [`MAX_LAB_NAME_LEN`]. The bridge's interface name
+/// does not derive from it (see [`lan_bridge`]).
+pub const MAX_LAN_NAME_LEN: usize = 12;
+
+/// Most members of one LAN: the hosts `.2` to `.254` of its /24 (`.1` is the router, `.255`
+/// the broadcast address).
+pub const MAX_LAN_MEMBERS: usize = 253;
 
 /// Name of the implicit router node (its namespace is `<lab>-router`).
 pub const ROUTER_NAME: &str = "router";
@@ -161,6 +179,10 @@ pub struct NodeSpec {
     /// Independent random drop probability per packet, in each direction of the node's link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<Loss>,
+    /// The LAN segment the node is on, `[a-z0-9-]`: every node with the same `lan` shares one
+    /// /24 behind one bridge on the router. `None`: the node has a link of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lan: Option<String>,
 }
 
 impl NodeSpec {
@@ -169,6 +191,18 @@ impl NodeSpec {
     pub fn impairment(&self) -> Option<Impairment> {
         Impairment::from_fields(self.delay, self.jitter, self.loss)
     }
+}
+
+/// One LAN segment of a topology: the nodes with the same `lan`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lan {
+    /// The LAN name from the topology.
+    pub name: String,
+    /// The bridge's interface name in the router's namespace, see [`lan_bridge`].
+    pub bridge: String,
+    /// The members' link indexes (their positions in the node list), in YAML order. The first
+    /// one's link subnet is the LAN's subnet.
+    pub members: Vec<usize>,
 }
 
 /// A parsed, validated lab topology.
@@ -200,7 +234,8 @@ pub struct Node {
     /// Where the node is, if the topology says.
     pub location: Option<Location>,
     /// The node's interface towards the router: `eth0`. The router has `veth<i>` towards
-    /// node `i`; its entry names `veth0`.
+    /// node `i`; its entry names the interface that holds its address on link 0: `veth0`, or
+    /// the LAN's bridge when node 0 is on a LAN.
     pub iface: String,
 }
 
@@ -325,6 +360,34 @@ impl Topology {
             if let Some(location) = &node.location {
                 validate_location(&field("location"), location)?;
             }
+            if let Some(lan) = &node.lan {
+                check_name(&field("lan"), lan, MAX_LAN_NAME_LEN)?;
+                let impairments = [
+                    ("delay", node.delay.is_some()),
+                    ("jitter", node.jitter.is_some()),
+                    ("loss", node.loss.is_some()),
+                ];
+                if let Some((name, _)) = impairments.iter().find(|(_, set)| *set) {
+                    return Err(TopologyError::invalid(
+                        field(name),
+                        "a LAN member cannot have a delay line yet",
+                    ));
+                }
+            }
+        }
+        for lan in self.lans() {
+            if lan.members.len() > MAX_LAN_MEMBERS {
+                let i = lan.members[MAX_LAN_MEMBERS];
+                return Err(TopologyError::invalid(
+                    format!("nodes[{i}].lan"),
+                    format!(
+                        "LAN `{}` would have {} members, but its /{LINK_PREFIX_LEN} holds \
+                         {MAX_LAN_MEMBERS}",
+                        lan.name,
+                        lan.members.len()
+                    ),
+                ));
+            }
         }
         if mains != 1 {
             return Err(TopologyError::invalid(
@@ -400,6 +463,25 @@ impl Topology {
         })
     }
 
+    /// The LAN segments, in order of their first member; the `k`-th has bridge `lan<k>`.
+    pub fn lans(&self) -> Vec<Lan> {
+        let mut lans: Vec<Lan> = Vec::new();
+        for (i, spec) in self.nodes.iter().enumerate() {
+            let Some(name) = &spec.lan else {
+                continue;
+            };
+            match lans.iter_mut().find(|lan| lan.name == *name) {
+                Some(lan) => lan.members.push(i),
+                None => lans.push(Lan {
+                    name: name.clone(),
+                    bridge: lan_bridge(lans.len()),
+                    members: vec![i],
+                }),
+            }
+        }
+        lans
+    }
+
     /// Namespace name of a node: `<lab>-<node>`.
     pub fn namespace(&self, node: &str) -> String {
         format!("{}-{node}", self.name)
@@ -424,7 +506,13 @@ impl Topology {
     /// comes first, then the nodes in link order.
     pub fn resolve(&self) -> Result<Vec<Node>, TopologyError> {
         self.validate()?;
+        let lans = self.lans();
+        // Node 0's link is always link 0, whether or not node 0 is on a LAN.
         let first = self.link_subnet(0)?;
+        let router_iface_0 = lans
+            .iter()
+            .find(|lan| lan.members.first() == Some(&0))
+            .map_or_else(|| router_iface(0), |lan| lan.bridge.clone());
         let mut nodes = vec![Node {
             name: ROUTER_NAME.to_owned(),
             role: Role::Router,
@@ -433,15 +521,30 @@ impl Topology {
             gateway: host(first, 1),
             subnet: self.block,
             location: None,
-            iface: router_iface(0),
+            iface: router_iface_0,
         }];
         for (i, spec) in self.nodes.iter().enumerate() {
-            let subnet = self.link_subnet(i)?;
+            // On a LAN: the first member's link, host 2 + position in the LAN.
+            let (link, position) = lans
+                .iter()
+                .find_map(|lan| {
+                    let position = lan.members.iter().position(|&member| member == i)?;
+                    Some((lan.members[0], position))
+                })
+                .unwrap_or((i, 0));
+            let subnet = self.link_subnet(link)?;
+            let host_number = u8::try_from(position + 2)
+                .ok()
+                .filter(|&n| n < u8::MAX)
+                .ok_or_else(|| {
+                    // `validate` limits LANs to MAX_LAN_MEMBERS, so this is not reached.
+                    TopologyError::invalid(format!("nodes[{i}].lan"), "too many LAN members")
+                })?;
             nodes.push(Node {
                 name: spec.name.clone(),
                 role: spec.role,
                 ns: self.namespace(&spec.name),
-                addr: host(subnet, 2),
+                addr: host(subnet, host_number),
                 gateway: host(subnet, 1),
                 subnet,
                 location: spec.location.clone(),
@@ -455,6 +558,13 @@ impl Topology {
 /// The router's interface towards link `index`.
 pub fn router_iface(index: usize) -> String {
     format!("veth{index}")
+}
+
+/// The bridge of the `k`-th LAN (in order of first appearance) in the router's namespace:
+/// `lan<k>`. Not derived from the LAN name, so it always fits an interface name (at most 15
+/// characters): a lab has at most 512 links and so at most 512 LANs.
+pub fn lan_bridge(k: usize) -> String {
+    format!("lan{k}")
 }
 
 /// Host number `n` inside a /24.
@@ -927,6 +1037,256 @@ nodes:
             Topology::default_topology().with_block("198.18.0.0/23".parse().expect("net"));
         let error = topology.resolve().map(|_| ()).map_err(|e| e.to_string());
         assert!(error.is_err_and(|e| e.starts_with("nodes: 7 nodes need 7 links")));
+    }
+
+    /// A mixed topology: LAN `office` with a, b and d, LAN `lab` with e alone, and c and the
+    /// main on links of their own.
+    const MIXED: &str = "\
+name: t
+block: 198.18.8.0/21
+vip: 203.0.113.10
+nodes:
+  - { name: a, role: client, lan: office, rate: 10mbit }
+  - { name: main, role: main }
+  - { name: b, role: client, lan: office }
+  - { name: c, role: participant }
+  - { name: d, role: client, lan: office }
+  - { name: e, role: client, lan: lab }
+";
+
+    /// `(name, addr, gateway, subnet, iface)` of every resolved node.
+    fn plan(topology: &Topology) -> Vec<(String, String, String, String, String)> {
+        topology
+            .resolve()
+            .expect("resolves")
+            .into_iter()
+            .map(|n| {
+                (
+                    n.name,
+                    n.addr.to_string(),
+                    n.gateway.to_string(),
+                    n.subnet.to_string(),
+                    n.iface,
+                )
+            })
+            .collect()
+    }
+
+    fn plan_of(
+        rows: &[(&str, &str, &str, &str, &str)],
+    ) -> Vec<(String, String, String, String, String)> {
+        rows.iter()
+            .map(|&(name, addr, gateway, subnet, iface)| {
+                (
+                    name.to_owned(),
+                    addr.to_owned(),
+                    gateway.to_owned(),
+                    subnet.to_owned(),
+                    iface.to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lan_members_share_their_first_members_subnet() {
+        let topology = Topology::from_yaml(MIXED).expect("parses");
+        assert_eq!(
+            topology.lans(),
+            [
+                Lan {
+                    name: "office".to_owned(),
+                    bridge: "lan0".to_owned(),
+                    members: vec![0, 2, 4],
+                },
+                Lan {
+                    name: "lab".to_owned(),
+                    bridge: "lan1".to_owned(),
+                    members: vec![5],
+                },
+            ]
+        );
+        // Links 2 (b) and 4 (d), 198.18.10.0/24 and 198.18.12.0/24, stay unused.
+        let expected = plan_of(&[
+            (
+                "router",
+                "198.18.8.1",
+                "198.18.8.1",
+                "198.18.8.0/21",
+                "lan0",
+            ),
+            ("a", "198.18.8.2", "198.18.8.1", "198.18.8.0/24", "eth0"),
+            ("main", "198.18.9.2", "198.18.9.1", "198.18.9.0/24", "eth0"),
+            ("b", "198.18.8.3", "198.18.8.1", "198.18.8.0/24", "eth0"),
+            ("c", "198.18.11.2", "198.18.11.1", "198.18.11.0/24", "eth0"),
+            ("d", "198.18.8.4", "198.18.8.1", "198.18.8.0/24", "eth0"),
+            ("e", "198.18.13.2", "198.18.13.1", "198.18.13.0/24", "eth0"),
+        ]);
+        assert_eq!(plan(&topology), expected);
+        // Without the `lan` fields the same nodes get the usual one link each.
+        let plain =
+            Topology::from_yaml(&MIXED.replace(", lan: office", "").replace(", lan: lab", ""))
+                .expect("parses");
+        assert_eq!(plain.lans(), []);
+        let expected = plan_of(&[
+            (
+                "router",
+                "198.18.8.1",
+                "198.18.8.1",
+                "198.18.8.0/21",
+                "veth0",
+            ),
+            ("a", "198.18.8.2", "198.18.8.1", "198.18.8.0/24", "eth0"),
+            ("main", "198.18.9.2", "198.18.9.1", "198.18.9.0/24", "eth0"),
+            ("b", "198.18.10.2", "198.18.10.1", "198.18.10.0/24", "eth0"),
+            ("c", "198.18.11.2", "198.18.11.1", "198.18.11.0/24", "eth0"),
+            ("d", "198.18.12.2", "198.18.12.1", "198.18.12.0/24", "eth0"),
+            ("e", "198.18.13.2", "198.18.13.1", "198.18.13.0/24", "eth0"),
+        ]);
+        assert_eq!(plan(&plain), expected);
+        // A LAN member keeps its rate, and the LAN survives the state file.
+        assert_eq!(
+            topology.node_specs()[0].rate.map(Rate::bits_per_second),
+            Some(10_000_000)
+        );
+        let json = serde_json::to_string(&topology).expect("serializes");
+        let back: Topology = serde_json::from_str(&json).expect("deserializes");
+        assert_eq!(back, topology);
+        assert!(!serde_json::to_string(&plain)
+            .expect("serializes")
+            .contains("lan"));
+    }
+
+    #[test]
+    fn the_lan_example_topology_parses_and_resolves() {
+        let yaml = include_str!("../topologies/lan.yaml");
+        let topology = Topology::from_yaml(yaml).expect("lan.yaml parses");
+        assert_eq!(topology.name(), "baton-lan");
+        assert_eq!(topology.delay_line_namespaces(), Vec::<String>::new());
+        let lans = topology.lans();
+        assert_eq!(lans.len(), 1);
+        assert_eq!(
+            (lans[0].name.as_str(), lans[0].bridge.as_str()),
+            ("office", "lan0")
+        );
+        assert_eq!(lans[0].members, [1, 2, 3, 4, 5, 6]);
+        let expected = plan_of(&[
+            (
+                "router",
+                "198.18.8.1",
+                "198.18.8.1",
+                "198.18.8.0/21",
+                "veth0",
+            ),
+            ("main", "198.18.8.2", "198.18.8.1", "198.18.8.0/24", "eth0"),
+            ("peer1", "198.18.9.2", "198.18.9.1", "198.18.9.0/24", "eth0"),
+            ("peer2", "198.18.9.3", "198.18.9.1", "198.18.9.0/24", "eth0"),
+            ("peer3", "198.18.9.4", "198.18.9.1", "198.18.9.0/24", "eth0"),
+            ("peer4", "198.18.9.5", "198.18.9.1", "198.18.9.0/24", "eth0"),
+            ("peer5", "198.18.9.6", "198.18.9.1", "198.18.9.0/24", "eth0"),
+            ("peer6", "198.18.9.7", "198.18.9.1", "198.18.9.0/24", "eth0"),
+        ]);
+        assert_eq!(plan(&topology), expected);
+        let roles: Vec<_> = topology.node_specs().iter().map(|n| n.role).collect();
+        assert_eq!(
+            roles,
+            [
+                Role::Main,
+                Role::Client,
+                Role::Client,
+                Role::Client,
+                Role::Client,
+                Role::Client,
+                Role::Client
+            ]
+        );
+    }
+
+    #[test]
+    fn the_default_topology_documents_lans() {
+        let documented = DEFAULT_TOPOLOGY_YAML
+            .lines()
+            .any(|line| line.starts_with("#   lan: office "));
+        assert!(documented, "default.yaml explains `lan`");
+        assert!(DEFAULT_TOPOLOGY_YAML.contains(&format!("at most {MAX_LAN_NAME_LEN} characters")));
+    }
+
+    #[test]
+    fn lan_rules_name_the_field() {
+        let cases = [
+            ("lan: Office", "nodes[1].lan: `Office` may only contain"),
+            ("lan: -office", "nodes[1].lan: `-office` may only contain"),
+            ("lan: o_1", "nodes[1].lan: `o_1` may only contain"),
+            (
+                "lan: much-too-long",
+                "nodes[1].lan: `much-too-long` must be 1 to 12",
+            ),
+            ("lan: ''", "nodes[1].lan: `` must be 1 to 12"),
+            (
+                "lan: office, delay: 10ms",
+                "nodes[1].delay: a LAN member cannot have a delay line yet",
+            ),
+            (
+                "lan: office, jitter: 1ms",
+                "nodes[1].jitter: a LAN member cannot have a delay line yet",
+            ),
+            (
+                "lan: office, loss: 1%",
+                "nodes[1].loss: a LAN member cannot have a delay line yet",
+            ),
+            (
+                "lan: office, delay: 0ms",
+                "nodes[1].delay: a LAN member cannot have a delay line yet",
+            ),
+            ("lan: [office]", "nodes[1].lan: invalid type"),
+        ];
+        for (fields, expected) in cases {
+            let error = error_of(&SMALL.replace(
+                "role: participant,",
+                &format!("role: participant, {fields},"),
+            ));
+            assert!(error.contains(expected), "{fields}: {error}");
+        }
+        // Delay on the fourth node of a LAN names that node.
+        let yaml = format!(
+            "{SMALL}  - {{ name: c1, role: client, lan: office }}\n  - {{ name: c2, role: client, lan: office, delay: 5ms }}\n"
+        );
+        let error = error_of(&yaml);
+        assert_eq!(
+            error,
+            "nodes[3].delay: a LAN member cannot have a delay line yet"
+        );
+        // Delay on a node that is not on a LAN is still fine, and so is a one-member LAN,
+        // the main's included.
+        let yaml = format!("{SMALL}  - {{ name: c1, role: client, delay: 5ms }}\n")
+            .replace("role: main }", "role: main, lan: solo }");
+        let topology = Topology::from_yaml(&yaml).expect("valid");
+        assert_eq!(topology.lans()[0].members, [0]);
+        assert_eq!(topology.delay_line_namespaces(), ["t-c1_dl"]);
+    }
+
+    #[test]
+    fn a_lan_holds_at_most_one_subnet_of_hosts() {
+        let node = |i: usize| format!("  - {{ name: c{i}, role: client, lan: big }}\n");
+        let yaml = |members: usize| {
+            let mut yaml = "name: t\nblock: 198.18.0.0/15\nvip: 203.0.113.10\nnodes:\n  - { name: main, role: main }\n".to_owned();
+            yaml.extend((0..members).map(node));
+            yaml
+        };
+        let nodes = Topology::from_yaml(&yaml(MAX_LAN_MEMBERS))
+            .expect("a full LAN is fine")
+            .resolve()
+            .expect("resolves");
+        let last = nodes.last().expect("nodes");
+        assert_eq!(
+            (last.name.as_str(), last.addr),
+            ("c252", Ipv4Addr::new(198, 18, 1, 254))
+        );
+        let error = error_of(&yaml(MAX_LAN_MEMBERS + 1));
+        assert_eq!(
+            error,
+            "nodes[254].lan: LAN `big` would have 254 members, but its /24 holds 253"
+        );
     }
 
     #[test]

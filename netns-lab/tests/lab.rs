@@ -34,6 +34,12 @@ fn topology(name: &str, block: &str) -> Topology {
 /// Sends ICMP echo requests from namespace `ns` to `dst` and returns the source address of the
 /// first matching echo reply.
 fn ping(ns: &str, dst: Ipv4Addr) -> Result<Ipv4Addr, String> {
+    ping_with_ttl(ns, dst).map(|(from, _)| from)
+}
+
+/// Like [`ping`], and also returns the TTL the reply arrived with: 64 from a host on the same
+/// segment, one less per router crossed.
+fn ping_with_ttl(ns: &str, dst: Ipv4Addr) -> Result<(Ipv4Addr, u8), String> {
     let fd: OwnedFd = in_netns(ns, || {
         socket(
             AddressFamily::Inet,
@@ -68,7 +74,7 @@ fn ping(ns: &str, dst: Ipv4Addr) -> Result<Ipv4Addr, String> {
                 continue;
             };
             if icmp.len() >= 8 && icmp[0] == 0 && icmp[4..6] == id.to_be_bytes() {
-                return Ok(from.ip());
+                return Ok((from.ip(), buf[8]));
             }
         }
     }
@@ -424,4 +430,236 @@ fn cli_brings_a_lab_up_runs_commands_in_it_and_takes_it_down() {
     let status = cli(&["status", "--name", NAME]);
     assert!(!status.status.success());
     assert!(String::from_utf8_lossy(&status.stderr).contains("no lab named `labt4` is up"));
+}
+
+/// The link-local multicast group of the LAN test.
+const LAN_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 66, 1);
+
+/// The UDP port of the LAN test.
+const LAN_PORT: u16 = 7381;
+
+/// A UDP socket in `ns` on 0.0.0.0:[`LAN_PORT`] that has joined [`LAN_GROUP`] on `addr`.
+fn lan_receiver(ns: &str, addr: Ipv4Addr) -> UdpSocket {
+    let socket = in_netns(ns, move || {
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, LAN_PORT))?;
+        socket.join_multicast_v4(&LAN_GROUP, &addr)?;
+        Ok::<_, std::io::Error>(socket)
+    })
+    .unwrap_or_else(|error| panic!("receiver in {ns}: {error}"));
+    socket
+        .set_read_timeout(Some(NET_TIMEOUT))
+        .expect("read timeout");
+    socket
+}
+
+/// The next datagram on `socket`, with its sender.
+fn next_datagram(socket: &UdpSocket, who: &str) -> (String, SocketAddr) {
+    let mut buf = [0u8; 64];
+    let (len, from) = socket
+        .recv_from(&mut buf)
+        .unwrap_or_else(|error| panic!("{who} received nothing: {error}"));
+    (String::from_utf8_lossy(&buf[..len]).into_owned(), from)
+}
+
+/// `(interface, address)` of every IPv4 address in the namespace of `node`.
+fn ipv4_addresses(lab: &Lab, node: &str) -> BTreeSet<(String, String)> {
+    let output = lab
+        .run(node, &["ip", "-o", "-4", "addr", "show"])
+        .expect("ip addr");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            // `3: lan0    inet 198.19.128.1/24 brd ... scope global lan0 ...`
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields[1].to_owned(), fields[3].to_owned())
+        })
+        .collect()
+}
+
+/// Which of `names` exist as interfaces in this (the root) namespace.
+fn root_interfaces(names: &[&str]) -> BTreeSet<String> {
+    let output = baton_lab::netns::tool("ip", &["-o", "link", "show"]).expect("ip link");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+        .filter(|name| names.contains(&name.as_str()))
+        .collect()
+}
+
+#[test]
+fn lan_members_share_a_segment_and_the_router_routes_the_rest() {
+    const NAME: &str = "lantest";
+    if !have_root("lan_members_share_a_segment_and_the_router_routes_the_rest") {
+        return;
+    }
+    let _cleanup = Cleanup(NAME);
+    let ours = ["lan0", "veth0", "veth1", "veth2", "veth3"];
+    let in_root_before = root_interfaces(&ours);
+    // c1 opens the LAN, so the router's address on link 0 is on the bridge; the main comes
+    // between the members and keeps the second /24 of the block.
+    let topology = Topology::from_yaml(
+        "name: lantest\nblock: 198.19.128.0/21\nvip: 203.0.113.10\nnodes:\n\
+         - { name: c1, role: client, lan: office }\n\
+         - { name: main, role: main }\n\
+         - { name: c2, role: client, lan: office, rate: 100mbit }\n\
+         - { name: c3, role: client, lan: office }\n",
+    )
+    .expect("topology");
+    let lab = Lab::up(&topology).expect("lab comes up");
+    let node = |name: &str| lab.node(name).expect("node").clone();
+    let (c1, c2, c3, main) = (node("c1"), node("c2"), node("c3"), node("main"));
+    let addresses: Vec<_> = lab
+        .nodes()
+        .iter()
+        .map(|n| {
+            (
+                n.name.as_str(),
+                n.addr.to_string(),
+                n.gateway.to_string(),
+                n.subnet.to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("router", "198.19.128.1", "198.19.128.1", "198.19.128.0/21"),
+        ("c1", "198.19.128.2", "198.19.128.1", "198.19.128.0/24"),
+        ("main", "198.19.129.2", "198.19.129.1", "198.19.129.0/24"),
+        ("c2", "198.19.128.3", "198.19.128.1", "198.19.128.0/24"),
+        ("c3", "198.19.128.4", "198.19.128.1", "198.19.128.0/24"),
+    ]
+    .map(|(name, addr, gateway, subnet)| {
+        (name, addr.to_owned(), gateway.to_owned(), subnet.to_owned())
+    });
+    assert_eq!(addresses, expected);
+    assert_eq!(lab.node("router").expect("router").iface, "lan0");
+
+    // The nodes hold those addresses; in the router the LAN's address is on the bridge and
+    // the members' veths have none.
+    let pairs = |rows: &[(&str, &str)]| -> BTreeSet<(String, String)> {
+        rows.iter()
+            .map(|&(dev, addr)| (dev.to_owned(), addr.to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        ipv4_addresses(&lab, "router"),
+        pairs(&[
+            ("lo", "127.0.0.1/8"),
+            ("lan0", "198.19.128.1/24"),
+            ("veth1", "198.19.129.1/24"),
+        ])
+    );
+    for (name, addr) in [
+        ("c1", "198.19.128.2/24"),
+        ("c2", "198.19.128.3/24"),
+        ("c3", "198.19.128.4/24"),
+        ("main", "198.19.129.2/24"),
+    ] {
+        let mut expected = pairs(&[("lo", "127.0.0.1/8"), ("eth0", addr)]);
+        if name == "main" {
+            expected.insert(("lo".to_owned(), "203.0.113.10/32".to_owned()));
+        }
+        assert_eq!(ipv4_addresses(&lab, name), expected, "{name}");
+    }
+    let bridge = lab
+        .run("router", &["ip", "-d", "-o", "link", "show", "lan0"])
+        .expect("ip link");
+    let bridge = String::from_utf8_lossy(&bridge.stdout);
+    assert!(
+        bridge.contains("bridge ")
+            && bridge.contains("mcast_snooping 0")
+            && bridge.contains("state UP"),
+        "{bridge}"
+    );
+    let ports = lab
+        .run("router", &["ip", "-o", "link", "show", "master", "lan0"])
+        .expect("ip link");
+    let ports: BTreeSet<String> = String::from_utf8_lossy(&ports.stdout)
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+        .collect();
+    assert_eq!(ports, ["veth0", "veth2", "veth3"].map(str::to_owned).into());
+    let rp_filter = lab
+        .run("router", &["sysctl", "-n", "net.ipv4.conf.lan0.rp_filter"])
+        .expect("sysctl");
+    assert_eq!(String::from_utf8_lossy(&rp_filter.stdout), "0\n");
+
+    // A LAN member's rate shapes both ends of its own port.
+    for (node, dev) in [("c2", "eth0"), ("router", "veth2")] {
+        let qdisc = lab
+            .run(node, &["tc", "qdisc", "show", "dev", dev])
+            .expect("tc");
+        let text = String::from_utf8_lossy(&qdisc.stdout);
+        assert!(
+            text.contains("tbf") && text.contains("rate 100Mbit"),
+            "{node} {dev}: {text}"
+        );
+    }
+
+    // Members reach each other directly (no TTL spent), the main through the router.
+    assert_eq!(ping_with_ttl(&c1.ns, c2.addr), Ok((c2.addr, 64)));
+    assert_eq!(ping_with_ttl(&c3.ns, c1.addr), Ok((c1.addr, 64)));
+    assert_eq!(ping_with_ttl(&c1.ns, main.addr), Ok((main.addr, 63)));
+    assert_eq!(ping_with_ttl(&main.ns, c3.addr), Ok((c3.addr, 63)));
+    assert_eq!(ping(&c2.ns, lab.vip()), Ok(lab.vip()));
+
+    // Link-local multicast and the subnet broadcast from c1 reach c2 and c3.
+    let receivers = [
+        ("c2", lan_receiver(&c2.ns, c2.addr)),
+        ("c3", lan_receiver(&c3.ns, c3.addr)),
+    ];
+    let at_main = lan_receiver(&main.ns, main.addr);
+    let c1_addr = c1.addr;
+    let sender = in_netns(&c1.ns, move || UdpSocket::bind((c1_addr, 0))).expect("sender");
+    sender.set_broadcast(true).expect("SO_BROADCAST");
+    let from = sender.local_addr().expect("sender address");
+    let broadcast = Ipv4Addr::new(198, 19, 128, 255);
+    // TTL 8 too: even a datagram allowed to cross routers stays on the LAN, because the
+    // router does no multicast routing.
+    for (ttl, to, payload) in [
+        (1, LAN_GROUP, "multicast ttl 1"),
+        (8, LAN_GROUP, "multicast ttl 8"),
+        (1, broadcast, "broadcast"),
+    ] {
+        sender.set_multicast_ttl_v4(ttl).expect("IP_MULTICAST_TTL");
+        sender
+            .send_to(payload.as_bytes(), (to, LAN_PORT))
+            .expect("send");
+        for (who, receiver) in &receivers {
+            assert_eq!(
+                next_datagram(receiver, who),
+                (payload.to_owned(), from),
+                "{who}"
+            );
+        }
+    }
+    // The main got none of them: the first datagram it sees is a unicast sent after them all,
+    // which the router does forward.
+    sender
+        .send_to(b"unicast", (main.addr, LAN_PORT))
+        .expect("send unicast");
+    assert_eq!(
+        next_datagram(&at_main, "main"),
+        ("unicast".to_owned(), from)
+    );
+    at_main
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("read timeout");
+    let mut buf = [0u8; 64];
+    let late = at_main.recv_from(&mut buf);
+    assert!(
+        late.as_ref().is_err_and(|error| matches!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )),
+        "main received more: {late:?}"
+    );
+
+    // Down removes the bridge with the router's namespace and leaves nothing behind.
+    let state_dir = lab.state_dir().to_owned();
+    lab.down().expect("down");
+    assert_eq!(namespaces_of(NAME), BTreeSet::new());
+    assert!(!state_dir.exists(), "{} remains", state_dir.display());
+    assert_eq!(root_interfaces(&ours), in_root_before);
 }
