@@ -1,6 +1,6 @@
 //! Baton's protocol and domain code: wire formats, the TCP handoff record, HTTP head parsing and
 //! response planning, geo math, participant selection, and mirror publication (RFC 6249 `Link`
-//! values, RFC 5854 Metalink documents).
+//! values, RFC 5854 Metalink documents), and the peer cache's package list and discovery format.
 //!
 //! Everything here is deterministic and free of I/O. This crate must never open a socket or a
 //! file, read a clock, spawn a task or depend on an async runtime: the binaries are thin shells
@@ -17,6 +17,7 @@ pub mod link;
 pub mod metalink;
 pub mod mirror;
 pub mod moves;
+pub mod peer;
 pub mod select;
 
 mod wire;
