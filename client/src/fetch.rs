@@ -729,7 +729,7 @@ fn check_file(file: &std::fs::File, target: &Target) -> std::io::Result<Check> {
     Ok(Check { sha256: whole, bad_pieces })
 }
 
-fn output_path(opts: &Options, target: &Target) -> Result<PathBuf, FetchError> {
+pub(crate) fn output_path(opts: &Options, target: &Target) -> Result<PathBuf, FetchError> {
     if let Some(o) = &opts.output {
         return Ok(o.clone());
     }

@@ -10,6 +10,7 @@ pub mod discover;
 pub mod fetch;
 pub mod ftp;
 pub mod http;
+pub mod peer;
 pub mod plan;
 pub mod progress;
 pub mod source;

@@ -9,7 +9,12 @@ use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use baton_fetch::peer::PeerOptions;
 use baton_fetch::{discover::Wanted, plan::SplitRules, watch::WatchRules, Options, Summary};
+use baton_io::peer::PeerConfig;
+use baton_shared::peer::limit;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -73,6 +78,122 @@ struct Args {
     /// No progress bars and no summary table.
     #[arg(long, short = 'q')]
     quiet: bool,
+    /// Use the LAN peer cache: ask peers first, use the origin only when none can serve, and
+    /// serve other peers meanwhile (needs the origin's SHA-256: Repr-Digest, Digest or --sha256).
+    #[arg(long)]
+    peer: bool,
+    /// This host's LAN address for the peer cache (default: the one it uses to reach the origin).
+    #[arg(long, requires = "peer")]
+    peer_addr: Option<Ipv4Addr>,
+    /// Port where this host serves packages to peers.
+    #[arg(long, requires = "peer", default_value_t = limit::DEFAULT_HTTP_PORT)]
+    peer_port: u16,
+    /// UDP port of peer discovery (the same on every peer).
+    #[arg(long, requires = "peer", default_value_t = limit::DEFAULT_DISCOVERY_PORT)]
+    peer_discovery_port: u16,
+    /// Multicast group of peer discovery.
+    #[arg(long, requires = "peer", default_value_t = limit::DEFAULT_GROUP)]
+    peer_group: Ipv4Addr,
+    /// Do not use multicast (poll --peer-host peers, and broadcast if asked).
+    #[arg(long, requires = "peer")]
+    peer_no_multicast: bool,
+    /// Multicast TTL (1 keeps queries on this network segment).
+    #[arg(long, requires = "peer", default_value_t = limit::DEFAULT_MULTICAST_TTL)]
+    peer_ttl: u32,
+    /// Also query this subnet broadcast address (e.g. 198.18.40.255).
+    #[arg(long, requires = "peer")]
+    peer_broadcast: Option<Ipv4Addr>,
+    /// A known peer (IP or IP:PORT of its discovery socket), polled when multicast gets no
+    /// answer; repeat for more.
+    #[arg(long = "peer-host", requires = "peer")]
+    peer_hosts: Vec<String>,
+    /// File holding the group secret that authenticates discovery datagrams.
+    #[arg(long, requires = "peer")]
+    peer_secret_file: Option<PathBuf>,
+    /// Uploads served at once; more requesters are told busy (503).
+    #[arg(long, requires = "peer", default_value_t = baton_io::peer::DEFAULT_UPLOAD_SLOTS)]
+    peer_slots: usize,
+    /// The main's package list (HOST:PORT of its origin store).
+    #[arg(long, requires = "peer")]
+    peer_list: Option<String>,
+    /// Offer this file to peers too; repeat for more. With no URL, only serve.
+    #[arg(long = "peer-share", requires = "peer")]
+    peer_shares: Vec<PathBuf>,
+    /// After the download, keep serving until no upload has run for this many seconds (0: until
+    /// the uploads running then end).
+    #[arg(long, requires = "peer", default_value_t = 0.0)]
+    peer_linger: f64,
+}
+
+/// Largest group secret file read.
+const MAX_SECRET_BYTES: u64 = 4096;
+
+fn peer_options(a: &Args) -> Result<Option<PeerOptions>, String> {
+    if !a.peer {
+        return Ok(None);
+    }
+    let mut config = PeerConfig::new(Ipv4Addr::UNSPECIFIED);
+    config.http_port = a.peer_port;
+    config.discovery_port = a.peer_discovery_port;
+    config.group = (!a.peer_no_multicast).then_some(a.peer_group);
+    if !a.peer_group.is_multicast() {
+        return Err(format!("--peer-group {} is not a multicast address", a.peer_group));
+    }
+    if a.peer_ttl == 0 || a.peer_ttl > 255 {
+        return Err(format!("--peer-ttl must be between 1 and 255, not {}", a.peer_ttl));
+    }
+    config.ttl = a.peer_ttl;
+    config.broadcast = a.peer_broadcast;
+    for h in &a.peer_hosts {
+        let addr = match h.parse::<SocketAddrV4>() {
+            Ok(a) => a,
+            Err(_) => SocketAddrV4::new(
+                h.parse::<Ipv4Addr>().map_err(|_| format!("--peer-host {h:?} is not IP or IP:PORT"))?,
+                a.peer_discovery_port,
+            ),
+        };
+        config.hosts.push(addr);
+    }
+    if let Some(path) = &a.peer_secret_file {
+        use std::io::Read as _;
+        let mut secret = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_SECRET_BYTES + 1).read_to_end(&mut secret))
+            .map_err(|e| format!("--peer-secret-file {}: {e}", path.display()))?;
+        while secret.last().is_some_and(|b| b.is_ascii_whitespace()) {
+            secret.pop();
+        }
+        if secret.is_empty() || secret.len() as u64 > MAX_SECRET_BYTES {
+            return Err(format!("--peer-secret-file {}: the secret must be 1 to {MAX_SECRET_BYTES} bytes", path.display()));
+        }
+        config.secret = Some(secret);
+    }
+    if a.peer_slots == 0 {
+        return Err("--peer-slots must be at least 1".into());
+    }
+    config.slots = a.peer_slots;
+    if let Some(list) = &a.peer_list {
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(list.as_str())
+            .map_err(|e| format!("--peer-list {list:?}: {e}"))?
+            .find(std::net::SocketAddr::is_ipv4)
+            .ok_or_else(|| format!("--peer-list {list:?}: no IPv4 address"))?;
+        config.list = Some(addr);
+    }
+    if !(a.peer_linger.is_finite() && (0.0..=86_400.0).contains(&a.peer_linger)) {
+        return Err(format!("--peer-linger must be between 0 and 86400 seconds, not {}", a.peer_linger));
+    }
+    if a.urls.len() > 1 || a.metalink.is_some() {
+        return Err("--peer takes one URL (the origin), not mirrors or a metalink".into());
+    }
+    if a.urls.is_empty() && a.peer_shares.is_empty() {
+        return Err("--peer needs a URL or at least one --peer-share".into());
+    }
+    Ok(Some(PeerOptions {
+        addr: a.peer_addr,
+        config,
+        shares: a.peer_shares.clone(),
+        linger: Duration::from_secs_f64(a.peer_linger),
+    }))
 }
 
 fn parse_bytes(s: &str) -> Result<f64, String> {
@@ -104,7 +225,7 @@ fn options(a: &Args) -> Result<Options, String> {
         baton_fetch::source::Protocol::of(&url).map_err(|e| e.to_string())?;
         urls.push(url);
     }
-    if urls.is_empty() && a.metalink.is_none() {
+    if urls.is_empty() && a.metalink.is_none() && !a.peer {
         return Err("give at least one URL or --metalink".into());
     }
     let checksum = match &a.sha256 {
@@ -180,6 +301,31 @@ fn print_table(s: &Summary) {
     }
 }
 
+fn fail(e: &baton_fetch::FetchError, json: bool) -> i32 {
+    eprintln!("baton-fetch: {e}");
+    if json {
+        let v = serde_json::json!({ "error": e.to_string(), "exit": e.exit_code() });
+        println!("{v}");
+    }
+    e.exit_code()
+}
+
+fn print_peer(s: &baton_fetch::peer::PeerSummary) {
+    if let (Some(out), Some(o)) = (&s.output, &s.obtained) {
+        eprintln!(
+            "{}: {} bytes, verified: {}, via {:?}: {} bytes from peers, {} from the origin{}",
+            out.display(),
+            s.size.unwrap_or_default(),
+            s.verified,
+            o.outcome,
+            o.from_peers,
+            o.from_origin,
+            if o.bad_peers.is_empty() { String::new() } else { format!(", avoided bad peers {:?}", o.bad_peers) }
+        );
+    }
+    eprintln!("served {} bytes to peers from {} ({} busy replies)", s.served_bytes, s.serving, s.busy_sent);
+}
+
 fn main() {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_FETCH_LOG")
@@ -188,7 +334,7 @@ fn main() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let opts = match options(&args) {
+    let opts = match options(&args).and_then(|o| Ok((o, peer_options(&args)?))) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("baton-fetch: {e}");
@@ -212,6 +358,20 @@ fn main() {
             }
             let _ = tx.send(true);
         });
+        let (opts, peer) = opts;
+        if let Some(peer) = peer {
+            return match baton_fetch::peer::run(&opts, &peer, rx).await {
+                Ok(summary) => {
+                    if args.json {
+                        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+                    } else if !args.quiet {
+                        print_peer(&summary);
+                    }
+                    0
+                }
+                Err(e) => fail(&e, args.json),
+            };
+        }
         match baton_fetch::run(&opts, rx).await {
             Ok(summary) => {
                 if args.json {
@@ -221,14 +381,7 @@ fn main() {
                 }
                 0
             }
-            Err(e) => {
-                eprintln!("baton-fetch: {e}");
-                if args.json {
-                    let v = serde_json::json!({ "error": e.to_string(), "exit": e.exit_code() });
-                    println!("{v}");
-                }
-                e.exit_code()
-            }
+            Err(e) => fail(&e, args.json),
         }
     });
     std::process::exit(code);

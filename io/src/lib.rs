@@ -8,6 +8,7 @@ pub mod cli;
 pub mod control;
 pub mod http;
 pub mod metrics;
+pub mod peer;
 pub mod repair;
 pub mod session;
 pub mod store;
