@@ -11,7 +11,6 @@
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
-#include <linux/icmp.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/tcp.h>
@@ -20,6 +19,17 @@
 #include <bpf/bpf_helpers.h>
 
 #include "baton_consts.h"
+
+/* The ICMP header (RFC 792), declared here rather than taken from <linux/icmp.h>: that header
+ * pulls in glibc's <sys/socket.h>, whose stubs need a 32-bit libc when compiled for the BPF
+ * target. */
+struct icmphdr {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be32 rest; /* id+sequence, gateway, or unused+next-hop MTU */
+};
+#define ICMP_DEST_UNREACH 3
 #include "baton_structs.h"
 
 enum parse_result {
