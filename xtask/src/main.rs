@@ -40,6 +40,8 @@ const REQUIRED_COMMANDS: &[(&str, &str)] =
         // The baton-fetch tests: a real FTP mirror, and aria2 reading the main's metalink.
         ("vsftpd", "vsftpd"),
         ("aria2c", "aria2"),
+        // The peer-cache tests block multicast in the lab with nftables.
+        ("nft", "nftables"),
     ];
 /// Header files and the Debian packages that provide them.
 const REQUIRED_FILES: &[(&str, &str)] =

@@ -258,7 +258,7 @@ impl Holding {
 #[derive(Debug, Clone)]
 enum Heard {
     Query { id: PackageId, claim: u64, from: SocketAddrV4 },
-    Announce { id: PackageId, from: SocketAddrV4 },
+    Announce { id: PackageId, claim: u64, from: SocketAddrV4 },
 }
 
 #[derive(Debug)]
@@ -444,7 +444,9 @@ impl Member {
         let http = SocketAddrV4::new(*from.ip(), msg.port);
         let answer = {
             let mut st = self.state();
-            if st.own_nonces.0.contains(&msg.nonce) || from == self.me {
+            // Our own queries and announcements come back through broadcast; answers carry
+            // the nonce of our query and are for us.
+            if from == self.me || (msg.kind != Kind::Answer && st.own_nonces.0.contains(&msg.nonce)) {
                 return;
             }
             if st.known.len() < MAX_KNOWN_PEERS {
@@ -456,7 +458,7 @@ impl Member {
                 Kind::Announce => {
                     let draw = st.rng.gen::<f64>();
                     st.list.learn(&msg.id, http, draw);
-                    Some(Heard::Announce { id: msg.id, from: http })
+                    Some(Heard::Announce { id: msg.id, claim: msg.claim, from: http })
                 }
                 Kind::Answer => {
                     if let Some(tx) = st.waiters.get(&msg.nonce) {
@@ -625,9 +627,38 @@ impl Member {
         loop {
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Err(_) => return None,
-                Ok(Ok(Heard::Announce { id: got, from })) if got == id => return Some(from),
+                Ok(Ok(Heard::Announce { id: got, from, .. })) if got == id => return Some(from),
                 Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {}
                 Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+            }
+        }
+    }
+
+    /// After announcing with `mine`: waits `wait` for (or recalls) an announcement of `id` with
+    /// a lower claim, and returns its sender.
+    async fn crossing_announcement(&self, id: PackageId, mine: (u64, SocketAddrV4), wait: Duration) -> Option<SocketAddrV4> {
+        let lower = |h: &Heard| match h {
+            Heard::Announce { id: got, claim, from } if *got == id && *from != mine.1 && !wins_election(mine, &[(*claim, *from)]) => Some(*from),
+            _ => None,
+        };
+        let mut events = self.events.subscribe();
+        {
+            let now = Instant::now();
+            let st = self.state();
+            if let Some(from) = st.recent.iter().filter(|(t, _)| now.duration_since(*t) <= RECENT_WINDOW).find_map(|(_, h)| lower(h)) {
+                return Some(from);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+                Ok(Ok(h)) => {
+                    if let Some(from) = lower(&h) {
+                        return Some(from);
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
             }
         }
     }
@@ -732,8 +763,16 @@ impl Member {
             }
             break;
         }
-        // 4. Announce, then the origin.
+        // 4. Announce, then the origin — unless another requester that nobody heard in time
+        //    announced too: of two crossing announcements the lower claim fetches, the other
+        //    defers to it.
         self.announce(id, sink.package.size, claim).await;
+        if let Some(from) = self.crossing_announcement(id, (claim, self.http), self.cfg.query_wait).await {
+            tracing::debug!(%id, %from, "another requester announced with a lower claim; fetching from it");
+            if self.try_peers(sink, &[from], report).await? == Tried::Done {
+                return Ok(Outcome::Announced);
+            }
+        }
         self.register(sink);
         self.fetch_origin(sink, origin, report).await?;
         Ok(Outcome::Origin)
@@ -984,7 +1023,7 @@ impl Round {
                     self.claims.push((*claim, *from));
                 }
             }
-            Heard::Announce { id: got, from } if got == id => {
+            Heard::Announce { id: got, from, .. } if got == id => {
                 if !self.announcers.contains(from) {
                     self.announcers.push(*from);
                 }
