@@ -10,6 +10,8 @@ pub mod control;
 pub mod metrics;
 pub mod mirror;
 pub mod moves;
+pub mod origin;
+pub mod packages;
 pub mod persist;
 pub mod probe;
 pub mod registry;

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use baton_ebpf::{MainDataplane, MainOptions};
-use baton_io::http::{serve_listener, ServeConfig};
+use baton_io::http::ServeConfig;
 use baton_io::store::DirStore;
 use baton_main::registry::Registry;
 use baton_main::state::{FlowTable, GeoDb, Metrics, Shared, FLOW_IDLE_LIMIT};
-use baton_main::{admin, control, metrics, moves, persist, probe, vip};
+use baton_main::{admin, control, metrics, moves, origin, persist, probe, vip};
 use baton_shared::config::MainConfig;
 use baton_shared::moves::{Conductor, Timeouts};
 use std::sync::atomic::AtomicBool;
@@ -208,6 +208,7 @@ async fn run(cfg: MainConfig) -> anyhow::Result<()> {
         health: baton_main::probe::Health::new(cfg.health.clone()),
         probe_flows: Mutex::default(),
         pieces: baton_main::mirror::PieceCache::default(),
+        packages: Arc::default(),
     });
     apply_settings(&shared, &cfg)?;
     let reloaded = persist::reload(&shared);
@@ -243,15 +244,22 @@ async fn run(cfg: MainConfig) -> anyhow::Result<()> {
         info!(addr = %cfg.admin.listen.map(|a| a.to_string()).unwrap_or_default(), "admin API on HTTP (bearer token required)");
         tokio::spawn(admin::run_http(listener, shared.clone(), token));
     }
-    // The origin store, for participants' cache fill: plain HTTP with digests.
-    tokio::spawn(serve_listener(origin_listener, origin, serve, "origin"));
+    // The origin store, for participants' cache fill (plain HTTP with digests), and the
+    // peer cache's package list.
+    let origin_http = Arc::new(origin::Origin {
+        store: origin,
+        packages: shared.packages.clone(),
+        serve,
+        sent_bytes: shared.metrics.origin_sent_bytes.clone(),
+    });
+    tokio::spawn(origin::run(origin_listener, origin_http));
     tokio::spawn(sweep_flows(shared.clone()));
     tokio::spawn(moves::run_clock(shared.clone()));
     tokio::spawn(probe::run(shared.clone()));
     let for_metrics = shared.clone();
     tokio::spawn(baton_io::metrics::serve(metrics_listener, Arc::new(move || metrics::render(&for_metrics))));
     tokio::spawn(persist::run_saver(shared.clone()));
-    prewarm_digests(shared.origin.clone());
+    prewarm_digests(&shared);
 
     wait_for_shutdown().await;
     info!("shutting down; handed-off flows keep flowing through the pinned data plane");
@@ -324,15 +332,12 @@ async fn sweep_flows(shared: Arc<Shared>) {
     }
 }
 
-/// Hashes the origin's objects in the background so the first request for each is not delayed.
-fn prewarm_digests(origin: DirStore) {
-    tokio::spawn(async move {
-        for path in baton_main::list_objects(origin.root()) {
-            if let Ok(p) = baton_shared::http::object_path(&format!("/{path}")) {
-                let _ = origin.resolve(&p).await;
-            }
-        }
-    });
+/// Hashes the origin's objects in the background so the first request for each is not delayed,
+/// and describes each in the package list.
+fn prewarm_digests(shared: &Shared) {
+    let store = shared.origin.clone();
+    let packages = shared.packages.clone();
+    tokio::spawn(async move { origin::prewarm(&store, &packages).await });
 }
 
 async fn wait_for_shutdown() {

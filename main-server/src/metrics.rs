@@ -1,6 +1,6 @@
 //! The main's Prometheus metrics: handoffs, flows by phase, moves and recoveries, participants,
-//! and the data plane's per-reason packet counters. Rendered fresh on every scrape from the
-//! counters the other modules keep; nothing here counts on its own.
+//! origin egress, the package list, and the data plane's per-reason packet counters. Rendered
+//! fresh on every scrape from the counters the other modules keep; nothing here counts on its own.
 
 use std::sync::atomic::Ordering;
 
@@ -94,6 +94,13 @@ pub fn render(shared: &Shared) -> String {
     counter(&mut e, "baton_health_changes_total", "Participants becoming healthy or unhealthy.", m.health_changes.load(Ordering::Relaxed));
     counter(&mut e, "baton_admin_requests_total", "Admin API requests carried out.", m.admin_requests.load(Ordering::Relaxed));
     counter(&mut e, "baton_admin_refused_total", "Admin HTTP requests refused for want of a valid token.", m.admin_refused.load(Ordering::Relaxed));
+    counter(
+        &mut e,
+        "baton_origin_sent_bytes_total",
+        "Body bytes of the object responses the origin listener sent (counted as each starts).",
+        m.origin_sent_bytes.load(Ordering::Relaxed),
+    );
+    shared.packages.metrics(&mut e);
 
     if let Ok(counters) = shared.dataplane.counters() {
         e.family("baton_dataplane_packets_total", Kind::Counter, "Packets the main's eBPF program handled, by outcome.");

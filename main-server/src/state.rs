@@ -189,6 +189,9 @@ pub struct Metrics {
     /// Admin requests carried out, and admin HTTP requests refused for want of a valid token.
     pub admin_requests: AtomicU64,
     pub admin_refused: AtomicU64,
+    /// Body bytes of the object responses the origin listener sent (shared with its
+    /// connections, see [`crate::origin::Origin::sent_bytes`]).
+    pub origin_sent_bytes: std::sync::Arc<AtomicU64>,
 }
 
 impl Metrics {
@@ -249,6 +252,8 @@ pub struct Shared {
     pub probe_flows: Mutex<std::collections::HashSet<u64>>,
     /// Piece hashes of the objects whose Metalink documents were asked for.
     pub pieces: crate::mirror::PieceCache,
+    /// The cluster's peer-cache package list, served on the origin listener.
+    pub packages: std::sync::Arc<crate::packages::Packages>,
 }
 
 impl Shared {

@@ -1,8 +1,8 @@
 //! The main's package list over HTTP: the JSON documents, and the member's two calls (look a
 //! package up; report that this member now has it).
 //!
-//! The main serves the list on its origin store's listener under [`PACKAGES_PREFIX`] (a path no
-//! object can have: object paths never contain dot segments like `.well-known`):
+//! The main serves the list on its origin store's listener under [`PACKAGES_PREFIX`] (the
+//! RFC 8615 well-known prefix; an origin object stored under that path is shadowed by the list):
 //! - `GET  /.well-known/baton/packages` — every entry;
 //! - `GET  /.well-known/baton/packages/<id>` — one entry, 404 when unknown;
 //! - `POST /.well-known/baton/packages/<id>` with a [`Report`] — a peer has it; the location is
