@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::cache::CacheStore;
+use crate::cache::{CacheStore, Published};
 use crate::guard::Guard;
 
 /// Interval between heartbeats: the main declares a participant dead after 500 ms of silence
@@ -283,7 +283,7 @@ impl Agent {
                 Ok(p) => p,
                 Err(e) => return self.refuse(flow_id, format!("bad object path: {e}")),
             };
-            match self.cache.get(&path, Some(&plan.sha256)).await {
+            match self.cache.get(&path, Some(Published::from(plan))).await {
                 Ok(Some(obj)) => primed = Some((path, obj)),
                 Ok(None) => return self.refuse(flow_id, "origin has no such object".to_owned()),
                 Err(e) => return self.refuse(flow_id, e.to_string()),
@@ -298,7 +298,7 @@ impl Agent {
                         Ok(p) => p,
                         Err(e) => return self.refuse(flow_id, format!("bad object path: {e}")),
                     };
-                    match self.cache.get(&path, Some(&body.object.sha256)).await {
+                    match self.cache.get(&path, Some(Published::from(&body.object))).await {
                         Ok(Some(obj)) => Some(obj.file),
                         Ok(None) => return self.refuse(flow_id, "origin has no such object".to_owned()),
                         Err(e) => return self.refuse(flow_id, e.to_string()),
@@ -402,7 +402,7 @@ impl Agent {
         let t0 = std::time::Instant::now();
         for o in &objects {
             let got = match object_path(&format!("/{}", o.path)) {
-                Ok(path) => self.cache.get(&path, Some(&o.sha256)).await.map_err(|e| e.to_string()),
+                Ok(path) => self.cache.get(&path, Some(Published::from(o))).await.map_err(|e| e.to_string()),
                 Err(e) => Err(format!("bad object path: {e}")),
             };
             match got {

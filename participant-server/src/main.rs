@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use baton_ebpf::{ParticipantDataplane, ParticipantOptions};
 use baton_io::http::{serve_listener, ServeConfig};
+use baton_io::peer::Member;
 use baton_participant::agent::{Agent, Identity};
 use baton_participant::cache::CacheStore;
 use baton_participant::guard::Guard;
@@ -77,6 +78,10 @@ struct Args {
     /// Where Prometheus scrapes `/metrics` [config: metrics_addr].
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Fill the cache from other participants first (the peer cache; its other settings are in
+    /// the config's `peer_cache:` section) [config: peer_cache.enabled: true].
+    #[arg(long)]
+    peer_cache: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -100,6 +105,7 @@ const FLAG_PATHS: &[FlagPath] = &[
     ("pin_dir", "pin_dir", None),
     ("mirror_port", "mirror_port", None),
     ("metrics_addr", "metrics_addr", None),
+    ("peer_cache", "peer_cache.enabled", Some("true")),
 ];
 
 /// How long a graceful stop waits for its connections to be given back.
@@ -118,6 +124,7 @@ async fn run(args: ParticipantConfig) -> anyhow::Result<()> {
     baton_ebpf::check_capabilities().context("baton-participant needs CAP_BPF and CAP_NET_ADMIN (TCP_REPAIR and its data plane)")?;
     baton_participant::checks::check_host(args.vip, &args.iface).context("this host is not ready for direct server return")?;
     let coord = Coord::new(args.lat, args.lon).context("--lat/--lon")?;
+    let peer_cfg = baton_participant::peers::peer_config(&args).context("the peer cache")?;
     let dataplane = ParticipantDataplane::load(&ParticipantOptions {
         iface: args.iface.clone(),
         mode: baton_io::cli::attach_mode(&args.dataplane),
@@ -129,7 +136,14 @@ async fn run(args: ParticipantConfig) -> anyhow::Result<()> {
     .with_context(|| format!("loading the data plane on {}", args.iface))?;
     let dataplane = std::sync::Arc::new(dataplane);
     let origin = SocketAddrV4::new(args.main.addr, args.main.origin_port);
-    let cache = CacheStore::open(&args.cache_dir, origin).context("opening the cache")?;
+    let mut cache = CacheStore::open(&args.cache_dir, origin).context("opening the cache")?;
+    if let Some(peer_cfg) = peer_cfg {
+        let member = Member::start(peer_cfg).await.context("starting the peer cache")?;
+        cache = cache.with_peers(member);
+        // What is cached already is hashed and offered in the background, one object at a time.
+        let sharing = cache.clone();
+        tokio::spawn(async move { sharing.share_cached().await });
+    }
     let serve = ServeConfig { server_name: "baton".to_owned(), head_timeout: Duration::from_millis(args.head_timeout_ms), served_by: Some(args.name.clone()) };
 
     if args.mirror_port != 0 {

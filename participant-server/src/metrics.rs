@@ -1,6 +1,7 @@
 //! The participant's Prometheus metrics: connections restored, served, refused and given
-//! back, objects prepared, body bytes, and its data plane's per-reason packet counters (the
-//! egress guard's among them).
+//! back, objects prepared, body bytes, bytes filled into the cache, its data plane's
+//! per-reason packet counters (the egress guard's among them), and with the peer cache on the
+//! member's `baton_peer_*` families.
 
 use std::sync::atomic::Ordering;
 
@@ -25,6 +26,11 @@ pub fn render(agent: &Agent, dataplane: &ParticipantDataplane) -> String {
     counter("baton_participant_body_bytes_total", "Response body bytes of finished connections.", s.body_bytes.load(Ordering::Relaxed));
     counter("baton_participant_prepared_total", "Prepare requests fulfilled (objects cached).", s.prepared.load(Ordering::Relaxed));
     counter("baton_participant_prepare_failed_total", "Prepare requests that failed.", s.prepare_failed.load(Ordering::Relaxed));
+    counter(
+        "baton_participant_cache_filled_bytes_total",
+        "Bytes put into the cache by fills (from peers or the origin store).",
+        agent.cache.filled_bytes.load(Ordering::Relaxed),
+    );
     e.family("baton_participant_active_flows", Kind::Gauge, "Connections being served now.")
         .sample("baton_participant_active_flows", &labels, f64::from(agent.serving()));
     if let Ok(counters) = dataplane.counters() {
@@ -32,6 +38,9 @@ pub fn render(agent: &Agent, dataplane: &ParticipantDataplane) -> String {
         for (c, n) in counters {
             e.sample("baton_participant_dataplane_packets_total", &[("participant", name), ("reason", c.name())], n as f64);
         }
+    }
+    if let Some(member) = agent.cache.peers() {
+        member.metrics(&mut e);
     }
     e.finish()
 }

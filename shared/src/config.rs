@@ -66,6 +66,22 @@ pub const DEFAULT_CONTROL_PORT: u16 = 7100;
 /// Default UDP port of GUE encapsulation.
 pub const DEFAULT_GUE_PORT: u16 = 6080;
 
+/// Largest multicast TTL: the IPv4 TTL field's range.
+pub const MAX_MULTICAST_TTL: u32 = 255;
+
+/// Default concurrent uploads of a participant's peer cache; the same as
+/// `baton_io::peer::DEFAULT_UPLOAD_SLOTS` (baton-participant's tests hold them equal): a few
+/// fast transfers beat many slow ones.
+pub const DEFAULT_PEER_UPLOAD_SLOTS: usize = 4;
+
+/// Most concurrent uploads of a peer cache. Each is a whole-object transfer on one link; more
+/// than this is a typo, not a plan.
+pub const MAX_PEER_UPLOAD_SLOTS: usize = 1024;
+
+/// Largest peer-cache secret file, in bytes: far more than any HMAC key needs, small enough
+/// that a wrong file (a log, an image) is refused instead of read.
+pub const MAX_PEER_SECRET_BYTES: usize = 4096;
+
 /// Default worker threads: one, which serves a lab comfortably.
 pub const DEFAULT_THREADS: usize = 1;
 
@@ -403,6 +419,121 @@ pub struct ParticipantConfig {
     pub main: MainLinkConfig,
     #[serde(default = "TlsConfig::participant_default", deserialize_with = "de::participant_tls")]
     pub tls: TlsConfig,
+    /// Filling the cache from other participants first.
+    #[serde(default)]
+    pub peer_cache: PeerCacheConfig,
+}
+
+/// A participant's `peer_cache:` section: whether it fills its cache from other participants
+/// before the main's origin store, and how it finds and serves them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerCacheConfig {
+    /// Whether the peer cache is used; off, every miss is filled from the origin store alone.
+    pub enabled: bool,
+    /// TCP port on `addr` where it serves cached objects to other participants.
+    #[serde(deserialize_with = "de::port")]
+    pub port: u16,
+    /// UDP port of discovery, the same on every participant.
+    #[serde(deserialize_with = "de::port")]
+    pub discovery_port: u16,
+    /// Whether discovery queries go to the multicast `group` (on the local segment).
+    pub multicast: bool,
+    /// Multicast group of discovery.
+    #[serde(deserialize_with = "de::multicast_group")]
+    pub group: Ipv4Addr,
+    /// Multicast TTL, 1 to [`MAX_MULTICAST_TTL`]; 1 keeps queries on the local segment.
+    #[serde(deserialize_with = "de::ttl")]
+    pub ttl: u32,
+    /// Subnet broadcast address to query as well; none: no broadcast.
+    #[serde(deserialize_with = "de::opt_ipv4")]
+    pub broadcast: Option<Ipv4Addr>,
+    /// Other participants to poll by unicast (`IPv4`, or `IPv4:port` for another discovery
+    /// port), for peers that multicast does not reach (other subnets).
+    pub peers: Vec<PeerHost>,
+    /// File holding the group secret that authenticates discovery datagrams (1 to
+    /// [`MAX_PEER_SECRET_BYTES`] bytes, not readable by others); none: unauthenticated.
+    pub secret_file: Option<PathBuf>,
+    /// Concurrent uploads to other participants, 1 to [`MAX_PEER_UPLOAD_SLOTS`].
+    #[serde(deserialize_with = "de::upload_slots")]
+    pub slots: usize,
+    /// Whether the main's package list (on its origin store) is asked who holds an object, and
+    /// told what this participant holds.
+    pub use_main_list: bool,
+}
+
+impl Default for PeerCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            port: crate::peer::limit::DEFAULT_HTTP_PORT,
+            discovery_port: crate::peer::limit::DEFAULT_DISCOVERY_PORT,
+            multicast: true,
+            group: crate::peer::limit::DEFAULT_GROUP,
+            ttl: crate::peer::limit::DEFAULT_MULTICAST_TTL,
+            broadcast: None,
+            peers: Vec::new(),
+            secret_file: None,
+            slots: DEFAULT_PEER_UPLOAD_SLOTS,
+            use_main_list: true,
+        }
+    }
+}
+
+impl PeerCacheConfig {
+    /// The discovery addresses of `peers`, each without a port taking `discovery_port`.
+    pub fn peer_addrs(&self) -> Vec<SocketAddrV4> {
+        self.peers.iter().map(|p| SocketAddrV4::new(p.ip, p.port.unwrap_or(self.discovery_port))).collect()
+    }
+}
+
+/// One entry of `peer_cache.peers`: `198.18.1.10` or `198.18.1.10:7481`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerHost {
+    pub ip: Ipv4Addr,
+    /// The peer's discovery port; none: the section's `discovery_port`.
+    pub port: Option<u16>,
+}
+
+/// Text that is neither `IPv4` nor `IPv4:port` with a port from 1 to 65535.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an IPv4 address or address:port")]
+pub struct BadPeerHost;
+
+impl std::str::FromStr for PeerHost {
+    type Err = BadPeerHost;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(ip) = s.parse::<Ipv4Addr>() {
+            return Ok(PeerHost { ip, port: None });
+        }
+        match s.parse::<SocketAddrV4>() {
+            // Port 0 names no discovery socket.
+            Ok(a) if a.port() != 0 => Ok(PeerHost { ip: *a.ip(), port: Some(a.port()) }),
+            _ => Err(BadPeerHost),
+        }
+    }
+}
+
+impl std::fmt::Display for PeerHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.ip),
+            None => write!(f, "{}", self.ip),
+        }
+    }
+}
+
+impl Serialize for PeerHost {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerHost {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de::peer_host(d)
+    }
 }
 
 /// A participant's `main:` section.

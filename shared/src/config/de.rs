@@ -14,7 +14,10 @@ use std::str::FromStr;
 use serde::de::{Error, Unexpected, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::{TlsConfig, MAX_IFACE_BYTES, MAX_LATITUDE, MAX_LONGITUDE, MAX_THREADS, MIN_PATH_MTU};
+use super::{
+    PeerHost, TlsConfig, MAX_IFACE_BYTES, MAX_LATITUDE, MAX_LONGITUDE, MAX_MULTICAST_TTL, MAX_PEER_UPLOAD_SLOTS, MAX_THREADS,
+    MIN_PATH_MTU,
+};
 use crate::control::{validate_name, MAX_NAME_BYTES};
 
 /// An unsigned integer in `min..=max`.
@@ -82,6 +85,18 @@ pub(super) fn path_mtu<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error>
 pub(super) fn threads<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     let max = u64::try_from(MAX_THREADS).map_err(|_| D::Error::custom("thread limit does not fit u64"))?;
     let v = d.deserialize_any(UintIn { what: "a thread count", min: 1, max })?;
+    usize::try_from(v).map_err(|_| D::Error::custom("number does not fit its field"))
+}
+
+/// A multicast TTL: 1 to [`MAX_MULTICAST_TTL`] (0 would keep datagrams on the host).
+pub(super) fn ttl<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    uint_in(d, "a multicast TTL", 1, MAX_MULTICAST_TTL)
+}
+
+/// A peer cache's upload slots: 1 to [`MAX_PEER_UPLOAD_SLOTS`].
+pub(super) fn upload_slots<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let max = u64::try_from(MAX_PEER_UPLOAD_SLOTS).map_err(|_| D::Error::custom("slot limit does not fit u64"))?;
+    let v = d.deserialize_any(UintIn { what: "a number of upload slots", min: 1, max })?;
     usize::try_from(v).map_err(|_| D::Error::custom("number does not fit its field"))
 }
 
@@ -163,6 +178,60 @@ impl<'de, T: FromStr> Visitor<'de> for Parsed<T> {
 /// An IPv4 address in dotted-quad form.
 pub(super) fn ipv4<'de, D: Deserializer<'de>>(d: D) -> Result<Ipv4Addr, D::Error> {
     d.deserialize_str(Parsed { what: "an IPv4 address such as 198.18.0.1", to: PhantomData })
+}
+
+/// An IPv4 multicast group (224.0.0.0/4).
+pub(super) fn multicast_group<'de, D: Deserializer<'de>>(d: D) -> Result<Ipv4Addr, D::Error> {
+    struct Group;
+
+    impl<'de> Visitor<'de> for Group {
+        type Value = Ipv4Addr;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an IPv4 multicast group (224.0.0.0 to 239.255.255.255) such as 239.255.74.80")
+        }
+
+        fn visit_str<E: Error>(self, v: &str) -> Result<Ipv4Addr, E> {
+            match v.parse::<Ipv4Addr>() {
+                Ok(ip) if ip.is_multicast() => Ok(ip),
+                _ => Err(E::invalid_value(Unexpected::Str(v), &self)),
+            }
+        }
+    }
+
+    d.deserialize_str(Group)
+}
+
+/// An optional IPv4 address; `~` (null) is none.
+pub(super) fn opt_ipv4<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Addr>, D::Error> {
+    struct Opt;
+
+    impl<'de> Visitor<'de> for Opt {
+        type Value = Option<Ipv4Addr>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an IPv4 address such as 198.18.1.255, or ~")
+        }
+
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            ipv4(d).map(Some)
+        }
+    }
+
+    d.deserialize_option(Opt)
+}
+
+/// A peer to poll: `IPv4` or `IPv4:port` (port 1 to 65535).
+pub(super) fn peer_host<'de, D: Deserializer<'de>>(d: D) -> Result<PeerHost, D::Error> {
+    d.deserialize_str(Parsed { what: "an IPv4 address or address:port such as 198.18.1.10 or 198.18.1.10:7481", to: PhantomData })
 }
 
 /// An `address:port` socket address.

@@ -74,6 +74,19 @@ fn participant_defaults() -> ParticipantConfig {
             cert: "/etc/baton/tls/participant.pem".into(),
             key: "/etc/baton/tls/participant.key".into(),
         },
+        peer_cache: PeerCacheConfig {
+            enabled: false,
+            port: 7480,
+            discovery_port: 7481,
+            multicast: true,
+            group: Ipv4Addr::new(239, 255, 74, 80),
+            ttl: 1,
+            broadcast: None,
+            peers: vec![],
+            secret_file: None,
+            slots: 4,
+            use_main_list: true,
+        },
     }
 }
 
@@ -178,7 +191,16 @@ fn serialized_configs_read_back_equal() {
     let text = serde_yaml::to_string(&main).expect("serializes");
     assert_eq!(main_ok(&text, &[]), main);
 
-    let participant = participant_defaults();
+    let mut participant = participant_defaults();
+    let text = serde_yaml::to_string(&participant).expect("serializes");
+    assert_eq!(participant_ok(&text, &[]), participant);
+    participant.peer_cache.enabled = true;
+    participant.peer_cache.broadcast = Some(Ipv4Addr::new(198, 18, 1, 255));
+    participant.peer_cache.peers = vec![
+        PeerHost { ip: Ipv4Addr::new(198, 18, 2, 10), port: None },
+        PeerHost { ip: Ipv4Addr::new(198, 18, 3, 10), port: Some(9000) },
+    ];
+    participant.peer_cache.secret_file = Some("/etc/baton/peer.secret".into());
     let text = serde_yaml::to_string(&participant).expect("serializes");
     assert_eq!(participant_ok(&text, &[]), participant);
 }
@@ -366,6 +388,88 @@ fn participant_values_are_checked() {
     assert_eq!(summary(&e), ("participant.yaml", "main.addr", ConfigErrorKind::BadValue, Some(7), Some(9)));
     // 0 turns the mirror off.
     assert_eq!(participant_ok(&format!("{PARTICIPANT_MIN}mirror_port: 0\n"), &[]).mirror_port, 0);
+}
+
+#[test]
+fn peer_cache_settings_are_read() {
+    let text = format!(
+        "{PARTICIPANT_MIN}peer_cache:\n  enabled: true\n  port: 9480\n  discovery_port: 9481\n  multicast: false\n\
+         \x20 group: 239.1.2.3\n  ttl: 255\n  broadcast: 198.18.1.255\n  peers: [198.18.2.10, \"198.18.3.10:9000\"]\n\
+         \x20 secret_file: /etc/baton/peer.secret\n  slots: 1\n  use_main_list: false\n"
+    );
+    let c = participant_ok(&text, &[]).peer_cache;
+    assert_eq!(
+        c,
+        PeerCacheConfig {
+            enabled: true,
+            port: 9480,
+            discovery_port: 9481,
+            multicast: false,
+            group: Ipv4Addr::new(239, 1, 2, 3),
+            ttl: 255,
+            broadcast: Some(Ipv4Addr::new(198, 18, 1, 255)),
+            peers: vec![
+                PeerHost { ip: Ipv4Addr::new(198, 18, 2, 10), port: None },
+                PeerHost { ip: Ipv4Addr::new(198, 18, 3, 10), port: Some(9000) },
+            ],
+            secret_file: Some("/etc/baton/peer.secret".into()),
+            slots: 1,
+            use_main_list: false,
+        }
+    );
+    // A peer without a port is polled on the section's discovery port.
+    assert_eq!(
+        c.peer_addrs(),
+        vec![
+            std::net::SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, 10), 9481),
+            std::net::SocketAddrV4::new(Ipv4Addr::new(198, 18, 3, 10), 9000),
+        ]
+    );
+    // The one flag.
+    let c = participant_ok(PARTICIPANT_MIN, &[flag("--peer-cache", "peer_cache.enabled", "true")]);
+    assert!(c.peer_cache.enabled);
+    assert_eq!(c.peer_cache, PeerCacheConfig { enabled: true, ..PeerCacheConfig::default() });
+}
+
+#[test]
+fn peer_cache_values_are_checked() {
+    // (section body, field, line, column); the section starts on line 8.
+    let cases = [
+        ("  ttl: 0\n", "peer_cache.ttl", 9, 8),
+        ("  ttl: 256\n", "peer_cache.ttl", 9, 8),
+        ("  slots: 0\n", "peer_cache.slots", 9, 10),
+        ("  slots: 1025\n", "peer_cache.slots", 9, 10),
+        ("  port: 0\n", "peer_cache.port", 9, 9),
+        ("  discovery_port: 70000\n", "peer_cache.discovery_port", 9, 19),
+        ("  group: 198.18.0.1\n", "peer_cache.group", 9, 10),
+        ("  broadcast: 198.18.1.x\n", "peer_cache.broadcast", 9, 14),
+        ("  peers:\n    - 198.18.2.10\n    - 198.18.2.11:0\n", "peer_cache.peers[1]", 11, 7),
+        ("  peers:\n    - 198.18.2.10:99999\n", "peer_cache.peers[0]", 10, 7),
+        ("  peers:\n    - peer-b\n", "peer_cache.peers[0]", 10, 7),
+    ];
+    for (body, field, line, column) in cases {
+        let e = participant_err(&format!("{PARTICIPANT_MIN}peer_cache:\n{body}"), &[]);
+        assert_eq!(
+            summary(&e),
+            ("participant.yaml", field, ConfigErrorKind::BadValue, Some(line), Some(column)),
+            "{body}: {e}"
+        );
+    }
+    let e = participant_err(&format!("{PARTICIPANT_MIN}peer_cache:\n  group: 10.0.0.1\n"), &[]);
+    assert_eq!(
+        e.to_string(),
+        "participant.yaml:9:10: peer_cache.group: invalid value: string \"10.0.0.1\", expected an IPv4 multicast group \
+         (224.0.0.0 to 239.255.255.255) such as 239.255.74.80"
+    );
+    let e = participant_err(&format!("{PARTICIPANT_MIN}peer_cache:\n  enable: true\n"), &[]);
+    assert_eq!(summary(&e), ("participant.yaml", "peer_cache.enable", ConfigErrorKind::UnknownField, Some(9), Some(3)));
+    let e = participant_err(&format!("{PARTICIPANT_MIN}peer_cache:\n  enabled: yes please\n"), &[]);
+    assert_eq!(summary(&e), ("participant.yaml", "peer_cache.enabled", ConfigErrorKind::WrongType, Some(9), Some(12)));
+    let e = participant_err(PARTICIPANT_MIN, &[flag("--peer-cache", "peer_cache.slots", "0")]);
+    assert_eq!(summary(&e), ("--peer-cache", "peer_cache.slots", ConfigErrorKind::BadValue, None, None));
+    // The limits themselves are accepted.
+    let c = participant_ok(&format!("{PARTICIPANT_MIN}peer_cache:\n  ttl: 1\n  slots: 1024\n  group: 224.0.0.1\n"), &[]);
+    assert_eq!((c.peer_cache.ttl, c.peer_cache.slots, c.peer_cache.group), (1, 1024, Ipv4Addr::new(224, 0, 0, 1)));
 }
 
 #[test]
