@@ -48,6 +48,9 @@ pub struct PeerSummary {
     pub size: Option<u64>,
     pub sha256: Option<String>,
     pub verified: &'static str,
+    /// Seconds from the start until the file was verified and in place (0 without a URL).
+    pub obtain_seconds: f64,
+    /// Seconds from the start until this process stopped serving.
     pub seconds: f64,
     pub obtained: Option<Obtained>,
     /// Package bytes this process served to other peers.
@@ -137,6 +140,7 @@ pub async fn run(opts: &Options, peer: &PeerOptions, mut cancel: tokio::sync::wa
         size: None,
         sha256: None,
         verified: "none",
+        obtain_seconds: 0.0,
         seconds: 0.0,
         obtained: None,
         served_bytes: 0,
@@ -150,6 +154,9 @@ pub async fn run(opts: &Options, peer: &PeerOptions, mut cancel: tokio::sync::wa
     };
     if let Some(Err(e)) = outcome {
         return Err(e);
+    }
+    if outcome.is_some() {
+        summary.obtain_seconds = started.elapsed().as_secs_f64();
     }
     linger(&member, peer.linger, &mut cancel).await;
     summary.seconds = started.elapsed().as_secs_f64();
