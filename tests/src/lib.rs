@@ -475,6 +475,15 @@ impl Cluster {
         format!("http://{}/{rel}", self.lab.vip())
     }
 
+    /// Bytes `node`'s interface has transmitted (its kernel counter: everything it sent,
+    /// headers included), for counting egress independently of what the programs report.
+    pub fn tx_bytes(&self, node: &str) -> anyhow::Result<u64> {
+        let iface = self.lab.node(node)?.iface.clone();
+        let out = self.exec(node, &["ip", "-j", "-s", "link", "show", "dev", &iface])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j -s link output")?;
+        v[0]["stats64"]["tx"]["bytes"].as_u64().ok_or_else(|| anyhow!("no tx byte counter for {iface} in {node}"))
+    }
+
     /// Runs a command in a node and returns its output (whatever the exit status).
     pub fn exec(&self, node: &str, argv: &[&str]) -> anyhow::Result<Output> {
         let mut cmd = self.lab.command(node, argv[0])?;
@@ -793,6 +802,22 @@ pub fn scrape_metrics(c: &Cluster, node: &str, port: u16) -> BTreeMap<String, f6
     assert!(out.status.success(), "scrape {node}: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     parse_metrics(&text).unwrap_or_else(|e| panic!("{node}: {e}\n{text}"))
+}
+
+/// A lab of the peer-cache tests and `bench peers`: the main (the origin) in Amsterdam on a
+/// link of its own, and `peers` clients on one Ethernet segment (`lan: office`). Rates (tbf)
+/// are optional: `main_rate` on the origin's link, `lan_rate` on each peer's port.
+pub fn lan_topology(peers: &[&str], main_rate: Option<&str>, lan_rate: Option<&str>) -> String {
+    let rate = |r: Option<&str>| r.map(|r| format!(", rate: {r}")).unwrap_or_default();
+    let mut y = format!(
+        "name: lan\nblock: 198.18.0.0/20\nvip: 203.0.113.10\nnodes:\n\
+         - {{ name: main, role: main, location: {{ city: Amsterdam, country: NL, lat: 52.37, lon: 4.90 }}{} }}\n",
+        rate(main_rate)
+    );
+    for p in peers {
+        y.push_str(&format!("- {{ name: {p}, role: client, lan: office{} }}\n", rate(lan_rate)));
+    }
+    y
 }
 
 /// Link rates of the mirrors in [`fetch_topology`]: three different speeds, so the ranking and

@@ -14,6 +14,7 @@ use baton_tests::{curl_download, Cluster, ClusterOptions};
 use clap::{Parser, Subcommand};
 
 mod bench_fetch;
+mod bench_peers;
 mod bench_move;
 
 /// Size of the object each demo client downloads.
@@ -70,11 +71,12 @@ enum Cmd {
     },
     /// Benchmarks (side-by-side ratios in one run).
     Bench {
-        #[arg(value_parser = ["handoff", "move", "fetch"])]
+        #[arg(value_parser = ["handoff", "move", "fetch", "peers"])]
         which: String,
-        /// `move`, `fetch`: size of the downloaded object in MiB.
-        #[arg(long, default_value_t = 256)]
-        size_mib: u64,
+        /// `move`, `fetch`, `peers`: size of the downloaded object in MiB (default 256; 128 for
+        /// `peers`).
+        #[arg(long)]
+        size_mib: Option<u64>,
         /// `move`: graceful moves during the first download.
         #[arg(long, default_value_t = 3)]
         moves: usize,
@@ -112,8 +114,9 @@ fn main() -> anyhow::Result<()> {
             build()?;
             match which.as_str() {
                 "handoff" => bench_handoff(),
-                "move" => bench_move::run(bench_move::Options { size_mib, moves, kills, keep_pcap }),
-                "fetch" => bench_fetch::run(bench_fetch::Options { size_mib }),
+                "move" => bench_move::run(bench_move::Options { size_mib: size_mib.unwrap_or(256), moves, kills, keep_pcap }),
+                "fetch" => bench_fetch::run(bench_fetch::Options { size_mib: size_mib.unwrap_or(256) }),
+                "peers" => bench_peers::run(bench_peers::Options { size_mib: size_mib.unwrap_or(128) }),
                 other => bail!("unknown benchmark {other}"),
             }
         }
