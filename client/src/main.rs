@@ -107,7 +107,8 @@ struct Args {
     /// answer; repeat for more.
     #[arg(long = "peer-host", requires = "peer")]
     peer_hosts: Vec<String>,
-    /// File holding the group secret that authenticates discovery datagrams.
+    /// File holding the group secret that authenticates discovery datagrams (not readable by
+    /// others; trailing white space is not part of it).
     #[arg(long, requires = "peer")]
     peer_secret_file: Option<PathBuf>,
     /// Uploads served at once; more requesters are told busy (503).
@@ -124,9 +125,6 @@ struct Args {
     #[arg(long, requires = "peer", default_value_t = 0.0)]
     peer_linger: f64,
 }
-
-/// Largest group secret file read.
-const MAX_SECRET_BYTES: u64 = 4096;
 
 fn peer_options(a: &Args) -> Result<Option<PeerOptions>, String> {
     if !a.peer {
@@ -155,17 +153,7 @@ fn peer_options(a: &Args) -> Result<Option<PeerOptions>, String> {
         config.hosts.push(addr);
     }
     if let Some(path) = &a.peer_secret_file {
-        use std::io::Read as _;
-        let mut secret = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_SECRET_BYTES + 1).read_to_end(&mut secret))
-            .map_err(|e| format!("--peer-secret-file {}: {e}", path.display()))?;
-        while secret.last().is_some_and(|b| b.is_ascii_whitespace()) {
-            secret.pop();
-        }
-        if secret.is_empty() || secret.len() as u64 > MAX_SECRET_BYTES {
-            return Err(format!("--peer-secret-file {}: the secret must be 1 to {MAX_SECRET_BYTES} bytes", path.display()));
-        }
+        let secret = baton_io::peer::secret::read_secret(path).map_err(|e| format!("--peer-secret-file {e}"))?;
         config.secret = Some(secret);
     }
     if a.peer_slots == 0 {
@@ -324,6 +312,9 @@ fn print_peer(s: &baton_fetch::peer::PeerSummary) {
         );
     }
     eprintln!("served {} bytes to peers from {} ({} busy replies)", s.served_bytes, s.serving, s.busy_sent);
+    if s.reported > 0 {
+        eprintln!("reported {} package(s) to the main's package list", s.reported);
+    }
 }
 
 fn main() {

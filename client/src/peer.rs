@@ -28,6 +28,9 @@ use crate::source::Net;
 const LINGER_POLL: Duration = Duration::from_millis(200);
 /// Longest wait, after the download, for uploads still running when `--peer-linger` is 0.
 pub const DRAIN_UPLOADS: Duration = Duration::from_secs(60);
+/// Longest wait at exit for reports to the main's package list still running: one call's
+/// deadline, since they run side by side.
+pub const REPORTS_SETTLE: Duration = baton_io::peer::api::CALL_TIMEOUT;
 
 /// What peer mode needs beyond the download options.
 #[derive(Debug, Clone)]
@@ -57,6 +60,9 @@ pub struct PeerSummary {
     pub served_bytes: u64,
     /// Busy replies this process gave.
     pub busy_sent: u64,
+    /// Reports the main's package list accepted (with `--peer-list`): one per share and per
+    /// obtained file.
+    pub reported: u64,
     pub shared: Vec<String>,
     /// Where this process served (`ip:port`).
     pub serving: SocketAddrV4,
@@ -145,6 +151,7 @@ pub async fn run(opts: &Options, peer: &PeerOptions, mut cancel: tokio::sync::wa
         obtained: None,
         served_bytes: 0,
         busy_sent: 0,
+        reported: 0,
         shared,
         serving: member.http_addr(),
     };
@@ -159,7 +166,12 @@ pub async fn run(opts: &Options, peer: &PeerOptions, mut cancel: tokio::sync::wa
         summary.obtain_seconds = started.elapsed().as_secs_f64();
     }
     linger(&member, peer.linger, &mut cancel).await;
+    // Reports run in the background; let the last ones reach the main before exiting.
+    if !member.reports_settled(REPORTS_SETTLE).await {
+        tracing::debug!("reports to the main's package list still pending at exit");
+    }
     summary.seconds = started.elapsed().as_secs_f64();
+    summary.reported = member.counters.reports_sent.load(Ordering::Relaxed);
     summary.served_bytes = member.counters.served_bytes.load(Ordering::Relaxed);
     summary.busy_sent = member.counters.busy_sent.load(Ordering::Relaxed);
     Ok(summary)

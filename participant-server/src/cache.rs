@@ -22,7 +22,7 @@ use baton_io::store::{DirStore, Object, ObjectSource, StoreError};
 use baton_shared::digest::{sha256_hex, Sha256};
 use baton_shared::handoff::ObjectPlan;
 use baton_shared::http::ObjectPath;
-use baton_shared::peer::Package;
+use baton_shared::peer::{Package, PackageId};
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;
 
@@ -155,6 +155,17 @@ impl CacheStore {
         Ok(true)
     }
 
+    /// Stops offering the version `sha256` of `path` to peers, if it is offered from this
+    /// cache's file. A version that then is not replaced (the fill failed) stays un-offered
+    /// until the next start offers what is cached.
+    fn stop_offering(&self, path: &ObjectPath, sha256: Sha256) {
+        if let Some(member) = &self.peers {
+            if member.unshare_from(&PackageId::Sha256(sha256), &cache_path(self.root(), path)).is_some() {
+                tracing::debug!(path = path.as_str(), old = %sha256_hex(&sha256), "the cached version is replaced; no longer offered to peers");
+            }
+        }
+    }
+
     fn fill_lock(&self, path: &ObjectPath) -> Arc<tokio::sync::Mutex<()>> {
         let mut g = self.fills.lock().unwrap_or_else(|p| p.into_inner());
         g.entry(path.as_str().to_owned()).or_default().clone()
@@ -180,6 +191,9 @@ impl CacheStore {
             if wanted(&obj) {
                 return Ok(Some(obj));
             }
+            // Another version is cached and about to be replaced: peers must not be served the
+            // new bytes under the old digest (they would count this participant as lying).
+            self.stop_offering(path, obj.meta.sha256);
         }
         let filled = match &self.peers {
             None => self.fill_origin(path, expected.map(|e| e.sha256)).await?,
@@ -286,6 +300,8 @@ impl CacheStore {
             let good = self.dir.resolve(path).await?.is_some_and(|o| o.meta.sha256 == package.sha256);
             if !good {
                 tracing::warn!(path = path.as_str(), "the peer cache's copy no longer matches; filling from the origin");
+                // Not offered again until the origin's bytes are in place.
+                member.unshare(&package.id());
                 return self.fill_origin(path, Some(package.sha256)).await;
             }
         } else if let Ok(f) = std::fs::File::open(&dest) {
@@ -373,3 +389,57 @@ fn unique() -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+/// Replacing a cached version withdraws its offer to peers (the shared tests live in
+/// `cache/tests.rs`; this one needs only the cache and one member).
+#[cfg(test)]
+mod replace_tests {
+    use std::net::Ipv4Addr;
+    use std::time::Duration;
+
+    use baton_io::http::{serve_listener, ServeConfig};
+    use baton_io::peer::{Holding, Member, PeerConfig};
+    use baton_io::store::DirStore;
+    use baton_shared::http::object_path;
+    use baton_shared::peer::PackageId;
+    use sha2::Digest;
+
+    use super::{cache_path, CacheStore, Published};
+
+    #[tokio::test]
+    async fn a_replaced_version_is_no_longer_offered_to_peers() {
+        let base = std::env::temp_dir().join(format!("baton-cache-replace-{}", std::process::id()));
+        let (o, c) = (base.join("origin"), base.join("cache"));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&o).expect("mkdir");
+        std::fs::create_dir_all(&c).expect("mkdir");
+        let (old, new) = (vec![0x11u8; 200_000], vec![0x22u8; 300_000]);
+        std::fs::write(o.join("v.bin"), &new).expect("origin copy");
+        std::fs::write(c.join("v.bin"), &old).expect("cached copy");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let std::net::SocketAddr::V4(origin) = listener.local_addr().expect("addr") else { panic!("v4") };
+        let cfg = ServeConfig { server_name: "origin".to_owned(), head_timeout: Duration::from_secs(5), served_by: None };
+        tokio::spawn(serve_listener(listener, DirStore::open(&o).expect("origin dir"), cfg, "origin"));
+        let mut pc = PeerConfig::new(Ipv4Addr::LOCALHOST);
+        pc.http_port = 0;
+        pc.discovery_port = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp").local_addr().expect("addr").port();
+        pc.group = None;
+        pc.query_wait = Duration::from_millis(50);
+        let member = Member::start(pc).await.expect("member");
+        let cache = CacheStore::open(&c, origin).expect("cache").with_peers(member.clone());
+        assert_eq!(cache.share_cached().await, 1);
+        let (old_id, new_id) = (PackageId::Sha256(sha2::Sha256::digest(&old).into()), PackageId::Sha256(sha2::Sha256::digest(&new).into()));
+        assert!(member.holding(&old_id).is_some());
+
+        // The main publishes the new version: the cached one is replaced.
+        let path = object_path("/v.bin").expect("path");
+        let published = Published { sha256: sha2::Sha256::digest(&new).into(), size: new.len() as u64 };
+        let obj = cache.get(&path, Some(published)).await.expect("get").expect("found");
+        assert_eq!(obj.meta.sha256, published.sha256);
+        assert_eq!(std::fs::read(c.join("v.bin")).expect("cached"), new);
+        assert!(member.holding(&old_id).is_none(), "the old version is still offered, from a file that holds the new one");
+        let held = member.holding(&new_id);
+        assert!(matches!(&held, Some(Holding::Complete { path: p, .. }) if *p == cache_path(&c, &path)), "{held:?}");
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}

@@ -3,8 +3,9 @@
 //! hashed here, independently of baton-fetch's own check, and the origin's egress is counted
 //! from its interface's transmit counter, not from what the peers say.
 //!
-//! Two labs with their own names and /21s, so they run in parallel with the rest of the suite:
-//! `tpeera` (six peers at once; one upload slot), `tpeerb` (a lying peer; multicast blocked).
+//! Three labs with their own names and /21s, so they run in parallel with the rest of the suite:
+//! `tpeera` (six peers at once; one upload slot), `tpeerb` (a lying peer; multicast blocked),
+//! `tpeerc` (the main's package list; the group secret).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use baton_lab::Rate;
 use baton_shared::peer::limit::{DEFAULT_DISCOVERY_PORT, DEFAULT_GROUP, DEFAULT_HTTP_PORT};
-use baton_shared::peer::wire::{HaveState, Kind, Message};
+use baton_shared::peer::wire::{HaveState, Kind, Message, WireError, MAC_BYTES};
 use baton_tests::{pseudo_random, require_root, sha256_file, spawn_fetch, Cluster, ClusterOptions};
 use serde_json::Value;
 
@@ -241,15 +242,37 @@ fn six_peers_fetch_one_origin_copy_and_a_busy_peer_sends_requesters_on() {
 struct Liar {
     stop: Arc<AtomicBool>,
     served: Arc<AtomicU64>,
+    /// Queries it answered.
+    answered: Arc<AtomicU64>,
     threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// An authenticated datagram with its MAC cut off and its MAC flag cleared: what an outsider
+/// without the group secret reads of a query.
+fn strip_mac(datagram: &[u8]) -> Option<Vec<u8>> {
+    const FLAGS_AT: usize = 7;
+    let mut d = datagram.get(..datagram.len().checked_sub(MAC_BYTES)?)?.to_vec();
+    *d.get_mut(FLAGS_AT)? &= !1;
+    Some(d)
 }
 
 impl Liar {
     fn start(c: &Cluster, node: &str, size: u64) -> Liar {
+        Liar::spawn(c, node, size, false)
+    }
+
+    /// A liar outside the group: it reads authenticated queries too (it needs no secret for
+    /// that) and answers them, unauthenticated.
+    fn start_outside_group(c: &Cluster, node: &str, size: u64) -> Liar {
+        Liar::spawn(c, node, size, true)
+    }
+
+    fn spawn(c: &Cluster, node: &str, size: u64, read_authenticated: bool) -> Liar {
         let ns = c.lab.node(node).expect("node").ns.clone();
         let addr = c.addr(node).expect("address");
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
+        let answered = Arc::new(AtomicU64::new(0));
         let (tx, rx) = std::sync::mpsc::channel();
         let enter = move |ns: &str| {
             let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns");
@@ -257,7 +280,7 @@ impl Liar {
             assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) }, 0);
         };
         let udp = {
-            let (ns, stop, tx) = (ns.clone(), stop.clone(), tx.clone());
+            let (ns, stop, tx, answered) = (ns.clone(), stop.clone(), tx.clone(), answered.clone());
             std::thread::spawn(move || {
                 enter(&ns);
                 let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, DEFAULT_DISCOVERY_PORT)).expect("discovery port");
@@ -267,12 +290,20 @@ impl Liar {
                 let mut buf = [0u8; 512];
                 while !stop.load(Ordering::Relaxed) {
                     let Ok((len, from)) = s.recv_from(&mut buf) else { continue };
-                    let Ok(q) = Message::parse(&buf[..len], None, 0) else { continue };
+                    let parsed = match Message::parse(&buf[..len], None, 0) {
+                        Err(WireError::UnexpectedMac) if read_authenticated => {
+                            strip_mac(&buf[..len]).and_then(|d| Message::parse(&d, None, 0).ok())
+                        }
+                        other => other.ok(),
+                    };
+                    let Some(q) = parsed else { continue };
                     if q.kind != Kind::Query {
                         continue;
                     }
                     let answer = Message { kind: Kind::Answer, port: DEFAULT_HTTP_PORT, state: HaveState::Complete, have: size, size, claim: 0, ..q };
-                    let _ = s.send_to(&answer.emit(None), from);
+                    if s.send_to(&answer.emit(None), from).is_ok() {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             })
         };
@@ -307,7 +338,7 @@ impl Liar {
         };
         rx.recv().expect("liar ready");
         rx.recv().expect("liar ready");
-        Liar { stop, served, threads: vec![udp, http] }
+        Liar { stop, served, answered, threads: vec![udp, http] }
     }
 }
 
@@ -405,4 +436,125 @@ fn a_lying_peer_is_caught_and_polling_finds_packages_without_multicast() {
     let (j5, o5) = finish(holder, Duration::from_secs(20));
     ok(&j5, &o5);
     assert_eq!(n(&j5["served_bytes"]), PACKAGE_BYTES as u64, "{j5}");
+}
+
+/// The main's package list, as `<main>:<origin port>`.
+fn list_addr(c: &Cluster) -> String {
+    format!("{}:{}", c.addr("main").expect("main address"), baton_shared::config::DEFAULT_ORIGIN_PORT)
+}
+
+/// Waits until the main's list (asked with curl from `node`) names `want` as the location of
+/// the package `sha`.
+fn wait_listed(c: &Cluster, node: &str, sha: &str, want: &str) {
+    let url = format!("http://{}{}/{sha}", list_addr(c), baton_io::peer::api::PACKAGES_PREFIX);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let out = c.exec(node, &["curl", "-s", "--max-time", "5", &url]).expect("curl");
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        if serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| v["location"]["addr"] == want) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the main's list never named {want} for {sha}; last answer: {last}");
+}
+
+/// Writes a group secret file readable by its owner only; its path.
+fn write_secret(c: &Cluster, name: &str, secret: &[u8]) -> String {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = c.lab.state_dir().join(name);
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).expect("secret file");
+    f.write_all(secret).expect("secret");
+    path.display().to_string()
+}
+
+fn bad_peers(json: &Value) -> Vec<String> {
+    json["obtained"]["bad_peers"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect()
+}
+
+#[test]
+fn the_main_list_names_a_holder_and_only_the_group_secret_is_believed() {
+    if !require_root() {
+        return;
+    }
+    let c = cluster("tpeerc", "198.18.176.0/21");
+    let list = list_addr(&c);
+    let http = |node: &str| format!("{}:{DEFAULT_HTTP_PORT}", c.addr(node).expect("address"));
+
+    // The main's list: peer1 shares and reports; peer2, with neither multicast nor known
+    // hosts, learns of peer1 from the list alone.
+    let (url, sha) = origin_package(&c, "pkg/listed.bin", PACKAGE_BYTES, 0x33);
+    let held = out_path(&c, "peer1", "held.bin");
+    std::fs::write(&held, pseudo_random(PACKAGE_BYTES, 0x33)).expect("held copy");
+    let holder = peer(&c, "peer1", &["--peer-share", &held.display().to_string(), "--peer-list", &list, "--peer-linger", "600"]);
+    wait_holding(&c, "peer1", &sha);
+    wait_listed(&c, "peer2", &sha, &http("peer1"));
+    let before = main_tx_bytes(&c);
+    let out2 = out_path(&c, "peer2", "listed.bin");
+    let (j2, o2) = finish(peer(&c, "peer2", &["--peer-no-multicast", "--peer-list", &list, "-o", &out2.display().to_string(), &url]), RUN_LIMIT);
+    let origin_sent = main_tx_bytes(&c) - before;
+    ok(&j2, &o2);
+    eprintln!("main list: {j2}; the origin sent {origin_sent} bytes");
+    assert_eq!(sha256_file(&out2).expect("hash"), sha);
+    assert_eq!(j2["obtained"]["outcome"], "main_list", "{j2}");
+    assert_eq!(n(&j2["obtained"]["from_origin"]), 0, "{j2}");
+    assert_eq!(n(&j2["obtained"]["from_peers"]), PACKAGE_BYTES as u64, "{j2}");
+    assert!(bad_peers(&j2).is_empty(), "{j2}");
+    assert_eq!(n(&j2["reported"]), 1, "peer2 did not report its copy: {j2}");
+    assert!(origin_sent < (PACKAGE_BYTES / 8) as u64, "the origin sent {origin_sent} bytes");
+    stop(&holder);
+    let (j1, o1) = finish(holder, Duration::from_secs(20));
+    ok(&j1, &o1);
+    assert_eq!(n(&j1["served_bytes"]), PACKAGE_BYTES as u64, "{j1}");
+    assert_eq!(n(&j1["reported"]), 1, "{j1}");
+
+    // The group secret: peer3 holds the package and speaks only to its group. A liar outside
+    // the group, on a lower address (so it would be tried first if believed), answers every
+    // query it sees.
+    let (url, sha) = origin_package(&c, "pkg/secret.bin", PACKAGE_BYTES, 0x44);
+    assert!(c.addr("peer2").expect("address") < c.addr("peer3").expect("address"));
+    let group = write_secret(&c, "group.key", b"tpeerc group secret\n");
+    let other = write_secret(&c, "other.key", b"another group entirely\n");
+    let held = out_path(&c, "peer3", "held.bin");
+    std::fs::write(&held, pseudo_random(PACKAGE_BYTES, 0x44)).expect("held copy");
+    let holder = peer(&c, "peer3", &["--peer-share", &held.display().to_string(), "--peer-secret-file", &group, "--peer-linger", "600"]);
+    wait_holding(&c, "peer3", &sha);
+    let liar = Liar::start_outside_group(&c, "peer2", PACKAGE_BYTES as u64);
+
+    let before = main_tx_bytes(&c);
+    let out4 = out_path(&c, "peer4", "secret.bin");
+    let (j4, o4) = finish(peer(&c, "peer4", &["--peer-secret-file", &group, "-o", &out4.display().to_string(), &url]), RUN_LIMIT);
+    let origin_sent = main_tx_bytes(&c) - before;
+    ok(&j4, &o4);
+    let answered = liar.answered.load(Ordering::Relaxed);
+    eprintln!("same secret: {j4}; the origin sent {origin_sent} bytes; the liar answered {answered} queries");
+    assert_eq!(sha256_file(&out4).expect("hash"), sha);
+    assert_eq!(j4["obtained"]["outcome"], "discovered", "{j4}");
+    assert!(bad_peers(&j4).is_empty(), "an unauthenticated answer was believed: {j4}");
+    assert_eq!(n(&j4["obtained"]["from_peers"]), PACKAGE_BYTES as u64, "{j4}");
+    assert_eq!(n(&j4["obtained"]["from_origin"]), 0, "{j4}");
+    assert!(answered >= 1, "the liar never answered, so the test proves nothing");
+    assert_eq!(liar.served.load(Ordering::Relaxed), 0, "the liar was asked for bytes");
+    assert!(origin_sent < (PACKAGE_BYTES / 8) as u64, "the origin sent {origin_sent} bytes");
+
+    // Another secret: peer3 ignores its datagrams and it ignores the liar's, so it goes to the
+    // origin.
+    let out5 = out_path(&c, "peer5", "secret.bin");
+    let (j5, o5) = finish(peer(&c, "peer5", &["--peer-secret-file", &other, "-o", &out5.display().to_string(), &url]), RUN_LIMIT);
+    ok(&j5, &o5);
+    eprintln!("other secret: {j5}");
+    assert_eq!(sha256_file(&out5).expect("hash"), sha);
+    assert_eq!(j5["obtained"]["outcome"], "origin", "{j5}");
+    assert_eq!(n(&j5["obtained"]["from_peers"]), 0, "{j5}");
+    assert_eq!(n(&j5["obtained"]["from_origin"]), PACKAGE_BYTES as u64, "{j5}");
+    assert!(bad_peers(&j5).is_empty(), "{j5}");
+    assert!(liar.answered.load(Ordering::Relaxed) > answered, "the liar never answered the other group");
+    assert_eq!(liar.served.load(Ordering::Relaxed), 0, "the liar was asked for bytes");
+    drop(liar);
+    stop(&holder);
+    let (j3, o3) = finish(holder, Duration::from_secs(20));
+    ok(&j3, &o3);
+    assert_eq!(n(&j3["served_bytes"]), PACKAGE_BYTES as u64, "peer3 served someone outside its group: {j3}");
 }

@@ -15,8 +15,11 @@
 //! await.
 
 pub mod api;
+pub mod secret;
 pub mod serve;
 pub mod transfer;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
@@ -72,6 +75,13 @@ const COPY_CHUNK_BYTES: usize = 256 * 1024;
 /// Temporary files of unfinished downloads start with this (baton-participant removes them at
 /// start, as it does its own).
 pub const PARTIAL_PREFIX: &str = ".baton-partial-";
+/// Reports to the main's package list queued or running at once. Every share makes one (a
+/// participant offering its whole cache at start makes one per object), each bounded by
+/// [`api::CALL_TIMEOUT`]; beyond this a report is skipped: the list is only a hint, and
+/// discovery still finds the package.
+pub const MAX_PENDING_REPORTS: usize = 256;
+/// Reports sent at once, so a burst of shares does not open hundreds of connections to the main.
+pub const REPORT_CONCURRENCY: usize = 4;
 
 /// How a member finds and serves peers.
 #[derive(Debug, Clone)]
@@ -209,6 +219,12 @@ pub struct Counters {
     pub answers_sent: AtomicU64,
     pub rate_limited: AtomicU64,
     pub invalid_datagrams: AtomicU64,
+    /// Reports the main's package list accepted.
+    pub reports_sent: AtomicU64,
+    /// Reports that failed (unreachable, refused, timed out).
+    pub reports_failed: AtomicU64,
+    /// Reports not sent because [`MAX_PENDING_REPORTS`] were pending.
+    pub reports_skipped: AtomicU64,
     lookups: [AtomicU64; Outcome::ALL.len()],
 }
 
@@ -287,7 +303,10 @@ pub struct Member {
     state: Mutex<State>,
     events: broadcast::Sender<Heard>,
     slots: Arc<Semaphore>,
-    pub counters: Counters,
+    /// Reports to the main's list queued or running.
+    reports: Arc<watch::Sender<usize>>,
+    report_slots: Arc<Semaphore>,
+    pub counters: Arc<Counters>,
 }
 
 fn now_ms() -> u64 {
@@ -347,7 +366,9 @@ impl Member {
             me,
             state: Mutex::new(state),
             events: broadcast::channel(256).0,
-            counters: Counters::default(),
+            reports: Arc::new(watch::channel(0).0),
+            report_slots: Arc::new(Semaphore::new(REPORT_CONCURRENCY)),
+            counters: Arc::default(),
         });
         tokio::spawn(serve::run(listener, member.clone()));
         tokio::spawn(member.clone().listen());
@@ -379,14 +400,51 @@ impl Member {
         st.local.get(&sha).cloned()
     }
 
-    /// Offers a complete, verified file as `package`.
+    /// Offers a complete, verified file as `package`, and tells the main's list (when one is
+    /// configured) in the background: the caller never waits for the main.
     pub fn share(&self, path: &Path, package: Package) {
-        let mut st = self.state();
-        if let Some(m) = package.md5 {
-            st.md5.insert(m, package.sha256);
+        {
+            let mut st = self.state();
+            if let Some(m) = package.md5 {
+                st.md5.insert(m, package.sha256);
+            }
+            st.list.describe(package);
+            st.local.insert(package.sha256, Holding::Complete { path: path.to_owned(), package });
         }
-        st.list.describe(package);
-        st.local.insert(package.sha256, Holding::Complete { path: path.to_owned(), package });
+        self.report_later(package);
+    }
+
+    /// Stops offering `id` (a SHA-256, or an MD5 this member knows): forgets its file, its MD5
+    /// alias and this member's own address in its list. Requests for it are answered 404 from
+    /// now on; uploads already running finish from the file they opened. A download of it
+    /// that is running offers the package again when it completes. Returns what was offered.
+    ///
+    /// The main's list is not told (it has no way to forget a location); requesters it sends
+    /// here get a 404 and forget this member for the package.
+    pub fn unshare(&self, id: &PackageId) -> Option<Holding> {
+        self.unshare_if(id, |_| true)
+    }
+
+    /// Stops offering `id` only if it is offered complete from `path` (the file there is about
+    /// to be replaced or removed; the same package offered from elsewhere stays offered).
+    pub fn unshare_from(&self, id: &PackageId, path: &Path) -> Option<Holding> {
+        self.unshare_if(id, |h| matches!(h, Holding::Complete { path: p, .. } if p == path))
+    }
+
+    fn unshare_if(&self, id: &PackageId, which: impl Fn(&Holding) -> bool) -> Option<Holding> {
+        let mut st = self.state();
+        let sha = match id {
+            PackageId::Sha256(d) => *d,
+            PackageId::Md5(m) => *st.md5.get(m)?,
+        };
+        if !st.local.get(&sha).is_some_and(which) {
+            return None;
+        }
+        let removed = st.local.remove(&sha);
+        st.md5.retain(|_, s| *s != sha);
+        st.list.forget(&PackageId::Sha256(sha), self.http);
+        tracing::debug!(id = %PackageId::Sha256(sha), "no longer offered to peers");
+        removed
     }
 
     /// Hashes a file (SHA-256 and MD5) and offers it.
@@ -671,13 +729,17 @@ impl Member {
     /// file appears at `dest` only with the origin's SHA-256.
     pub async fn obtain(self: &Arc<Self>, package: Package, dest: &Path, origin: &dyn Origin) -> Result<Obtained, PeerError> {
         let id = package.id();
-        let lock = self.state().obtaining.entry(package.sha256).or_default().clone();
-        let _one_at_a_time = lock.lock().await;
+        let entry = Obtaining::enter(self, package.sha256);
+        let _one_at_a_time = entry.lock.lock().await;
         self.state().list.describe(package);
         if let Some(Holding::Complete { path, .. }) = self.holding(&id) {
             if path == dest || link_or_copy(&path, dest).is_ok() {
                 self.counters.lookup(Outcome::Local);
-                if path != dest {
+                if path == dest {
+                    // Held already, and reported when it was shared; the main's list may have
+                    // let the entry go since.
+                    self.report_later(package);
+                } else {
                     self.share(dest, package);
                 }
                 return Ok(Obtained { outcome: Outcome::Local, from_peers: 0, from_origin: 0, bad_peers: Vec::new(), busy: 0 });
@@ -689,8 +751,9 @@ impl Member {
         match result {
             Ok(outcome) => {
                 report.outcome = outcome;
+                // The verified file was shared (and so reported to the main's list) when it
+                // was moved into place.
                 self.counters.lookup(outcome);
-                self.list_report(package).await;
                 Ok(report)
             }
             Err(e) => {
@@ -765,15 +828,17 @@ impl Member {
         }
         // 4. Announce, then the origin — unless another requester that nobody heard in time
         //    announced too: of two crossing announcements the lower claim fetches, the other
-        //    defers to it.
+        //    defers to it. The download is servable from the announcement on, so a requester
+        //    that started too late to hear it still finds this member by its query (and one
+        //    whose query came too early to be heard here streams from it all the same).
         self.announce(id, sink.package.size, claim).await;
+        self.register(sink);
         if let Some(from) = self.crossing_announcement(id, (claim, self.http), self.cfg.query_wait).await {
             tracing::debug!(%id, %from, "another requester announced with a lower claim; fetching from it");
             if self.try_peers(sink, &[from], report).await? == Tried::Done {
                 return Ok(Outcome::Announced);
             }
         }
-        self.register(sink);
         self.fetch_origin(sink, origin, report).await?;
         Ok(Outcome::Origin)
     }
@@ -963,13 +1028,53 @@ impl Member {
         let _ = std::fs::remove_file(&sink.tmp);
     }
 
-    /// Tells the main's list that this member has `package`.
-    async fn list_report(&self, package: Package) {
-        if let Some(list) = self.cfg.list {
-            if let Err(e) = api::report(list, &package, self.http).await {
-                tracing::debug!(error = %e, "reporting to the main's package list failed");
+    /// Tells the main's list, from a task of its own, that this member has `package`; does
+    /// nothing without a list. At most [`REPORT_CONCURRENCY`] reports run at once, each bounded
+    /// by [`api::CALL_TIMEOUT`]; failures are logged at debug and counted.
+    fn report_later(&self, package: Package) {
+        let Some(list) = self.cfg.list else { return };
+        let id = package.id();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!(%id, "no runtime to report from; the main's package list is not told");
+            return;
+        };
+        let mut admitted = false;
+        self.reports.send_if_modified(|n| {
+            admitted = *n < MAX_PENDING_REPORTS;
+            if admitted {
+                *n += 1;
             }
+            admitted
+        });
+        if !admitted {
+            self.counters.reports_skipped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%id, pending = MAX_PENDING_REPORTS, "too many reports pending; the main's package list is not told");
+            return;
         }
+        let pending = PendingReport(self.reports.clone());
+        let (slots, counters, addr) = (self.report_slots.clone(), self.counters.clone(), self.http);
+        runtime.spawn(async move {
+            let _pending = pending;
+            let Ok(_slot) = slots.acquire_owned().await else { return };
+            match api::report(list, &package, addr).await {
+                Ok(()) => {
+                    counters.reports_sent.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%list, %id, %addr, "reported to the main's package list");
+                }
+                Err(e) => {
+                    counters.reports_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%list, %id, error = %e, "reporting to the main's package list failed");
+                }
+            }
+        });
+    }
+
+    /// Waits, at most `within`, until no report to the main's list is queued or running (a
+    /// process about to exit calls this so its last shares reach the list). Whether none is.
+    pub async fn reports_settled(&self, within: Duration) -> bool {
+        let mut rx = self.reports.subscribe();
+        let waited = tokio::time::timeout(within, rx.wait_for(|n| *n == 0)).await;
+        matches!(waited, Ok(Ok(_)))
     }
 
     /// The member's Prometheus families.
@@ -993,6 +1098,46 @@ impl Member {
             .sample("baton_peer_discovery_total", &[("event", "answer_sent")], load(&c.answers_sent))
             .sample("baton_peer_discovery_total", &[("event", "rate_limited")], load(&c.rate_limited))
             .sample("baton_peer_discovery_total", &[("event", "invalid")], load(&c.invalid_datagrams));
+        out.family("baton_peer_list_reports_total", MetricKind::Counter, "Reports to the main's package list, by result.")
+            .sample("baton_peer_list_reports_total", &[("result", "sent")], load(&c.reports_sent))
+            .sample("baton_peer_list_reports_total", &[("result", "failed")], load(&c.reports_failed))
+            .sample("baton_peer_list_reports_total", &[("result", "skipped")], load(&c.reports_skipped));
+    }
+}
+
+/// One caller of [`Member::obtain`] for a package: the lock that makes concurrent callers for
+/// the same package take turns, and the map entry removed when its last caller is done (so the
+/// map holds only packages being obtained, not every package ever obtained).
+struct Obtaining<'a> {
+    member: &'a Member,
+    sha256: Sha256,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Obtaining<'a> {
+    fn enter(member: &'a Member, sha256: Sha256) -> Self {
+        let lock = member.state().obtaining.entry(sha256).or_default().clone();
+        Obtaining { member, sha256, lock }
+    }
+}
+
+impl Drop for Obtaining<'_> {
+    fn drop(&mut self) {
+        // Clones are made under the state lock, so with it held a count of two (the map's and
+        // ours) means no other caller has it or can take it before the entry goes.
+        let mut st = self.member.state();
+        if Arc::strong_count(&self.lock) == 2 && st.obtaining.get(&self.sha256).is_some_and(|l| Arc::ptr_eq(l, &self.lock)) {
+            st.obtaining.remove(&self.sha256);
+        }
+    }
+}
+
+/// Counts one report as pending until dropped (when its task ends, however it ends).
+struct PendingReport(Arc<watch::Sender<usize>>);
+
+impl Drop for PendingReport {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -1018,15 +1163,11 @@ struct Round {
 impl Round {
     fn hear(&mut self, id: &PackageId, h: &Heard) {
         match h {
-            Heard::Query { id: got, claim, from } if got == id => {
-                if !self.claims.iter().any(|(_, f)| f == from) {
-                    self.claims.push((*claim, *from));
-                }
+            Heard::Query { id: got, claim, from } if got == id && !self.claims.iter().any(|(_, f)| f == from) => {
+                self.claims.push((*claim, *from));
             }
-            Heard::Announce { id: got, from, .. } if got == id => {
-                if !self.announcers.contains(from) {
-                    self.announcers.push(*from);
-                }
+            Heard::Announce { id: got, from, .. } if got == id && !self.announcers.contains(from) => {
+                self.announcers.push(*from);
             }
             _ => {}
         }
