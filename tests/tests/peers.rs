@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use baton_lab::Rate;
 use baton_shared::peer::limit::{DEFAULT_DISCOVERY_PORT, DEFAULT_GROUP, DEFAULT_HTTP_PORT};
 use baton_shared::peer::wire::{HaveState, Kind, Message, WireError, MAC_BYTES};
-use baton_tests::{pseudo_random, require_root, sha256_file, spawn_fetch, Cluster, ClusterOptions};
+use baton_tests::{lan_topology, pseudo_random, require_root, sha256_file, spawn_fetch, Cluster, ClusterOptions};
 use serde_json::Value;
 
 const PEERS: [&str; 6] = ["peer1", "peer2", "peer3", "peer4", "peer5", "peer6"];
@@ -29,21 +29,9 @@ const SWARM_BYTES: usize = 64 << 20;
 /// The package of the other tests.
 const PACKAGE_BYTES: usize = 32 << 20;
 
-/// A lab with the main on a link of its own and the six peers on one LAN.
-fn lan_topology() -> String {
-    let mut y = String::from(
-        "name: lan\nblock: 198.18.0.0/21\nvip: 203.0.113.10\nnodes:\n\
-         - { name: main, role: main, location: { city: Amsterdam, country: NL, lat: 52.37, lon: 4.90 } }\n",
-    );
-    for p in PEERS {
-        y.push_str(&format!("- {{ name: {p}, role: client, lan: office }}\n"));
-    }
-    y
-}
-
 fn cluster(name: &str, block: &str) -> Cluster {
     let mut opts = ClusterOptions::new(name, block);
-    opts.topology_yaml = Some(lan_topology());
+    opts.topology_yaml = Some(lan_topology(&PEERS, None, None));
     opts.participants = false;
     Cluster::start(&opts).expect("cluster starts")
 }
@@ -57,10 +45,7 @@ fn origin_package(c: &Cluster, name: &str, size: usize, seed: u64) -> (String, S
 
 /// Bytes the main's interface has transmitted.
 fn main_tx_bytes(c: &Cluster) -> u64 {
-    let iface = c.lab.node("main").expect("main").iface.clone();
-    let out = c.exec("main", &["ip", "-j", "-s", "link", "show", "dev", &iface]).expect("ip link");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
-    v[0]["stats64"]["tx"]["bytes"].as_u64().expect("tx bytes")
+    c.tx_bytes("main").expect("main's transmit counter")
 }
 
 fn out_path(c: &Cluster, node: &str, name: &str) -> PathBuf {
