@@ -26,7 +26,7 @@ use baton_shared::peer::{Package, PackageId};
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;
 
-use crate::origin::{Method, ObjectOrigin, OriginBody, OriginStore};
+use crate::origin::{Method, ObjectOrigin, OriginStore};
 
 /// Read size while copying an origin body to disk.
 const FILL_CHUNK_BYTES: usize = 256 * 1024;
@@ -327,7 +327,7 @@ fn log_obtained(path: &ObjectPath, package: &Package, o: &Obtained) {
 }
 
 /// Copies an origin body into a new file at `tmp`, hashing it; the SHA-256 of what arrived.
-async fn copy_body(body: &mut OriginBody, tmp: &Path) -> std::io::Result<Sha256> {
+async fn copy_body(body: &mut baton_io::peer::transfer::Body, tmp: &Path) -> std::io::Result<Sha256> {
     let mut file = tokio::fs::File::create(tmp).await?;
     let mut hasher = sha2::Sha256::new();
     let mut chunk = vec![0u8; FILL_CHUNK_BYTES];

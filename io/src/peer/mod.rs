@@ -879,7 +879,7 @@ impl Member {
                     continue;
                 }
             };
-            if let Err(e) = transfer::skip(&mut body, sink.offset - start).await {
+            if let Err(e) = body.skip(sink.offset - start).await {
                 tracing::debug!(%peer, error = %e, "peer body failed");
                 continue;
             }

@@ -67,6 +67,8 @@ pub struct Body {
     buffered: Vec<u8>,
     pos: usize,
     remaining: u64,
+    /// Longest pause tolerated between reads.
+    stall: Duration,
 }
 
 impl Body {
@@ -76,7 +78,7 @@ impl Body {
     }
 
     /// Reads the next bytes; `Ok(0)` once the declared length was read. A connection that
-    /// closes early or stalls for [`STALL_TIMEOUT`] is an error.
+    /// closes early or pauses longer than the request's stall bound is an error.
     pub async fn read_some(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.remaining == 0 || out.is_empty() {
             return Ok(0);
@@ -88,7 +90,7 @@ impl Body {
             self.pos += n;
             n
         } else {
-            let n = tokio::time::timeout(STALL_TIMEOUT, self.stream.read(&mut out[..want]))
+            let n = tokio::time::timeout(self.stall, self.stream.read(&mut out[..want]))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the body stalled"))??;
             if n == 0 {
@@ -98,6 +100,20 @@ impl Body {
         };
         self.remaining -= n as u64;
         Ok(n)
+    }
+
+    /// Reads and drops `n` bytes (a server that ignored a Range header).
+    pub async fn skip(&mut self, mut n: u64) -> io::Result<()> {
+        let mut scratch = vec![0u8; READ_CHUNK_BYTES.min(usize::try_from(n).unwrap_or(usize::MAX))];
+        while n > 0 {
+            let want = usize::try_from(n).unwrap_or(usize::MAX).min(scratch.len());
+            let got = self.read_some(&mut scratch[..want]).await?;
+            if got == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body ended before the requested offset"));
+            }
+            n -= got as u64;
+        }
+        Ok(())
     }
 }
 
@@ -111,15 +127,28 @@ fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-/// `GET target` on `addr` with `Host: host`, asking for the bytes from `from` on when `from` is
-/// not zero. A 200 to a range request is accepted: its body starts at 0.
-pub async fn get(addr: SocketAddr, host: &str, target: &str, from: u64) -> io::Result<Got> {
+/// A response: its head, where its body starts in the resource and the resource's size (from
+/// `Content-Length` of a 200, `Content-Range` of a 206; `None` for other statuses), and the
+/// body (empty for a `HEAD` and for other statuses).
+#[derive(Debug)]
+pub struct Response {
+    pub head: ResponseHead,
+    pub start: u64,
+    pub total: Option<u64>,
+    pub body: Body,
+}
+
+/// One request: `method` (`GET` or `HEAD`) of `target` on `addr` with `Host: host`, asking for
+/// the bytes from `from` on when `from` is not zero (a 200 to such a request is accepted: its
+/// body starts at 0). Bodies may pause at most `stall` between reads. Interim (1xx) responses
+/// are skipped; a 206 must state a `Content-Range` its body reaches the end of.
+pub async fn request(addr: SocketAddr, host: &str, method: &str, target: &str, from: u64, user_agent: &str, stall: Duration) -> io::Result<Response> {
     let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr} timed out")))??;
     let _ = stream.set_nodelay(true);
     let range = if from > 0 { format!("Range: bytes={from}-\r\n") } else { String::new() };
-    let req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: baton-peer\r\n{range}Connection: close\r\n\r\n");
+    let req = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {user_agent}\r\n{range}Connection: close\r\n\r\n");
     stream.write_all(req.as_bytes()).await?;
     let mut buf = Vec::with_capacity(8192);
     let (head, len) = tokio::time::timeout(HEAD_TIMEOUT, async {
@@ -143,31 +172,44 @@ pub async fn get(addr: SocketAddr, host: &str, target: &str, from: u64) -> io::R
     })
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response head in time"))??;
+    buf.drain(..len);
     let length = head.content_length();
     let (start, total) = match head.status {
-        200 => {
-            let total = length.ok_or_else(|| invalid("a 200 without Content-Length"))?;
-            (0, total)
-        }
+        200 => (0, length),
         206 => {
             let value = head.header("content-range").ok_or_else(|| invalid("a 206 without Content-Range"))?;
-            parse_content_range(value).ok_or_else(|| invalid("a Content-Range that is not `bytes a-b/size`"))?
+            let (start, total) = parse_content_range(value).ok_or_else(|| invalid("a Content-Range that is not `bytes a-b/size`"))?;
+            (start, Some(total))
         }
-        status => {
-            let retry_after = head
+        _ => (0, None),
+    };
+    let remaining = match head.status {
+        200 | 206 if method != "HEAD" => length.ok_or_else(|| invalid("a body without Content-Length"))?,
+        _ => 0,
+    };
+    if head.status == 206 && total.is_some_and(|t| start.checked_add(remaining) != Some(t)) {
+        return Err(invalid(format!("the body ({remaining} bytes from {start}) does not reach the end of {} bytes", total.unwrap_or(0))));
+    }
+    let body = Body { stream, buffered: buf, pos: 0, remaining, stall };
+    Ok(Response { head, start, total, body })
+}
+
+/// `GET target` from a peer (see [`request`]), as [`Got`].
+pub async fn get(addr: SocketAddr, host: &str, target: &str, from: u64) -> io::Result<Got> {
+    let r = request(addr, host, "GET", target, from, "baton-peer", STALL_TIMEOUT).await?;
+    match (r.head.status, r.total) {
+        (200 | 206, Some(total)) => Ok(Got::Body { head: r.head, body: r.body, start: r.start, total }),
+        (200 | 206, None) => Err(invalid("a 200 without Content-Length")),
+        (status, _) => {
+            let retry_after = r
+                .head
                 .header("retry-after")
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
-            return Ok(Got::Status { status, retry_after });
+            Ok(Got::Status { status, retry_after })
         }
-    };
-    let remaining = length.ok_or_else(|| invalid("a body without Content-Length"))?;
-    if start.checked_add(remaining) != Some(total) {
-        return Err(invalid(format!("the body ({remaining} bytes from {start}) does not reach the end of {total} bytes")));
     }
-    buf.drain(..len);
-    Ok(Got::Body { head, body: Body { stream, buffered: buf, pos: 0, remaining }, start, total })
 }
 
 /// `bytes a-b/size` → `(a, size)`, when `a <= b < size`.
@@ -204,7 +246,7 @@ impl Origin for HttpOrigin {
         Box::pin(async move {
             match get(self.addr, &self.host, &self.target, offset).await? {
                 Got::Body { mut body, start, .. } => {
-                    skip(&mut body, offset.saturating_sub(start)).await?;
+                    body.skip(offset.saturating_sub(start)).await?;
                     Ok(Box::new(body) as Box<dyn BodyStream>)
                 }
                 Got::Status { status, .. } => Err(io::Error::other(format!("the origin answered {status}"))),
@@ -215,20 +257,6 @@ impl Origin for HttpOrigin {
     fn describe(&self) -> String {
         format!("http://{}{}", self.host, self.target)
     }
-}
-
-/// Reads and drops `n` bytes (a server that ignored a Range header).
-pub async fn skip(body: &mut Body, mut n: u64) -> io::Result<()> {
-    let mut scratch = vec![0u8; READ_CHUNK_BYTES];
-    while n > 0 {
-        let want = usize::try_from(n).unwrap_or(usize::MAX).min(scratch.len());
-        let got = body.read_some(&mut scratch[..want]).await?;
-        if got == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body ended before the requested offset"));
-        }
-        n -= got as u64;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
