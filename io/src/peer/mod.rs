@@ -608,17 +608,7 @@ impl Member {
                 }
             }
         }
-        let msg = Message {
-            kind: Kind::Query,
-            nonce,
-            sent_ms: now_ms(),
-            id,
-            port: self.http.port(),
-            claim,
-            state: HaveState::None,
-            have: 0,
-            size: 0,
-        };
+        let msg = self.request_datagram(Kind::Query, nonce, id, claim, 0);
         let phases: [Vec<SocketAddrV4>; 2] = [self.group_targets(), Vec::new()];
         for (i, mut targets) in phases.into_iter().enumerate() {
             if i == 1 {
@@ -659,20 +649,15 @@ impl Member {
         round
     }
 
+    /// A query or an announcement of this member's, sent now.
+    fn request_datagram(&self, kind: Kind, nonce: u64, id: PackageId, claim: u64, size: u64) -> Message {
+        Message { kind, nonce, sent_ms: now_ms(), id, port: self.http.port(), claim, state: HaveState::None, have: 0, size }
+    }
+
     async fn announce(&self, id: PackageId, size: u64, claim: u64) {
         let nonce = self.state().rng.gen::<u64>();
         self.remember_own(nonce);
-        let msg = Message {
-            kind: Kind::Announce,
-            nonce,
-            sent_ms: now_ms(),
-            id,
-            port: self.http.port(),
-            claim,
-            state: HaveState::None,
-            have: 0,
-            size,
-        };
+        let msg = self.request_datagram(Kind::Announce, nonce, id, claim, size);
         let mut targets = self.group_targets();
         targets.extend(self.known());
         self.send_many(&msg, &targets).await;
