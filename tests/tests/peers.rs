@@ -361,7 +361,7 @@ fn multicast_dropped(c: &Cluster, node: &str) -> u64 {
 }
 
 #[test]
-fn a_lying_peer_is_caught_and_polling_finds_packages_without_multicast() {
+fn a_lying_peer_is_caught_and_polling_or_broadcast_finds_packages_without_multicast() {
     if !require_root() {
         return;
     }
@@ -417,10 +417,28 @@ fn a_lying_peer_is_caught_and_polling_finds_packages_without_multicast() {
     assert_eq!(n(&j4["obtained"]["from_peers"]), PACKAGE_BYTES as u64, "{j4}");
     assert!(origin_sent < (PACKAGE_BYTES / 8) as u64, "the origin sent {origin_sent} bytes");
     assert!(multicast_dropped(&c, "peer4") > 0, "no multicast query was sent (and dropped)");
+
+    // Still without multicast, and knowing no peer: the subnet broadcast finds the holder.
+    let bcast = {
+        let a = c.addr("peer6").expect("address").octets();
+        Ipv4Addr::new(a[0], a[1], a[2], 255).to_string()
+    };
+    let out6 = out_path(&c, "peer6", "poll.bin").display().to_string();
+    let before = main_tx_bytes(&c);
+    let (j6, o6) = finish(peer(&c, "peer6", &["-o", &out6, "--peer-broadcast", &bcast, &url]), RUN_LIMIT);
+    ok(&j6, &o6);
+    let origin_sent = main_tx_bytes(&c) - before;
+    eprintln!("broadcast: {j6}; the origin sent {origin_sent} bytes");
+    assert_eq!(sha256_file(&out_path(&c, "peer6", "poll.bin")).expect("hash"), sha);
+    assert_eq!(j6["obtained"]["outcome"], "discovered", "{j6}");
+    assert_eq!(n(&j6["obtained"]["from_origin"]), 0, "{j6}");
+    assert!(origin_sent < (PACKAGE_BYTES / 8) as u64, "the origin sent {origin_sent} bytes");
+
     stop(&holder);
     let (j5, o5) = finish(holder, Duration::from_secs(20));
     ok(&j5, &o5);
-    assert_eq!(n(&j5["served_bytes"]), PACKAGE_BYTES as u64, "{j5}");
+    // peer4 had exited, so peer5 served both: peer4 (polled) and peer6 (broadcast).
+    assert_eq!(n(&j5["served_bytes"]), 2 * PACKAGE_BYTES as u64, "{j5}");
 }
 
 /// The main's package list, as `<main>:<origin port>`.

@@ -70,6 +70,20 @@ pub const MAX_KNOWN_PEERS: usize = 256;
 const OWN_NONCES: usize = 256;
 /// Heard queries and announcements remembered (within [`RECENT_WINDOW`]).
 const MAX_RECENT: usize = 1024;
+/// Offers kept from one discovery round (the first to arrive; one per address). A LAN has a
+/// handful of holders; more would only be forged answers to poll in vain.
+pub const MAX_OFFERS_PER_ROUND: usize = 32;
+/// Other requesters' claims and announcers kept per round, for the same reason.
+pub const MAX_HEARD_PER_ROUND: usize = 64;
+/// A peer transfer that delivers less than [`PEER_MIN_BYTES`] in any [`PEER_RATE_WINDOW`] is
+/// abandoned and continued elsewhere: 64 KiB in 10 s (about 50 kbit/s) is far below any LAN,
+/// but stops a peer that trickles a byte now and then from holding a download forever.
+pub const PEER_RATE_WINDOW: Duration = Duration::from_secs(10);
+/// See [`PEER_RATE_WINDOW`].
+pub const PEER_MIN_BYTES: u64 = 64 * 1024;
+/// Longest pause before the next lookup round after every candidate answered busy (the
+/// `Retry-After` they sent, capped by this).
+pub const MAX_BUSY_WAIT: Duration = Duration::from_secs(2);
 /// Read size while copying a body into a package file.
 const COPY_CHUNK_BYTES: usize = 256 * 1024;
 /// Temporary files of unfinished downloads start with this (baton-participant removes them at
@@ -507,9 +521,6 @@ impl Member {
             if from == self.me || (msg.kind != Kind::Answer && st.own_nonces.0.contains(&msg.nonce)) {
                 return;
             }
-            if st.known.len() < MAX_KNOWN_PEERS {
-                st.known.insert(from);
-            }
             let now = Instant::now();
             let heard = match msg.kind {
                 Kind::Query => Some(Heard::Query { id: msg.id, claim: msg.claim, from: http }),
@@ -519,8 +530,13 @@ impl Member {
                     Some(Heard::Announce { id: msg.id, claim: msg.claim, from: http })
                 }
                 Kind::Answer => {
+                    // Only a peer that answered a query of ours is remembered for polling: a
+                    // forged source cannot fill the set without knowing a live nonce.
                     if let Some(tx) = st.waiters.get(&msg.nonce) {
                         let _ = tx.send((msg.clone(), from));
+                        if st.known.len() < MAX_KNOWN_PEERS {
+                            st.known.insert(from);
+                        }
                     }
                     None
                 }
@@ -628,9 +644,14 @@ impl Member {
                     _ = tokio::time::sleep_until(deadline) => break,
                     got = rx.recv() => {
                         let Some((m, from)) = got else { break };
-                        if m.id == id && m.state != HaveState::None {
+                        let addr = SocketAddrV4::new(*from.ip(), m.port);
+                        if m.id == id
+                            && m.state != HaveState::None
+                            && round.offers.len() < MAX_OFFERS_PER_ROUND
+                            && !round.offers.iter().any(|o| o.addr == addr)
+                        {
                             round.offers.push(Offer {
-                                addr: SocketAddrV4::new(*from.ip(), m.port),
+                                addr,
                                 complete: m.state == HaveState::Complete,
                                 have: m.have,
                                 size: m.size,
@@ -730,7 +751,7 @@ impl Member {
                 return Ok(Obtained { outcome: Outcome::Local, from_peers: 0, from_origin: 0, bad_peers: Vec::new(), busy: 0 });
             }
         }
-        let mut sink = Sink::new(dest, package)?;
+        let mut sink = Sink::new(dest, package, self)?;
         let mut report = Obtained { outcome: Outcome::Failed, from_peers: 0, from_origin: 0, bad_peers: Vec::new(), busy: 0 };
         let result = self.obtain_into(&mut sink, origin, &mut report).await;
         match result {
@@ -742,8 +763,8 @@ impl Member {
                 Ok(report)
             }
             Err(e) => {
+                // Dropping the sink stops serving it and removes its file.
                 self.counters.lookup(Outcome::Failed);
-                self.abandon(&mut sink);
                 Err(e)
             }
         }
@@ -792,7 +813,11 @@ impl Member {
             };
             match self.try_peers(sink, &ranked, report).await? {
                 Tried::Done => return Ok(Outcome::Discovered),
-                Tried::Busy => continue,
+                Tried::Busy(wait) => {
+                    // Every holder is busy: ask again once the first says it may have a slot.
+                    tokio::time::sleep(wait.min(MAX_BUSY_WAIT)).await;
+                    continue;
+                }
                 Tried::Nothing => {}
             }
             let announcers: Vec<SocketAddrV4> = round.announcers.iter().copied().filter(|a| *a != self.http && !self.is_bad(*a)).collect();
@@ -830,7 +855,7 @@ impl Member {
 
     /// Tries peers in order until the package is complete and verified.
     async fn try_peers(&self, sink: &mut Sink, candidates: &[SocketAddrV4], report: &mut Obtained) -> Result<Tried, PeerError> {
-        let mut busy = false;
+        let mut busy: Option<Duration> = None;
         for &peer in candidates {
             if self.is_bad(peer) {
                 continue;
@@ -850,8 +875,9 @@ impl Member {
                     tracing::debug!(%peer, total, "peer offered another size or range");
                     continue;
                 }
-                Got::Status { status: 503, .. } => {
-                    busy = true;
+                Got::Status { status: 503, retry_after } => {
+                    let wait = retry_after.unwrap_or(Duration::from_secs(serve::BUSY_RETRY_AFTER_SECS));
+                    busy = Some(busy.map_or(wait, |b| b.min(wait)));
                     report.busy += 1;
                     self.counters.busy_received.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, "peer busy; next candidate");
@@ -873,18 +899,26 @@ impl Member {
             report.from_peers += sink.offset - before;
             self.state().list.record_throughput(&sink.package.id(), peer, sink.offset - before, started.elapsed());
             if let Err(e) = copied {
-                tracing::debug!(%peer, error = %e, at = sink.offset, "peer transfer broke off; continuing elsewhere");
+                if sink.single_source {
+                    tracing::debug!(%peer, error = %e, at = sink.offset, "peer transfer broke off; starting over from the next (one source only)");
+                    sink.restart()?;
+                } else {
+                    tracing::debug!(%peer, error = %e, at = sink.offset, "peer transfer broke off; continuing elsewhere");
+                }
                 continue;
             }
             if self.verify(sink, report)? {
                 return Ok(Tried::Done);
             }
         }
-        Ok(if busy { Tried::Busy } else { Tried::Nothing })
+        Ok(busy.map_or(Tried::Nothing, Tried::Busy))
     }
 
-    /// Whether the complete sink verified; on a mismatch the peers that contributed are marked
-    /// bad and the sink starts over.
+    /// Whether the complete sink verified. On a mismatch the sink starts over; the peer is
+    /// marked bad and avoided when it was the only peer that contributed (the origin is
+    /// trusted). When several did, nobody can be blamed — one liar could have made honest
+    /// peers look bad by breaking off after a wrong byte — so nobody is marked and the package
+    /// is fetched again from one source alone, which is then accountable.
     fn verify(&self, sink: &mut Sink, report: &mut Obtained) -> Result<bool, PeerError> {
         if sink.offset < sink.package.size {
             return Ok(false);
@@ -895,25 +929,31 @@ impl Member {
             return Ok(true);
         }
         let peers: Vec<SocketAddrV4> = sink.sources.iter().filter_map(|s| if let Source::Peer(p) = s { Some(*p) } else { None }).collect();
-        tracing::warn!(expected = %sha256_hex(&sink.package.sha256), got = %sha256_hex(&got), ?peers, "received bytes do not match the origin's digest; avoiding their peers");
-        {
-            let now = Instant::now();
-            let mut st = self.state();
-            for p in &peers {
-                st.bad.mark(*p, now);
-                st.list.forget(&sink.package.id(), *p);
+        match peers.as_slice() {
+            [] => {
+                return Err(PeerError::OriginDigest {
+                    origin: "the origin".to_owned(),
+                    expected: sha256_hex(&sink.package.sha256),
+                    got: sha256_hex(&got),
+                })
+            }
+            [liar] => {
+                tracing::warn!(expected = %sha256_hex(&sink.package.sha256), got = %sha256_hex(&got), peer = %liar, "received bytes do not match the origin's digest; avoiding the peer");
+                {
+                    let mut st = self.state();
+                    st.bad.mark(*liar, Instant::now());
+                    st.list.forget(&sink.package.id(), *liar);
+                }
+                self.counters.bad_peers.fetch_add(1, Ordering::Relaxed);
+                report.bad_peers.push(*liar);
+                sink.restart()?;
+            }
+            several => {
+                tracing::warn!(expected = %sha256_hex(&sink.package.sha256), got = %sha256_hex(&got), peers = ?several, "received bytes do not match the origin's digest; fetching again from one source at a time");
+                sink.restart()?;
+                sink.single_source = true;
             }
         }
-        self.counters.bad_peers.fetch_add(peers.len() as u64, Ordering::Relaxed);
-        report.bad_peers.extend(peers.iter().copied());
-        if peers.is_empty() {
-            return Err(PeerError::OriginDigest {
-                origin: "the origin".to_owned(),
-                expected: sha256_hex(&sink.package.sha256),
-                got: sha256_hex(&got),
-            });
-        }
-        self.restart(sink)?;
         Ok(false)
     }
 
@@ -961,9 +1001,22 @@ impl Member {
         if !sink.sources.contains(&source) {
             sink.sources.push(source);
         }
+        let (mut window_start, mut window_bytes) = (Instant::now(), 0u64);
         while sink.offset < sink.package.size {
             let want = usize::try_from(sink.package.size - sink.offset).unwrap_or(usize::MAX).min(buf.len());
             let n = body.read(&mut buf[..want]).await?;
+            if matches!(source, Source::Peer(_)) {
+                window_bytes += n as u64;
+                if window_start.elapsed() >= PEER_RATE_WINDOW {
+                    if window_bytes < PEER_MIN_BYTES {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("the peer sent {window_bytes} bytes in {PEER_RATE_WINDOW:?}, less than {PEER_MIN_BYTES}"),
+                        ));
+                    }
+                    (window_start, window_bytes) = (Instant::now(), 0);
+                }
+            }
             if n == 0 {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the body ended before the package did"));
             }
@@ -992,25 +1045,12 @@ impl Member {
         }
     }
 
-    fn unregister(&self, sink: &Sink) {
+    /// Stops serving the download in `tmp` (it failed, or starts over).
+    fn unregister(&self, sha256: &Sha256, tmp: &Path) {
         let mut st = self.state();
-        if matches!(st.local.get(&sink.package.sha256), Some(Holding::Downloading { path, .. }) if *path == sink.tmp) {
-            st.local.remove(&sink.package.sha256);
+        if matches!(st.local.get(sha256), Some(Holding::Downloading { path, .. }) if path == tmp) {
+            st.local.remove(sha256);
         }
-    }
-
-    fn restart(&self, sink: &mut Sink) -> Result<(), PeerError> {
-        sink.progress.send_replace(Progress { have: sink.offset, phase: Phase::Failed });
-        self.unregister(sink);
-        let _ = std::fs::remove_file(&sink.tmp);
-        *sink = Sink::new(&sink.dest, sink.package)?;
-        Ok(())
-    }
-
-    fn abandon(&self, sink: &mut Sink) {
-        sink.progress.send_replace(Progress { have: sink.offset, phase: Phase::Failed });
-        self.unregister(sink);
-        let _ = std::fs::remove_file(&sink.tmp);
     }
 
     /// Tells the main's list, from a task of its own, that this member has `package`; does
@@ -1133,7 +1173,8 @@ fn rate_of(list: &PackageList, id: &PackageId, addr: SocketAddrV4) -> f64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tried {
     Done,
-    Busy,
+    /// Some candidate answered busy; the shortest `Retry-After` among them.
+    Busy(Duration),
     Nothing,
 }
 
@@ -1148,10 +1189,14 @@ struct Round {
 impl Round {
     fn hear(&mut self, id: &PackageId, h: &Heard) {
         match h {
-            Heard::Query { id: got, claim, from } if got == id && !self.claims.iter().any(|(_, f)| f == from) => {
+            Heard::Query { id: got, claim, from }
+                if got == id && self.claims.len() < MAX_HEARD_PER_ROUND && !self.claims.iter().any(|(_, f)| f == from) =>
+            {
                 self.claims.push((*claim, *from));
             }
-            Heard::Announce { id: got, from, .. } if got == id && !self.announcers.contains(from) => {
+            Heard::Announce { id: got, from, .. }
+                if got == id && self.announcers.len() < MAX_HEARD_PER_ROUND && !self.announcers.contains(from) =>
+            {
                 self.announcers.push(*from);
             }
             _ => {}
@@ -1178,10 +1223,15 @@ struct Sink {
     sources: Vec<Source>,
     progress: watch::Sender<Progress>,
     registered: bool,
+    /// After a mismatch that several peers contributed to: one source per attempt.
+    single_source: bool,
+    /// Moved into place; nothing to clean up.
+    committed: bool,
+    owner: std::sync::Weak<Member>,
 }
 
 impl Sink {
-    fn new(dest: &Path, package: Package) -> Result<Sink, PeerError> {
+    fn new(dest: &Path, package: Package, owner: &Arc<Member>) -> Result<Sink, PeerError> {
         let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|source| PeerError::Store { path: dir.to_owned(), source })?;
         static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -1203,7 +1253,20 @@ impl Sink {
             sources: Vec::new(),
             progress: watch::channel(Progress { have: 0, phase: Phase::Running }).0,
             registered: false,
+            single_source: false,
+            committed: false,
+            owner: Arc::downgrade(owner),
         })
+    }
+
+    /// Discards what was received and starts over in a new file (the old one is cleaned up
+    /// as on drop); `single_source` carries over.
+    fn restart(&mut self) -> Result<(), PeerError> {
+        let owner = self.owner.upgrade().ok_or_else(|| PeerError::Store { path: self.tmp.clone(), source: io::Error::other("the member is gone") })?;
+        let single_source = self.single_source;
+        *self = Sink::new(&self.dest, self.package, &owner)?;
+        self.single_source = single_source;
+        Ok(())
     }
 
     async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -1227,9 +1290,25 @@ impl Sink {
         std::fs::rename(&self.tmp, &self.dest).map_err(store)?;
         let md5: [u8; 16] = self.md5.clone().finalize().into();
         let package = Package { md5: Some(md5), ..self.package };
+        self.committed = true;
         member.share(&self.dest, package);
         self.progress.send_replace(Progress { have: self.offset, phase: Phase::Done });
         Ok(())
+    }
+}
+
+/// An unfinished sink — failed, started over, or its `obtain` cancelled — stops being served
+/// (those streaming from it see the failure) and its file is removed.
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        self.progress.send_replace(Progress { have: self.offset, phase: Phase::Failed });
+        if let Some(member) = self.owner.upgrade() {
+            member.unregister(&self.package.sha256, &self.tmp);
+        }
+        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 
@@ -1253,11 +1332,17 @@ pub fn hash_package(path: &Path) -> io::Result<Package> {
     Ok(Package { sha256: sha.finalize().into(), size, md5: Some(md5.finalize().into()) })
 }
 
-/// Puts a copy of `from` at `to` (a hard link when both are on one file system).
+/// Puts a copy of `from` at `to` (a hard link when both are on one file system, else a copy
+/// into a temporary file beside `to`, renamed into place when complete).
 fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
-    if let Some(dir) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+    let dir = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!("{PARTIAL_PREFIX}copy-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    let made = std::fs::hard_link(from, &tmp).or_else(|_| std::fs::copy(from, &tmp).map(|_| ()));
+    let placed = made.and_then(|()| std::fs::rename(&tmp, to));
+    if placed.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    let _ = std::fs::remove_file(to);
-    std::fs::hard_link(from, to).or_else(|_| std::fs::copy(from, to).map(|_| ()))
+    placed
 }

@@ -34,14 +34,24 @@ const SEND_CHUNK_BYTES: usize = 256 * 1024;
 const GROW_TIMEOUT: Duration = Duration::from_secs(30);
 /// Delay before accepting again after `accept` failed.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Connections served at once (busy answers included). Far above any LAN's requesters, and a
+/// bound on the descriptors and tasks a connection flood can take; past it, new connections
+/// wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Longest a write to a requester may block (its receive window stays closed). A requester
+/// that stops reading gives its upload slot back after this.
+pub const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Accepts and serves until the process ends.
 pub(super) async fn run(listener: TcpListener, member: Arc<Member>) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = connections.clone().acquire_owned().await else { return };
         match listener.accept().await {
             Ok((stream, from)) => {
                 let member = member.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     if let Err(e) = handle(stream, &member).await {
                         tracing::debug!(%from, error = %e, "peer request ended");
                     }
@@ -62,7 +72,7 @@ async fn handle(mut stream: TcpStream, member: &Member) -> io::Result<()> {
         HeadRead::Head { head, .. } => head,
         HeadRead::Invalid(e) => {
             let plan = baton_shared::http::plan_error_response(e.status(), false, super::SERVER_NAME);
-            return stream.write_all(&plan.head).await;
+            return send(&mut stream, &plan.head).await;
         }
         HeadRead::Closed | HeadRead::TimedOut => return Ok(()),
     };
@@ -72,22 +82,30 @@ async fn handle(mut stream: TcpStream, member: &Member) -> io::Result<()> {
         plan
     };
     if matches!(head.method, Method::Other(_)) {
-        return stream.write_all(&reply(405).head).await;
+        return send(&mut stream, &reply(405).head).await;
     }
     let Some(id) = head.target.strip_prefix(PATH_PREFIX).and_then(|s| PackageId::parse(s).ok()) else {
-        return stream.write_all(&reply(404).head).await;
+        return send(&mut stream, &reply(404).head).await;
     };
     let Some(holding) = member.holding(&id) else {
-        return stream.write_all(&reply(404).head).await;
+        return send(&mut stream, &reply(404).head).await;
     };
     let Ok(_slot) = member.slots.clone().try_acquire_owned() else {
         member.counters.busy_sent.fetch_add(1, Ordering::Relaxed);
         let mut plan = reply(503);
         plan.add_header("Retry-After", &BUSY_RETRY_AFTER_SECS.to_string());
         tracing::debug!(%id, "busy: every upload slot is taken");
-        return stream.write_all(&plan.head).await;
+        return send(&mut stream, &plan.head).await;
     };
     serve_holding(&mut stream, &head, holding, member).await
+}
+
+/// Writes all of `bytes`, or fails when the requester keeps its window closed for
+/// [`SEND_STALL_TIMEOUT`].
+async fn send(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    tokio::time::timeout(SEND_STALL_TIMEOUT, stream.write_all(bytes))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the requester stopped reading"))?
 }
 
 /// Every peer response closes its connection (see the transfer module).
@@ -108,7 +126,7 @@ async fn serve_holding(stream: &mut TcpStream, head: &RequestHead, holding: Hold
     let mut plan = plan_object_response(head, &meta, super::SERVER_NAME);
     close(&mut plan);
     plan.add_header("X-Baton-Peer-State", if progress.is_some() { "downloading" } else { "complete" });
-    stream.write_all(&plan.head).await?;
+    send(stream, &plan.head).await?;
     let Some((mut offset, len)) = plan.body else { return Ok(()) };
     let end = offset + len;
     let file = Arc::new(file);
@@ -148,7 +166,7 @@ async fn serve_holding(stream: &mut TcpStream, head: &RequestHead, holding: Hold
         if chunk.is_empty() {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the package file is shorter than its size"));
         }
-        stream.write_all(&chunk).await?;
+        send(stream, &chunk).await?;
         offset += chunk.len() as u64;
         member.counters.served_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }

@@ -244,3 +244,75 @@ async fn concurrent_obtains_share_one_lock_that_goes_when_they_are_done() {
     assert_eq!(m.counters.from_origin.load(Ordering::Relaxed), bytes.len() as u64);
     assert!(m.state().obtaining.is_empty(), "the per-package lock outlived its callers");
 }
+
+/// An origin that sends `first` bytes of `bytes`, then nothing, ever.
+struct StallingOrigin {
+    bytes: Vec<u8>,
+    first: usize,
+}
+
+struct StallingBody(Vec<u8>, usize, usize);
+
+impl transfer::BodyStream for StallingBody {
+    fn read<'a>(&'a mut self, out: &'a mut [u8]) -> transfer::BoxFuture<'a, std::io::Result<usize>> {
+        Box::pin(async move {
+            if self.1 >= self.2 {
+                std::future::pending::<()>().await;
+            }
+            let n = out.len().min(self.2 - self.1);
+            out[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+            self.1 += n;
+            Ok(n)
+        })
+    }
+}
+
+impl transfer::Origin for StallingOrigin {
+    fn open(&self, _offset: u64) -> transfer::BoxFuture<'_, std::io::Result<Box<dyn transfer::BodyStream>>> {
+        Box::pin(async move { Ok(Box::new(StallingBody(self.bytes.clone(), 0, self.first)) as Box<dyn transfer::BodyStream>) })
+    }
+
+    fn describe(&self) -> String {
+        "stalling".to_owned()
+    }
+}
+
+/// A cancelled obtain (baton-fetch interrupted, a caller's deadline) leaves no partial file
+/// and stops offering the download it had made servable.
+#[tokio::test]
+async fn a_cancelled_obtain_leaves_no_file_and_no_offer() {
+    let m = member(None).await;
+    let bytes = body(9);
+    let src = TempFile::new("cancel-src", &bytes);
+    let package = hash_package(&src.0).expect("hash");
+    let dir = std::env::temp_dir().join(format!("baton-peer-cancel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let dest = dir.join("out.bin");
+    let origin = StallingOrigin { bytes: bytes.clone(), first: bytes.len() / 2 };
+    let partials = || {
+        std::fs::read_dir(&dir).expect("dir").flatten().filter(|e| e.file_name().to_string_lossy().starts_with(super::PARTIAL_PREFIX)).count()
+    };
+    {
+        let obtain = m.obtain(package, &dest, &origin);
+        tokio::pin!(obtain);
+        // Until half the bytes are in and the download is offered.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            tokio::select! {
+                r = &mut obtain => panic!("the stalling origin finished: {r:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            if matches!(m.holding(&package.id()), Some(super::Holding::Downloading { .. })) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the download was never offered");
+        }
+        assert_eq!(partials(), 1);
+    }
+    // The obtain future is dropped here.
+    assert!(m.holding(&package.id()).is_none(), "a cancelled download is still offered");
+    assert_eq!(partials(), 0, "a cancelled download left its file");
+    assert!(!dest.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
