@@ -15,6 +15,7 @@
 //! [`PACKAGES_PREFIX`]: baton_io::peer::api::PACKAGES_PREFIX
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,12 +76,12 @@ pub async fn prewarm(store: &DirStore, packages: &Packages) {
 pub async fn run(listener: TcpListener, origin: Arc<Origin>) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
                 let origin = origin.clone();
                 tokio::spawn(async move {
                     let _ = stream.set_nodelay(true);
-                    if let Err(e) = serve(stream, &origin).await {
-                        tracing::debug!(server = "origin", error = %e, "connection ended");
+                    if let Err(e) = serve(stream, peer, &origin).await {
+                        tracing::debug!(server = "origin", client = %peer, error = %e, "connection ended");
                     }
                 });
             }
@@ -92,13 +93,14 @@ pub async fn run(listener: TcpListener, origin: Arc<Origin>) {
     }
 }
 
-/// One connection: package requests while they come, then objects for the rest of it.
-async fn serve(mut stream: TcpStream, origin: &Origin) -> io::Result<()> {
+/// One connection from `peer`: package requests while they come, then objects for the rest of
+/// it. (A package report must name `peer`'s own address, see [`crate::packages`].)
+async fn serve(mut stream: TcpStream, peer: SocketAddr, origin: &Origin) -> io::Result<()> {
     let mut buf = Vec::new();
     loop {
         match read_head(&mut stream, &mut buf, origin.serve.head_timeout).await? {
             HeadRead::Head { head, len } if packages::route(&head.target).is_some() => {
-                if !packages::serve_request(&mut stream, &mut buf, &head, len, &origin.packages, &origin.serve).await? {
+                if !packages::serve_request(&mut stream, &mut buf, &head, len, peer.ip(), &origin.packages, &origin.serve).await? {
                     let _ = stream.shutdown().await;
                     return Ok(());
                 }

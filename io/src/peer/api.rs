@@ -117,7 +117,8 @@ pub async fn lookup(main: SocketAddr, id: &PackageId) -> Vec<SocketAddrV4> {
     }
 }
 
-/// Tells the main that this member serves `package` at `addr`.
+/// Tells the main that this member serves `package` at `addr`, from `addr`'s IP: the main
+/// accepts a report only for the address it came from.
 pub async fn report(main: SocketAddr, package: &Package, addr: SocketAddrV4) -> io::Result<()> {
     let doc = Report {
         addr,
@@ -127,7 +128,7 @@ pub async fn report(main: SocketAddr, package: &Package, addr: SocketAddrV4) -> 
     };
     let body = serde_json::to_vec(&doc).map_err(io::Error::other)?;
     let target = format!("{PACKAGES_PREFIX}/{}", package.id());
-    match tokio::time::timeout(CALL_TIMEOUT, call(main, "POST", &target, Some(&body))).await {
+    match tokio::time::timeout(CALL_TIMEOUT, call_from(Some(*addr.ip()), main, "POST", &target, Some(&body))).await {
         Ok(Ok((200..=299, _))) => Ok(()),
         Ok(Ok((status, _))) => Err(io::Error::other(format!("the main answered {status}"))),
         Ok(Err(e)) => Err(e),
@@ -137,7 +138,19 @@ pub async fn report(main: SocketAddr, package: &Package, addr: SocketAddrV4) -> 
 
 /// One request with `Connection: close`; the status and the body (read to the end, bounded).
 async fn call(addr: SocketAddr, method: &str, target: &str, body: Option<&[u8]>) -> io::Result<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect(addr).await?;
+    call_from(None, addr, method, target, body).await
+}
+
+/// [`call`], from the local address `from` when given.
+async fn call_from(from: Option<std::net::Ipv4Addr>, addr: SocketAddr, method: &str, target: &str, body: Option<&[u8]>) -> io::Result<(u16, Vec<u8>)> {
+    let mut stream = match from {
+        Some(ip) if !ip.is_unspecified() => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::V4(SocketAddrV4::new(ip, 0)))?;
+            socket.connect(addr).await?
+        }
+        _ => TcpStream::connect(addr).await?,
+    };
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: baton-peer\r\nConnection: close\r\n");
     if let Some(b) = body {
         req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));

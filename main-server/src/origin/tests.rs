@@ -1,11 +1,11 @@
 //! The origin listener on loopback: the package list's endpoints through the members' own
 //! calls (`baton_io::peer::api`), and objects on the same listener, byte for byte.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
 use baton_io::metrics::Exposition;
-use baton_io::peer::api::{self, EntryDoc, PACKAGES_PREFIX};
+use baton_io::peer::api::{self, EntryDoc, MAX_DOCUMENT_BYTES, PACKAGES_PREFIX};
 use baton_shared::digest::{sha256_hex, Sha256};
 use baton_shared::http::parse_response_head;
 use baton_shared::peer::{Package, PackageId};
@@ -16,6 +16,9 @@ use super::*;
 
 /// Where the test's peer says it serves (never connected to).
 const PEER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, 10), 8080);
+/// The connection address of a report [`PEER`] makes itself. The test's own connections come
+/// from loopback, so such reports are handed to the list directly.
+const PEER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 2, 10));
 
 struct Fixture {
     dir: PathBuf,
@@ -69,6 +72,22 @@ async fn exchange(addr: SocketAddr, raw: &[u8]) -> (u16, String, Vec<u8>) {
     (head.status, text, buf[len..].to_vec())
 }
 
+/// A raw report of `package` at `addr`.
+fn report_request(package: &Package, addr: SocketAddrV4) -> String {
+    let doc = serde_json::json!({ "addr": addr.to_string(), "sha256": sha256_hex(&package.sha256), "size": package.size }).to_string();
+    format!(
+        "POST {PACKAGES_PREFIX}/{} HTTP/1.1\r\nHost: m\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{doc}",
+        package.id(),
+        doc.len()
+    )
+}
+
+/// The report body of `package` at `addr`, as a member sends it.
+fn report_body(package: &Package, addr: SocketAddrV4) -> Vec<u8> {
+    let doc = serde_json::json!({ "addr": addr.to_string(), "sha256": sha256_hex(&package.sha256), "size": package.size });
+    serde_json::to_vec(&doc).expect("json")
+}
+
 fn error_of(body: &[u8]) -> String {
     let v: serde_json::Value = serde_json::from_slice(body).expect("json error");
     v["error"].as_str().expect("error text").to_owned()
@@ -105,24 +124,21 @@ async fn reports_lookups_and_the_list_beside_byte_exact_objects() {
     assert_eq!(status, 400);
     assert!(error_of(&body).starts_with("bad package id in the path: "), "{}", error_of(&body));
 
-    // A report of another size than the origin's object is refused, and learns nothing.
+    // A report of another size than the origin's object is refused, and learns nothing. (From
+    // the peer's own connection: one from loopback naming the peer is refused before, 403.)
     let wrong = Package { sha256: f.sha256, size: size + 1, md5: None };
-    let err = api::report(f.addr, &wrong, PEER).await.expect_err("refused");
-    assert_eq!(err.to_string(), "the main answered 409");
-    let doc = serde_json::json!({ "addr": PEER.to_string(), "sha256": sha256_hex(&f.sha256), "size": size + 1 }).to_string();
-    let raw = format!("POST {target} HTTP/1.1\r\nHost: m\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{doc}", doc.len());
-    let (status, _, body) = exchange(f.addr, raw.as_bytes()).await;
-    assert_eq!(status, 409);
-    assert_eq!(error_of(&body), format!("the origin's object {} is {size} bytes; the report says {}", sha256_hex(&f.sha256), size + 1));
+    let err = f.origin.packages.report(&id.to_string(), &report_body(&wrong, PEER), PEER_IP).expect_err("refused");
+    assert_eq!(err.status(), 409);
+    assert_eq!(err.to_string(), format!("the origin's object {} is {size} bytes; the report says {}", sha256_hex(&f.sha256), size + 1));
     let raw = format!("POST {target} HTTP/1.1\r\nHost: m\r\nContent-Length: 5\r\n\r\n{{nop}}");
     let (status, _, body) = exchange(f.addr, raw.as_bytes()).await;
     assert_eq!(status, 400);
     assert!(error_of(&body).starts_with("the report is not a valid JSON report"), "{}", error_of(&body));
     assert!(api::lookup(f.addr, &id).await.is_empty(), "refused reports leave no location");
 
-    // A good report, then the lookup names that peer.
+    // A good report from the peer's own connection, then the lookup names that peer.
     let good = Package { sha256: f.sha256, size, md5: None };
-    api::report(f.addr, &good, PEER).await.expect("learned");
+    f.origin.packages.report(&id.to_string(), &report_body(&good, PEER), PEER_IP).expect("learned");
     assert_eq!(api::lookup(f.addr, &id).await, vec![PEER]);
 
     // The whole list holds the entry with the origin's digest and size and the location.
@@ -149,7 +165,7 @@ async fn reports_lookups_and_the_list_beside_byte_exact_objects() {
     for line in [
         "baton_package_list_entries 1\n",
         "baton_package_list_reports_total{result=\"learned\"} 1\n",
-        "baton_package_list_reports_total{result=\"refused\"} 3\n",
+        "baton_package_list_reports_total{result=\"refused\"} 2\n",
         "baton_package_list_lookups_total{result=\"found\"} 4\n",
         "baton_package_list_lookups_total{result=\"unknown\"} 2\n",
     ] {
@@ -218,4 +234,96 @@ async fn refuses_other_methods_big_bodies_and_deeper_paths() {
     let text = metrics(&f);
     assert!(text.contains("baton_package_list_reports_total{result=\"refused\"} 3\n"), "{text}");
     assert_eq!(f.origin.sent_bytes.load(Ordering::Relaxed), 0, "no object body was sent");
+}
+
+#[tokio::test]
+async fn a_report_names_only_the_connections_own_reachable_address() {
+    let f = start("own").await;
+    let id = PackageId::Sha256(f.sha256);
+    let good = Package { sha256: f.sha256, size: f.data.len() as u64, md5: None };
+
+    // Naming another host: the member's own call sends from the address it names, which this
+    // host does not have; a raw request from loopback gets 403.
+    let err = api::report(f.addr, &good, PEER).await.expect_err("not this host's address");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrNotAvailable, "{err}");
+    let (status, head, body) = exchange(f.addr, report_request(&good, PEER).as_bytes()).await;
+    assert_eq!(status, 403, "{head}");
+    assert!(head.contains("Content-Type: application/json\r\n"), "{head}");
+    assert_eq!(error_of(&body), "the report names 198.18.2.10:8080, but it came from 127.0.0.1: a host reports only its own address");
+
+    // Naming loopback, from that very address: peers cannot fetch there, 400.
+    let lo = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080);
+    let err = api::report(f.addr, &good, lo).await.expect_err("loopback");
+    assert_eq!(err.to_string(), "the main answered 400");
+    let (status, _, body) = exchange(f.addr, report_request(&good, lo).as_bytes()).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        error_of(&body),
+        "127.0.0.1:8080 cannot serve peers (unspecified, loopback, link-local, broadcast, multicast or reserved address, or port 0)"
+    );
+
+    assert!(api::lookup(f.addr, &id).await.is_empty(), "refused reports leave no location");
+    // Three refused: the raw report naming another host, and both naming loopback.
+    let text = metrics(&f);
+    assert!(text.contains("baton_package_list_reports_total{result=\"refused\"} 3\n"), "{text}");
+    assert!(text.contains("baton_package_list_reports_total{result=\"learned\"} 0\n"), "{text}");
+}
+
+#[tokio::test]
+async fn the_origins_object_stays_listed_past_the_foreign_budget() {
+    use crate::packages::{ReportError, MAX_FOREIGN_PACKAGES};
+    let f = start("foreign").await;
+    let packages = &f.origin.packages;
+    let flood = MAX_FOREIGN_PACKAGES + 100;
+    let mut refused = 0;
+    for i in 0..flood as u32 {
+        let mut sha256 = [0xf0u8; 32];
+        sha256[..4].copy_from_slice(&i.to_be_bytes());
+        let foreign = Package { sha256, size: 1, md5: None };
+        match packages.report(&foreign.id().to_string(), &report_body(&foreign, PEER), PEER_IP) {
+            Ok(_) => {}
+            Err(ReportError::ForeignBudget { .. }) => refused += 1,
+            Err(e) => panic!("unexpected refusal: {e}"),
+        }
+    }
+    assert_eq!(refused, flood - MAX_FOREIGN_PACKAGES);
+
+    // The whole list over the wire: the origin's object and the budget's worth of others.
+    let (status, head, body) = exchange(f.addr, format!("GET {PACKAGES_PREFIX} HTTP/1.1\r\nHost: m\r\n\r\n").as_bytes()).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains(&format!("X-Baton-Entries: {}\r\n", MAX_FOREIGN_PACKAGES + 1)), "{head}");
+    let list: Vec<EntryDoc> = serde_json::from_slice(&body).expect("list");
+    assert_eq!(list.len(), MAX_FOREIGN_PACKAGES + 1);
+    let own = list.iter().find(|e| e.id == PackageId::Sha256(f.sha256).to_string()).expect("the origin's object is listed");
+    assert_eq!(own.size, Some(f.data.len() as u64));
+    assert_eq!(list.iter().filter(|e| e.sha256.is_none()).count(), MAX_FOREIGN_PACKAGES);
+    let text = metrics(&f);
+    assert!(text.contains(&format!("baton_package_list_reports_total{{result=\"refused\"}} {refused}\n")), "{text}");
+}
+
+#[tokio::test]
+async fn the_full_list_is_bounded_and_rendered_one_at_a_time() {
+    let f = start("bounded").await;
+    let n = 40_000u32;
+    for i in 0..n {
+        let mut sha256 = [0x11u8; 32];
+        sha256[..4].copy_from_slice(&i.to_be_bytes());
+        f.origin.packages.describe_origin(sha256, u64::from(i));
+    }
+    let (status, head, body) = exchange(f.addr, format!("GET {PACKAGES_PREFIX} HTTP/1.1\r\nHost: m\r\n\r\n").as_bytes()).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains(&format!("X-Baton-Entries: {}\r\n", n + 1)), "{head}");
+    assert!(body.len() <= MAX_DOCUMENT_BYTES, "{} bytes", body.len());
+    let list: Vec<EntryDoc> = serde_json::from_slice(&body).expect("list");
+    assert!(list.len() > 1000 && list.len() < n as usize + 1, "{} listed", list.len());
+
+    // While a rendering runs, another request waits, then is told to come back.
+    let running = f.origin.packages.hold_rendering().await;
+    let (status, head, body) = exchange(f.addr, format!("GET {PACKAGES_PREFIX} HTTP/1.1\r\nHost: m\r\n\r\n").as_bytes()).await;
+    assert_eq!(status, 503, "{head}");
+    assert!(head.contains("Retry-After: 1\r\n"), "{head}");
+    assert_eq!(error_of(&body), "another request is rendering the package list; retry in 1 s");
+    drop(running);
+    let (status, _, _) = exchange(f.addr, format!("HEAD {PACKAGES_PREFIX} HTTP/1.1\r\nHost: m\r\n\r\n").as_bytes()).await;
+    assert_eq!(status, 200);
 }
