@@ -233,6 +233,8 @@ pub struct Counters {
     pub answers_sent: AtomicU64,
     pub rate_limited: AtomicU64,
     pub invalid_datagrams: AtomicU64,
+    /// Datagrams from outside the member's subnet and configured hosts.
+    pub outside_datagrams: AtomicU64,
     /// Reports the main's package list accepted.
     pub reports_sent: AtomicU64,
     /// Reports that failed (unreachable, refused, timed out).
@@ -314,6 +316,9 @@ pub struct Member {
     http: SocketAddrV4,
     udp: UdpSocket,
     me: SocketAddrV4,
+    /// The subnet of `cfg.addr` (network, mask): discovery datagrams from elsewhere are
+    /// ignored unless they come from a configured host. `None`: the subnet is unknown.
+    subnet: Option<(u32, u32)>,
     state: Mutex<State>,
     events: broadcast::Sender<Heard>,
     slots: Arc<Semaphore>,
@@ -357,6 +362,10 @@ impl Member {
             .map_err(|source| PeerError::Bind { what: "discovery socket", addr: format!("0.0.0.0:{}", cfg.discovery_port), source })?;
         let now = Instant::now();
         let me = SocketAddrV4::new(cfg.addr, cfg.discovery_port);
+        let subnet = local_subnet(cfg.addr);
+        if subnet.is_none() {
+            tracing::warn!(addr = %cfg.addr, "no local interface has this address's subnet; discovery accepts datagrams from any source");
+        }
         let known = cfg.hosts.iter().copied().filter(|h| *h != me).take(MAX_KNOWN_PEERS).collect();
         let state = State {
             list: PackageList::new(),
@@ -378,6 +387,7 @@ impl Member {
             http,
             udp,
             me,
+            subnet,
             state: Mutex::new(state),
             events: broadcast::channel(256).0,
             reports: Arc::new(watch::channel(0).0),
@@ -502,6 +512,11 @@ impl Member {
                 }
             };
             let SocketAddr::V4(from) = from else { continue };
+            if !self.accepts_from(*from.ip()) {
+                self.counters.outside_datagrams.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, "ignoring a discovery datagram from outside the LAN and the configured hosts");
+                continue;
+            }
             match Message::parse(&buf[..n], self.cfg.secret.as_deref(), now_ms()) {
                 Ok(msg) => self.on_message(msg, from).await,
                 Err(e) => {
@@ -509,6 +524,15 @@ impl Member {
                     tracing::debug!(%from, error = %e, "ignoring a discovery datagram");
                 }
             }
+        }
+    }
+
+    /// Whether discovery listens to `ip`: a host on this member's subnet, or a configured peer.
+    /// A host that reaches another interface of this machine (its WAN side) is not a peer.
+    fn accepts_from(&self, ip: Ipv4Addr) -> bool {
+        match self.subnet {
+            None => true,
+            Some((net, mask)) => u32::from(ip) & mask == net || self.cfg.hosts.iter().any(|h| *h.ip() == ip),
         }
     }
 
@@ -1122,7 +1146,8 @@ impl Member {
             .sample("baton_peer_discovery_total", &[("event", "query_sent")], load(&c.queries_sent))
             .sample("baton_peer_discovery_total", &[("event", "answer_sent")], load(&c.answers_sent))
             .sample("baton_peer_discovery_total", &[("event", "rate_limited")], load(&c.rate_limited))
-            .sample("baton_peer_discovery_total", &[("event", "invalid")], load(&c.invalid_datagrams));
+            .sample("baton_peer_discovery_total", &[("event", "invalid")], load(&c.invalid_datagrams))
+            .sample("baton_peer_discovery_total", &[("event", "outside")], load(&c.outside_datagrams));
         out.family("baton_peer_list_reports_total", MetricKind::Counter, "Reports to the main's package list, by result.")
             .sample("baton_peer_list_reports_total", &[("result", "sent")], load(&c.reports_sent))
             .sample("baton_peer_list_reports_total", &[("result", "failed")], load(&c.reports_failed))
@@ -1310,6 +1335,20 @@ impl Drop for Sink {
         }
         let _ = std::fs::remove_file(&self.tmp);
     }
+}
+
+/// The subnet of the interface address `addr` on this host, as (network, mask).
+fn local_subnet(addr: Ipv4Addr) -> Option<(u32, u32)> {
+    let interfaces = nix::ifaddrs::getifaddrs().ok()?;
+    for ifa in interfaces {
+        let (Some(a), Some(m)) = (ifa.address, ifa.netmask) else { continue };
+        let (Some(a), Some(m)) = (a.as_sockaddr_in(), m.as_sockaddr_in()) else { continue };
+        if a.ip() == addr {
+            let mask = u32::from(m.ip());
+            return Some((u32::from(addr) & mask, mask));
+        }
+    }
+    None
 }
 
 /// SHA-256, size and MD5 of a file.

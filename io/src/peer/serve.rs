@@ -122,6 +122,11 @@ async fn serve_holding(stream: &mut TcpStream, head: &RequestHead, holding: Hold
         Holding::Downloading { path, package, progress } => (path, package, Some(progress)),
     };
     let file = std::fs::File::open(&path)?;
+    if progress.is_none() && file.metadata()?.len() != package.size {
+        // Replaced since it was offered (a cache holding a new version there): not this
+        // package any more, and serving it would only get this member blamed.
+        return Err(io::Error::other("the held file no longer has the package's size"));
+    }
     let meta = ObjectMeta { size: package.size, sha256: package.sha256, last_modified_unix: None };
     let mut plan = plan_object_response(head, &meta, super::SERVER_NAME);
     close(&mut plan);

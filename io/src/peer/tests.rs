@@ -316,3 +316,20 @@ async fn a_cancelled_obtain_leaves_no_file_and_no_offer() {
     assert!(!dest.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Discovery listens to the member's own subnet and to its configured hosts only.
+#[tokio::test]
+async fn discovery_ignores_sources_outside_the_subnet_and_the_hosts() {
+    let mut cfg = PeerConfig::new(Ipv4Addr::LOCALHOST);
+    cfg.http_port = 0;
+    cfg.discovery_port = free_udp_port();
+    cfg.group = None;
+    cfg.hosts = vec![SocketAddrV4::new(Ipv4Addr::new(198, 18, 3, 10), 7481)];
+    let m = Member::start(cfg).await.expect("member");
+    assert_eq!(m.subnet, Some((0x7f00_0000, 0xff00_0000)), "lo is 127.0.0.0/8");
+    assert!(m.accepts_from(Ipv4Addr::new(127, 0, 0, 1)));
+    assert!(m.accepts_from(Ipv4Addr::new(127, 9, 9, 9)));
+    assert!(m.accepts_from(Ipv4Addr::new(198, 18, 3, 10)), "a configured host");
+    assert!(!m.accepts_from(Ipv4Addr::new(198, 18, 3, 11)));
+    assert!(!m.accepts_from(Ipv4Addr::new(203, 0, 113, 7)));
+}
