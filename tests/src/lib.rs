@@ -842,6 +842,44 @@ pub fn fetch_topology() -> String {
     .concat()
 }
 
+/// Waits for a process started by [`spawn_fetch`], draining its pipes meanwhile, and kills it
+/// when it runs past `limit` (the output then shows what it printed until then).
+pub fn wait_fetch(child: Child, limit: Duration) -> Output {
+    let pid = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + limit;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if Instant::now() > deadline {
+                    // SAFETY: signalling a child of this process that has not been reaped.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let out = child.wait_with_output().expect("baton-fetch output");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = watchdog.join();
+    out
+}
+
+/// The JSON baton-fetch printed (`--json`: its summary, or its error object); panics with its
+/// status and output when there is none.
+pub fn fetch_json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "baton-fetch printed no JSON ({e}); status {}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// Starts baton-fetch in `node` with `args`, stdout (the `--json` summary) and stderr piped.
 pub fn spawn_fetch(cluster: &Cluster, node: &str, args: &[&str]) -> anyhow::Result<Child> {
     cluster

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use baton_lab::Rate;
 use baton_tests::ftp::Vsftpd;
 use baton_tests::{
-    fetch_topology, pseudo_random, require_root, sha256_file, spawn_fetch, Cluster, ClusterOptions, FETCH_MIRROR_RATES,
+    fetch_json, fetch_topology, pseudo_random, wait_fetch, require_root, sha256_file, spawn_fetch, Cluster, ClusterOptions, FETCH_MIRROR_RATES,
 };
 use serde_json::Value;
 
@@ -32,28 +32,8 @@ fn cluster(name: &str, block: &str) -> Cluster {
 /// Runs baton-fetch to completion; returns its JSON summary (or error object) and output.
 fn fetch(c: &Cluster, args: &[&str]) -> (Value, Output) {
     let child = spawn_fetch(c, CLIENT, args).expect("baton-fetch starts");
-    let out = wait_output(child, DOWNLOAD_LIMIT);
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "baton-fetch {args:?} printed no JSON ({e}); status {}\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (json, out)
-}
-
-fn wait_output(mut child: std::process::Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    while matches!(child.try_wait(), Ok(None)) {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("baton-fetch output")
+    let out = wait_fetch(child, DOWNLOAD_LIMIT);
+    (fetch_json(&out), out)
 }
 
 fn ok(json: &Value, out: &Output) {
@@ -271,7 +251,7 @@ fn slow_killed_and_interrupted_mirrors() {
     c.lab
         .set_rate(fra, "200kbit".parse::<Rate>().expect("rate"))
         .expect("slow down");
-    let out = wait_output(child, DOWNLOAD_LIMIT);
+    let out = wait_fetch(child, DOWNLOAD_LIMIT);
     c.lab
         .set_rate(fra, fra_rate.parse::<Rate>().expect("rate"))
         .expect("restore");
@@ -290,7 +270,7 @@ fn slow_killed_and_interrupted_mirrors() {
     let child = spawn_fetch(&c, CLIENT, &args).expect("starts");
     wait_saved(&o2, size, 0.15);
     c.kill(par, "baton-participant");
-    let out = wait_output(child, DOWNLOAD_LIMIT);
+    let out = wait_fetch(child, DOWNLOAD_LIMIT);
     let j: Value = serde_json::from_slice(&out.stdout).expect("json");
     ok(&j, &out);
     assert_eq!(sha256_file(&o2).expect("sha"), sha);
@@ -309,7 +289,7 @@ fn slow_killed_and_interrupted_mirrors() {
     wait_saved(&o3, size, 0.3);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = wait_output(child, DOWNLOAD_LIMIT);
+    let out = wait_fetch(child, DOWNLOAD_LIMIT);
     assert_eq!(
         out.status.code(),
         Some(130),

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use baton_lab::Rate;
 use baton_shared::peer::limit::{DEFAULT_DISCOVERY_PORT, DEFAULT_GROUP, DEFAULT_HTTP_PORT};
 use baton_shared::peer::wire::{HaveState, Kind, Message, WireError, MAC_BYTES};
-use baton_tests::{lan_topology, pseudo_random, require_root, sha256_file, spawn_fetch, Cluster, ClusterOptions};
+use baton_tests::{fetch_json, lan_topology, pseudo_random, wait_fetch, require_root, sha256_file, spawn_fetch, Cluster, ClusterOptions};
 use serde_json::Value;
 
 const PEERS: [&str; 6] = ["peer1", "peer2", "peer3", "peer4", "peer5", "peer6"];
@@ -64,34 +64,8 @@ fn peer(c: &Cluster, node: &str, args: &[&str]) -> Child {
 
 /// Waits for a peer (killing it at `limit`) and returns its JSON summary and output.
 fn finish(child: Child, limit: Duration) -> (Value, Output) {
-    let pid = child.id();
-    let done = Arc::new(AtomicBool::new(false));
-    let watchdog = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + limit;
-            while !done.load(Ordering::Relaxed) {
-                if Instant::now() > deadline {
-                    // SAFETY: signalling a child we spawned and have not reaped.
-                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
-    let out = child.wait_with_output().expect("baton-fetch output");
-    done.store(true, Ordering::Relaxed);
-    let _ = watchdog.join();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "baton-fetch printed no JSON ({e}); status {}\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (json, out)
+    let out = wait_fetch(child, limit);
+    (fetch_json(&out), out)
 }
 
 /// Waits for all, concurrently (each has its own pipes to drain).
