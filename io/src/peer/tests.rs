@@ -200,17 +200,34 @@ async fn an_unshared_package_gets_no_discovery_answer() {
     assert!(asker.ask(package.id(), 1).await.offers.is_empty());
 }
 
-/// An origin serving `bytes` from memory.
-struct MemOrigin(Vec<u8>);
+/// An origin serving `bytes` from memory; with `stall_at`, it sends bytes up to there and
+/// then nothing, ever.
+struct MemOrigin {
+    bytes: Vec<u8>,
+    stall_at: Option<usize>,
+}
 
-struct MemBody(Vec<u8>, usize);
+impl MemOrigin {
+    fn new(bytes: Vec<u8>) -> Self {
+        Self { bytes, stall_at: None }
+    }
+}
+
+struct MemBody {
+    bytes: Vec<u8>,
+    at: usize,
+    end: usize,
+}
 
 impl transfer::BodyStream for MemBody {
     fn read<'a>(&'a mut self, out: &'a mut [u8]) -> transfer::BoxFuture<'a, std::io::Result<usize>> {
         Box::pin(async move {
-            let n = out.len().min(self.0.len() - self.1);
-            out[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
-            self.1 += n;
+            if self.at >= self.end && self.end < self.bytes.len() {
+                std::future::pending::<()>().await;
+            }
+            let n = out.len().min(self.end - self.at);
+            out[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+            self.at += n;
             Ok(n)
         })
     }
@@ -218,8 +235,9 @@ impl transfer::BodyStream for MemBody {
 
 impl transfer::Origin for MemOrigin {
     fn open(&self, offset: u64) -> transfer::BoxFuture<'_, std::io::Result<Box<dyn transfer::BodyStream>>> {
-        let at = usize::try_from(offset).unwrap_or(usize::MAX).min(self.0.len());
-        Box::pin(async move { Ok(Box::new(MemBody(self.0.clone(), at)) as Box<dyn transfer::BodyStream>) })
+        let end = self.stall_at.unwrap_or(self.bytes.len()).min(self.bytes.len());
+        let at = usize::try_from(offset).unwrap_or(usize::MAX).min(end);
+        Box::pin(async move { Ok(Box::new(MemBody { bytes: self.bytes.clone(), at, end }) as Box<dyn transfer::BodyStream>) })
     }
 
     fn describe(&self) -> String {
@@ -234,7 +252,7 @@ async fn concurrent_obtains_share_one_lock_that_goes_when_they_are_done() {
     let src = TempFile::new("obtain-src", &bytes);
     let package = hash_package(&src.0).expect("hash");
     let (a, b) = (TempFile(src.0.with_extension("a")), TempFile(src.0.with_extension("b")));
-    let origin = MemOrigin(bytes.clone());
+    let origin = MemOrigin::new(bytes.clone());
     let (ra, rb) = tokio::join!(m.obtain(package, &a.0, &origin), m.obtain(package, &b.0, &origin));
     let mut outcomes = [ra.expect("a").outcome, rb.expect("b").outcome];
     outcomes.sort_by_key(|o| *o == super::Outcome::Local);
@@ -243,38 +261,6 @@ async fn concurrent_obtains_share_one_lock_that_goes_when_they_are_done() {
     assert_eq!(std::fs::read(&b.0).expect("b"), bytes);
     assert_eq!(m.counters.from_origin.load(Ordering::Relaxed), bytes.len() as u64);
     assert!(m.state().obtaining.is_empty(), "the per-package lock outlived its callers");
-}
-
-/// An origin that sends `first` bytes of `bytes`, then nothing, ever.
-struct StallingOrigin {
-    bytes: Vec<u8>,
-    first: usize,
-}
-
-struct StallingBody(Vec<u8>, usize, usize);
-
-impl transfer::BodyStream for StallingBody {
-    fn read<'a>(&'a mut self, out: &'a mut [u8]) -> transfer::BoxFuture<'a, std::io::Result<usize>> {
-        Box::pin(async move {
-            if self.1 >= self.2 {
-                std::future::pending::<()>().await;
-            }
-            let n = out.len().min(self.2 - self.1);
-            out[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
-            self.1 += n;
-            Ok(n)
-        })
-    }
-}
-
-impl transfer::Origin for StallingOrigin {
-    fn open(&self, _offset: u64) -> transfer::BoxFuture<'_, std::io::Result<Box<dyn transfer::BodyStream>>> {
-        Box::pin(async move { Ok(Box::new(StallingBody(self.bytes.clone(), 0, self.first)) as Box<dyn transfer::BodyStream>) })
-    }
-
-    fn describe(&self) -> String {
-        "stalling".to_owned()
-    }
 }
 
 /// A cancelled obtain (baton-fetch interrupted, a caller's deadline) leaves no partial file
@@ -289,7 +275,7 @@ async fn a_cancelled_obtain_leaves_no_file_and_no_offer() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let dest = dir.join("out.bin");
-    let origin = StallingOrigin { bytes: bytes.clone(), first: bytes.len() / 2 };
+    let origin = MemOrigin { bytes: bytes.clone(), stall_at: Some(bytes.len() / 2) };
     let partials = || {
         std::fs::read_dir(&dir).expect("dir").flatten().filter(|e| e.file_name().to_string_lossy().starts_with(super::PARTIAL_PREFIX)).count()
     };
