@@ -81,6 +81,9 @@ pub const MAX_HEARD_PER_ROUND: usize = 64;
 pub const PEER_RATE_WINDOW: Duration = Duration::from_secs(10);
 /// See [`PEER_RATE_WINDOW`].
 pub const PEER_MIN_BYTES: u64 = 64 * 1024;
+/// Pause before asking again when holders were seen but none served in a round (their
+/// transfers broke off, or they had no bytes yet).
+pub const HOLDER_RETRY_WAIT: Duration = Duration::from_millis(200);
 /// Longest pause before the next lookup round after every candidate answered busy (the
 /// `Retry-After` they sent, capped by this).
 pub const MAX_BUSY_WAIT: Duration = Duration::from_secs(2);
@@ -823,8 +826,12 @@ impl Member {
         }
         // 3. Ask the peers.
         let mut deferred = false;
+        // Whether any peer offered the package (or answered busy) in some round: then it is
+        // on the LAN, and the origin is used only once every round has failed.
+        let mut seen_holders = false;
         for _ in 0..MAX_LOOKUP_ROUNDS {
             let round = self.ask(id, claim).await;
+            seen_holders |= !round.offers.is_empty();
             for offer in &round.offers {
                 let draw = self.state().rng.gen::<f64>();
                 self.state().list.learn(&id, offer.addr, draw);
@@ -839,6 +846,7 @@ impl Member {
                 Tried::Done => return Ok(Outcome::Discovered),
                 Tried::Busy(wait) => {
                     // Every holder is busy: ask again once the first says it may have a slot.
+                    seen_holders = true;
                     tokio::time::sleep(wait.min(MAX_BUSY_WAIT)).await;
                     continue;
                 }
@@ -856,6 +864,11 @@ impl Member {
                         return Ok(Outcome::Announced);
                     }
                 }
+                continue;
+            }
+            if seen_holders {
+                tracing::debug!(%id, "holders are on the LAN but none served this round; asking again");
+                tokio::time::sleep(HOLDER_RETRY_WAIT).await;
                 continue;
             }
             break;
