@@ -13,9 +13,13 @@ use anyhow::{bail, Context};
 use baton_tests::{curl_download, Cluster, ClusterOptions};
 use clap::{Parser, Subcommand};
 
+mod bench_breakdown;
+mod bench_bpf;
+mod bench_e2e;
 mod bench_fetch;
-mod bench_peers;
 mod bench_move;
+mod bench_peers;
+mod report;
 
 /// Size of the object each demo client downloads.
 const DEMO_OBJECT_BYTES: usize = 64 << 20;
@@ -71,7 +75,7 @@ enum Cmd {
     },
     /// Benchmarks (side-by-side ratios in one run).
     Bench {
-        #[arg(value_parser = ["handoff", "move", "fetch", "peers"])]
+        #[arg(value_parser = ["all", "handoff", "bpf", "e2e", "breakdown", "move", "fetch", "peers"])]
         which: String,
         /// `move`, `fetch`, `peers`: size of the downloaded object in MiB (default 256; 128 for
         /// `peers`).
@@ -114,6 +118,10 @@ fn main() -> anyhow::Result<()> {
             build()?;
             match which.as_str() {
                 "handoff" => bench_handoff(),
+                "all" => bench_all(),
+                "bpf" => bench_one(bench_bpf::run),
+                "e2e" => bench_one(bench_e2e::run),
+                "breakdown" => bench_one(bench_breakdown::run),
                 "move" => bench_move::run(bench_move::Options { size_mib: size_mib.unwrap_or(256), moves, kills, keep_pcap }),
                 "fetch" => bench_fetch::run(bench_fetch::Options { size_mib: size_mib.unwrap_or(256) }),
                 "peers" => bench_peers::run(bench_peers::Options { size_mib: size_mib.unwrap_or(128) }),
@@ -293,6 +301,30 @@ fn ttfb(cluster: &Cluster, client: &str, url: &str, n: usize) -> anyhow::Result<
     }
     v.sort_by(|a, b| a.total_cmp(b));
     Ok(v)
+}
+
+/// Runs one benchmark of the side-by-side suite and prints its comparisons.
+fn bench_one(run: fn(&mut report::Report) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let mut report = report::Report::default();
+    run(&mut report)?;
+    for row in &report.rows {
+        println!("{row:?}");
+    }
+    Ok(())
+}
+
+/// `bench all`: every benchmark of the side-by-side suite in one run.
+fn bench_all() -> anyhow::Result<()> {
+    let mut report = report::Report::default();
+    for (name, run) in [("bpf", bench_bpf::run as fn(&mut report::Report) -> anyhow::Result<()>), ("e2e", bench_e2e::run), ("breakdown", bench_breakdown::run)] {
+        if let Err(e) = run(&mut report) {
+            report.context.push(format!("bench {name} failed: {e:#}"));
+        }
+    }
+    for row in &report.rows {
+        println!("{row:?}");
+    }
+    Ok(())
 }
 
 fn bench_handoff() -> anyhow::Result<()> {
