@@ -185,6 +185,32 @@ pub enum DataplaneError {
         /// The bpf(2) error.
         source: io::Error,
     },
+    /// The userspace data plane's nftables table could not be changed.
+    #[error("nftables: {detail}")]
+    Nft {
+        /// What failed, with nft's message.
+        detail: String,
+    },
+    /// A system call of the userspace data plane failed.
+    #[error("userspace data plane: {action}: {source}")]
+    Userspace {
+        /// What was being done.
+        action: &'static str,
+        /// The system error.
+        source: io::Error,
+    },
+    /// A packet socket of the userspace data plane failed.
+    #[error("userspace data plane: {source}")]
+    Packet {
+        /// The socket's error.
+        source: baton_packet::PacketError,
+    },
+    /// The userspace flow table holds as many flows as the BPF map would.
+    #[error("the flow table is full ({capacity} flows)")]
+    FlowTableFull {
+        /// Its capacity.
+        capacity: u32,
+    },
     /// A thread panicked while holding the data-plane lock.
     #[error("data-plane lock poisoned by a panic")]
     Poisoned,

@@ -11,6 +11,10 @@
 //!   connections the main is about to move (no FIN, RST or orphan traffic
 //!   for flows it owns).
 //!
+//! - The **userspace** fallback ([`UserspaceDataplane`]) runs the main program's rules in
+//!   threads of `baton-main` (AF_PACKET, a raw socket, nftables) where BPF cannot be loaded;
+//!   [`MainPlane`] is either.
+//!
 //! Programs are attached through BPF links pinned next to the maps
 //! ([`detach_pinned`] removes them): they keep running while the processes
 //! restart or after they die, and a new load swaps them atomically.
@@ -18,20 +22,25 @@
 //! This crate holds no policy: it never decides which flow goes where or
 //! when, and never removes flows on its own.
 
+pub mod bench;
 mod caps;
 mod error;
 mod link;
 mod main_dataplane;
 mod participant_dataplane;
 mod pin;
+mod plane;
 mod program;
 mod test_run;
 mod types;
+pub mod userspace;
 
 pub use caps::check_capabilities;
 pub use error::DataplaneError;
 pub use link::{detach_pinned, pinned_links, LinkKind, LinkPin};
 pub use main_dataplane::{MainDataplane, MainOptions};
+pub use plane::{MainPlane, PlaneMode};
+pub use userspace::UserspaceDataplane;
 pub use participant_dataplane::{ParticipantDataplane, ParticipantOptions};
 pub use program::AttachMode;
 pub use test_run::{
@@ -49,4 +58,5 @@ const _: () = {
     const fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<MainDataplane>();
     assert_send_sync::<ParticipantDataplane>();
+    assert_send_sync::<UserspaceDataplane>();
 };

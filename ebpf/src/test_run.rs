@@ -4,7 +4,9 @@
 //! The kernel runs the program on a private copy of the frame: redirects and
 //! XDP_TX are reported as verdicts, never carried out. Maps are the real,
 //! shared ones, so a test run updates flow observations and counters exactly
-//! like a real packet. This module must never be used on a hot path.
+//! like a real packet. A run can also be repeated in the kernel and timed
+//! (the benchmarks' program cost). This module must never be used on a hot
+//! path.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -136,6 +138,34 @@ pub(crate) fn run(
     frame: &[u8],
     ifindex: u32,
 ) -> io::Result<(u32, Vec<u8>)> {
+    run_repeated(fd, hook, frame, ifindex, 1).map(|timed| (timed.retval, timed.data))
+}
+
+/// What [`run_repeated`] reports.
+#[derive(Debug)]
+pub(crate) struct TimedRun {
+    /// The program's return value of the last run.
+    pub(crate) retval: u32,
+    /// The frame as the last run left it.
+    pub(crate) data: Vec<u8>,
+    /// The kernel's mean time per run in nanoseconds (`duration` of
+    /// BPF_PROG_TEST_RUN: the whole loop's time divided by `repeat`).
+    pub(crate) duration_ns: u32,
+}
+
+/// Runs `frame` through the program `fd` `repeat` times in one
+/// BPF_PROG_TEST_RUN (0 counts as 1) as if it arrived on `ifindex`.
+///
+/// The kernel keeps the context between runs: a program that rewrites the
+/// frame (an encapsulation) sees its own output from the second run on. Only
+/// programs that leave the frame as it is can be timed with `repeat > 1`.
+pub(crate) fn run_repeated(
+    fd: BorrowedFd<'_>,
+    hook: Hook,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> io::Result<TimedRun> {
     let mut out = vec![0u8; frame.len() + OUTPUT_HEADROOM];
     let size_in =
         u32::try_from(frame.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -159,7 +189,7 @@ pub(crate) fn run(
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
         data_in: frame.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
+        repeat: repeat.max(1),
         ..TestRunAttr::default()
     };
     if ifindex != 0 {
@@ -190,5 +220,9 @@ pub(crate) fn run(
     }
     let len = (attr.data_size_out as usize).min(out.len());
     out.truncate(len);
-    Ok((attr.retval, out))
+    Ok(TimedRun {
+        retval: attr.retval,
+        data: out,
+        duration_ns: attr.duration,
+    })
 }

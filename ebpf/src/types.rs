@@ -40,6 +40,12 @@ const ENCAP_GUE: u32 = 1;
 const TCP_FIN: u8 = 0x01;
 /// RST bit as recorded in `tcp_flags_seen`.
 const TCP_RST: u8 = 0x04;
+/// TTL of the outer header of an encapsulated packet (`OUTER_TTL`).
+pub(crate) const OUTER_TTL: u8 = 64;
+/// SYN bit of the TCP flags byte.
+const TCP_SYN: u8 = 0x02;
+/// ACK bit of the TCP flags byte.
+const TCP_ACK: u8 = 0x10;
 /// GUE source ports are `GUE_SPORT_BASE | (hash & GUE_SPORT_MASK)`: the
 /// IANA dynamic range, 14 bits of per-flow entropy for ECMP.
 const GUE_SPORT_BASE: u16 = 0xc000;
@@ -253,6 +259,21 @@ impl FlowValue {
         }
     }
 
+    /// A flow as the userspace data plane saved it: its target and, when known, its ACK
+    /// position (ACK, wraps) and the client's next sequence number.
+    pub(crate) fn restored(target: FlowTarget, ack: Option<(u32, u32)>, next_seq: Option<u32>) -> Self {
+        let (last_ack, ack_wraps) = ack.unwrap_or((0, 0));
+        Self {
+            last_ack,
+            ack_wraps,
+            has_ack: u8::from(ack.is_some()),
+            client_next_seq: next_seq.unwrap_or(0),
+            has_next_seq: u8::from(next_seq.is_some()),
+            ..Self::default()
+        }
+        .with_target(target)
+    }
+
     /// A flow forwarded to `participant`, with no observations yet.
     pub fn forward(participant: Ipv4Addr) -> Self {
         Self::default().with_forward(participant)
@@ -279,6 +300,71 @@ impl FlowValue {
             },
             FlowTarget::Forward(participant) => self.with_forward(participant),
         }
+    }
+
+    /// Records what one client segment tells about the connection, as `flow_observe` in
+    /// `c/main.bpf.c` does (the userspace data plane's copy of the program's rule; the table
+    /// lock makes it one writer at a time, so no compare-and-swap is needed):
+    /// the ACK moves only forward in sequence space (counting wraps), window and TSecr come only
+    /// from segments whose ACK is not behind it, `client_next_seq` moves forward to
+    /// `seq + payload (+1 SYN, +1 FIN)` for all but RST segments, FIN and RST are remembered.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn observe(
+        &mut self,
+        flags: u8,
+        seq: u32,
+        ack: u32,
+        window: u16,
+        payload_len: u32,
+        tsecr: Option<u32>,
+        l3_len: u16,
+        now_ns: u64,
+    ) {
+        if flags & TCP_ACK != 0 {
+            let current = if self.has_ack == 0 {
+                self.last_ack = ack;
+                self.ack_wraps = 0;
+                self.has_ack = 1;
+                true
+            } else {
+                let ahead = ack.wrapping_sub(self.last_ack) as i32;
+                if ahead > 0 {
+                    if ack < self.last_ack {
+                        self.ack_wraps = self.ack_wraps.wrapping_add(1);
+                    }
+                    self.last_ack = ack;
+                }
+                ahead >= 0
+            };
+            if current {
+                self.last_window = window;
+                if let Some(echo) = tsecr {
+                    if self.has_tsecr == 0 || (echo.wrapping_sub(self.last_tsecr) as i32) > 0 {
+                        self.last_tsecr = echo;
+                        self.has_tsecr = 1;
+                    }
+                }
+            }
+        }
+        if flags & TCP_RST == 0 {
+            let mut end = seq.wrapping_add(payload_len);
+            if flags & TCP_SYN != 0 {
+                end = end.wrapping_add(1);
+            }
+            if flags & TCP_FIN != 0 {
+                end = end.wrapping_add(1);
+            }
+            if self.has_next_seq == 0 {
+                self.client_next_seq = end;
+                self.has_next_seq = 1;
+            } else if (end.wrapping_sub(self.client_next_seq) as i32) > 0 {
+                self.client_next_seq = end;
+            }
+        }
+        self.tcp_flags_seen |= flags & (TCP_FIN | TCP_RST);
+        self.last_seen_ns = now_ns;
+        self.packets = self.packets.wrapping_add(1);
+        self.bytes = self.bytes.wrapping_add(u64::from(l3_len));
     }
 
     /// The state, or `None` when the raw value is not one this build knows.

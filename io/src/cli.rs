@@ -19,6 +19,8 @@ use clap::{ArgMatches, Args, ValueEnum};
 pub enum DataplaneArg {
     Tc,
     Xdp,
+    /// The main only: forwarding by baton-main's threads, without BPF.
+    Userspace,
 }
 
 /// Encapsulation between the main and its participants.
@@ -169,11 +171,21 @@ pub fn read_config(path: Option<&Path>) -> Result<(String, String), CliError> {
     }
 }
 
-/// The data plane's attachment for a configured mode.
+/// The data plane's attachment for a configured mode (tc for `userspace`, which attaches no
+/// program; see [`plane_mode`]).
 pub fn attach_mode(d: &DataplaneConfig) -> AttachMode {
     match d.mode {
-        DataplaneMode::Tc => AttachMode::Tc,
+        DataplaneMode::Tc | DataplaneMode::Userspace => AttachMode::Tc,
         DataplaneMode::Xdp => AttachMode::Xdp,
+    }
+}
+
+/// Whether the main's data plane is its BPF program or the userspace fallback (which saves its
+/// flow table in `state_dir`).
+pub fn plane_mode(d: &DataplaneConfig, state_dir: &std::path::Path) -> baton_ebpf::PlaneMode {
+    match d.mode {
+        DataplaneMode::Tc | DataplaneMode::Xdp => baton_ebpf::PlaneMode::Bpf,
+        DataplaneMode::Userspace => baton_ebpf::PlaneMode::Userspace { state_dir: state_dir.to_owned() },
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use baton_ebpf::{MainDataplane, MainOptions};
+use baton_ebpf::{MainOptions, MainPlane, PlaneMode};
 use baton_io::http::ServeConfig;
 use baton_io::store::DirStore;
 use baton_main::registry::Registry;
@@ -155,7 +155,11 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cfg: MainConfig) -> anyhow::Result<()> {
     baton_main::check_net_admin().context("baton-main needs CAP_NET_ADMIN for TCP_REPAIR")?;
-    baton_ebpf::check_capabilities().context("baton-main needs CAP_BPF and CAP_NET_ADMIN for its data plane")?;
+    let plane_mode = baton_io::cli::plane_mode(&cfg.dataplane, &cfg.state_dir);
+    if plane_mode == PlaneMode::Bpf {
+        baton_ebpf::check_capabilities()
+            .context("baton-main needs CAP_BPF and CAP_NET_ADMIN for its data plane (or run it with --dataplane userspace)")?;
+    }
     baton_main::check_forwarding(&cfg.iface)?;
     let tls = baton_io::tls::server_config(&cfg.control.tls.ca, &cfg.control.tls.cert, &cfg.control.tls.key)
         .context("the control channel's TLS credentials (batonctl cluster init / issue make them)")?;
@@ -167,14 +171,18 @@ async fn run(cfg: MainConfig) -> anyhow::Result<()> {
     let Some(mss) = cfg.path_mtu.checked_sub(IPV4_TCP_HEADER_BYTES + encap.overhead()).filter(|m| *m >= 536) else {
         bail!("path_mtu {} leaves no room for TCP segments after encapsulation", cfg.path_mtu);
     };
-    let dataplane = MainDataplane::load(&MainOptions {
-        iface: cfg.iface.clone(),
-        mode: baton_io::cli::attach_mode(&cfg.dataplane),
-        pin_dir: cfg.pin_dir.clone(),
-        local_addr: cfg.local_addr,
-        encap,
-    })
+    let dataplane = MainPlane::load(
+        &MainOptions {
+            iface: cfg.iface.clone(),
+            mode: baton_io::cli::attach_mode(&cfg.dataplane),
+            pin_dir: cfg.pin_dir.clone(),
+            local_addr: cfg.local_addr,
+            encap,
+        },
+        &plane_mode,
+    )
     .with_context(|| format!("loading the data plane on {}", cfg.iface))?;
+    info!(mode = dataplane.mode_name(), iface = %cfg.iface, "data plane ready");
     // The health probes' own connections to the VIP loop back through lo.
     baton_main::prepare_probe_path(&cfg.iface)?;
     dataplane.attach_loopback().context("attaching the data plane to lo for the health probes")?;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use baton_ebpf::{FlowKey, MainDataplane};
+use baton_ebpf::{FlowKey, MainPlane};
 use baton_io::http::ServeConfig;
 use baton_io::store::DirStore;
 use baton_shared::geo::Coord;
@@ -225,7 +225,7 @@ impl Tally {
 #[derive(Debug)]
 pub struct Shared {
     pub registry: Registry,
-    pub dataplane: MainDataplane,
+    pub dataplane: MainPlane,
     pub origin: DirStore,
     pub geo: GeoDb,
     pub serve: ServeConfig,

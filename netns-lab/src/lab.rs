@@ -650,6 +650,17 @@ impl Lab {
         &self.nodes[0]
     }
 
+    /// Turns off checksum and segmentation offload on the router's end of `node`'s link, so
+    /// every frame `node` receives carries finished checksums and fits the MTU (what an XDP
+    /// program on `node` needs; see `offload`).
+    pub fn plain_frames_to(&self, node: &str) -> Result<(), LabError> {
+        self.node(node)?;
+        match self.linked_nodes().find(|(_, n)| n.name == node) {
+            Some((i, _)) => offload::turn_off(&self.router().ns, &router_iface(i), End::Sender),
+            None => Ok(()),
+        }
+    }
+
     /// The topology's nodes (without the router) with their link index.
     fn linked_nodes(&self) -> impl Iterator<Item = (usize, &Node)> {
         self.nodes.iter().skip(1).enumerate()

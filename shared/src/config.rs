@@ -155,6 +155,9 @@ pub enum DataplaneMode {
     Tc,
     /// XDP: faster, needs driver support.
     Xdp,
+    /// The main only: no BPF at all; threads of `baton-main` forward the flows (AF_PACKET,
+    /// raw socket, nftables). For hosts that cannot load BPF programs; much slower.
+    Userspace,
 }
 
 /// How packets are encapsulated between the main and the participants.
@@ -717,7 +720,17 @@ pub fn parse_main(file: &str, text: &str, overrides: &[Override]) -> Result<Main
 
 /// Reads a participant config file; see [`parse_main`].
 pub fn parse_participant(file: &str, text: &str, overrides: &[Override]) -> Result<ParticipantConfig, ConfigError> {
-    parse(file, text, overrides, |_| Ok(()))
+    parse(file, text, overrides, check_participant)
+}
+
+fn check_participant(config: &ParticipantConfig) -> Result<(), Invalid> {
+    if config.dataplane.mode == DataplaneMode::Userspace {
+        return Err(Invalid::bad(
+            "dataplane.mode".to_owned(),
+            "userspace is a mode of the main only; a participant decapsulates with its BPF program (tc or xdp)".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// An error as deserialization reports it, before it is tied to the file or a flag.
