@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context};
 use baton_lab::{Lab, Role, Topology};
 use sha2::Digest;
 
+pub mod bench;
 pub mod ftp;
 pub mod tcpflow;
 
@@ -51,6 +52,40 @@ pub fn require_root() -> bool {
     assert!(std::env::var("CI").as_deref() != Ok("true"), "lab tests need root (CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN) under CI");
     eprintln!("SKIPPED: lab tests need root");
     false
+}
+
+/// The data-plane modes the lab tests run in: every one of [`DATAPLANES`], or the
+/// comma-separated list in `BATON_TEST_DATAPLANES` (for working on one mode; a name that is not
+/// a mode fails).
+pub fn test_dataplanes() -> Vec<&'static str> {
+    match std::env::var("BATON_TEST_DATAPLANES") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|m| {
+                let m = m.trim();
+                DATAPLANES.iter().copied().find(|d| *d == m).unwrap_or_else(|| panic!("BATON_TEST_DATAPLANES: {m:?} is not one of {DATAPLANES:?}"))
+            })
+            .collect(),
+        _ => DATAPLANES.to_vec(),
+    }
+}
+
+/// Runs `scenario` once per data-plane mode ([`test_dataplanes`]), one after another on the
+/// same lab name and block, with `opts.dataplane` set; a failure names the mode. Skips (or,
+/// under CI, fails) without root, like [`require_root`].
+pub fn in_every_dataplane(name: &str, block: &str, scenario: impl Fn(ClusterOptions)) {
+    if !require_root() {
+        return;
+    }
+    for mode in test_dataplanes() {
+        eprintln!("--- {name}: --dataplane {mode}");
+        let mut opts = ClusterOptions::new(name, block);
+        opts.dataplane = mode;
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(opts))) {
+            eprintln!("--- {name}: failed with --dataplane {mode}");
+            std::panic::resume_unwind(panic);
+        }
+    }
 }
 
 /// A process started in a lab node; killed on drop.
@@ -149,7 +184,12 @@ pub struct ClusterOptions {
     /// A topology in the lab's YAML format instead of the default one (name and block are
     /// replaced by the ones above).
     pub topology_yaml: Option<String>,
+    /// The main's data plane (`--dataplane`): one of [`DATAPLANES`].
+    pub dataplane: &'static str,
 }
+
+/// Every mode of the main's data plane; the handoff and move tests run in each.
+pub const DATAPLANES: [&str; 3] = ["tc", "xdp", "userspace"];
 
 impl ClusterOptions {
     pub fn new(name: &str, block: &str) -> Self {
@@ -160,6 +200,7 @@ impl ClusterOptions {
             participant_args: Vec::new(),
             participants: true,
             topology_yaml: None,
+            dataplane: "tc",
         }
     }
 }
@@ -193,9 +234,17 @@ impl Cluster {
         std::fs::create_dir_all(&origin_dir)?;
         let admin = lab.state_dir().join("main.sock");
         let tls_dir = make_credentials(&lab)?;
+        if opts.dataplane == "xdp" {
+            // XDP sees frames without the skb's checksum-offload state: the router must send
+            // the main finished checksums (see baton_ebpf::AttachMode::Xdp).
+            let main = lab.nodes_with_role(Role::Main).first().map(|n| n.name.clone()).ok_or_else(|| anyhow!("no main node"))?;
+            lab.plain_frames_to(&main).context("turning off checksum offload toward the main for xdp")?;
+        }
+        let mut main_args = vec!["--dataplane".to_owned(), opts.dataplane.to_owned()];
+        main_args.extend(opts.main_args.iter().cloned());
         let mut c = Cluster {
-            tls_dir, procs: Vec::new(), origin_dir, admin, main_args: opts.main_args.clone(), participant_args: opts.participant_args.clone(), lab };
-        c.start_main(&opts.main_args)?;
+            tls_dir, procs: Vec::new(), origin_dir, admin, main_args: main_args.clone(), participant_args: opts.participant_args.clone(), lab };
+        c.start_main(&main_args)?;
         if opts.participants {
             let extra: Vec<&str> = opts.participant_args.iter().map(String::as_str).collect();
             for p in c.participant_names() {
@@ -774,7 +823,7 @@ pub fn parse_metrics(text: &str) -> Result<BTreeMap<String, f64>, String> {
             if !valid_name(name) || !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
                 return Err(at("bad TYPE line"));
             }
-            typed.push(name.to_owned());
+            typed.push((name.to_owned(), kind.to_owned()));
             continue;
         }
         if line.starts_with('#') {
@@ -785,7 +834,13 @@ pub fn parse_metrics(text: &str) -> Result<BTreeMap<String, f64>, String> {
         if !valid_name(name) {
             return Err(at("bad metric name"));
         }
-        if !typed.iter().any(|t| t == name) {
+        // A histogram's (or summary's) samples are its name with _bucket, _sum or _count.
+        let family = |t: &(String, String)| {
+            t.0 == name
+                || (matches!(t.1.as_str(), "histogram" | "summary")
+                    && ["_bucket", "_sum", "_count"].iter().any(|suffix| name.strip_suffix(suffix) == Some(t.0.as_str())))
+        };
+        if !typed.iter().any(family) {
             return Err(at("sample before its TYPE"));
         }
         if series.contains('{') && !series.ends_with('}') {
