@@ -47,6 +47,9 @@ const REQUIRED_COMMANDS: &[(&str, &str)] =
         ("aria2c", "aria2"),
         // The peer-cache tests block multicast in the lab with nftables.
         ("nft", "nftables"),
+        // `bench e2e`: the conventional reverse proxy and the load generator Baton is compared with.
+        ("nginx", "nginx"),
+        ("wrk", "wrk"),
     ];
 /// Header files and the Debian packages that provide them.
 const REQUIRED_FILES: &[(&str, &str)] =
@@ -176,7 +179,15 @@ fn ensure_host() -> anyhow::Result<()> {
         }
         eprintln!("xtask: installing missing packages with apt: {}", missing.join(" "));
         run(Command::new("apt-get").arg("update").arg("-q"))?;
-        run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        {
+            // Packages with a daemon (nginx, vsftpd) must not start it on the host: the labs run
+            // their own instances in namespaces.
+            let _no_start = NoServiceStart::install()?;
+            run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        }
+        if missing.contains(&"nginx") {
+            stop_packaged_nginx();
+        }
     }
     if !is_root() {
         bail!("the lab needs root (network namespaces, TCP_REPAIR, BPF): run this as root");
@@ -186,6 +197,46 @@ fn ensure_host() -> anyhow::Result<()> {
         run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
     Ok(())
+}
+
+/// Debian's `policy-rc.d` hook: while it exits 101, package installs start no service.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// Keeps apt from starting services while it lives: writes [`POLICY_RC_D`] when there is
+/// none and removes it again on drop (an existing one is left as it is).
+struct NoServiceStart {
+    created: bool,
+}
+
+impl NoServiceStart {
+    fn install() -> anyhow::Result<Self> {
+        if Path::new(POLICY_RC_D).exists() {
+            return Ok(Self { created: false });
+        }
+        std::fs::write(POLICY_RC_D, "#!/bin/sh\n# written by cargo xtask while it installs packages\nexit 101\n")
+            .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::set_permissions(POLICY_RC_D, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .with_context(|| format!("chmod {POLICY_RC_D}"))?;
+        Ok(Self { created: true })
+    }
+}
+
+impl Drop for NoServiceStart {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = std::fs::remove_file(POLICY_RC_D);
+        }
+    }
+}
+
+/// Makes sure the nginx service of the Debian package is neither running nor enabled on the
+/// host (it would hold port 80): disabled through systemd when systemd runs, else stopped.
+fn stop_packaged_nginx() {
+    if Path::new("/run/systemd/system").exists() {
+        let _ = Command::new("systemctl").args(["disable", "--now", "nginx"]).status();
+    } else if Path::new("/run/nginx.pid").exists() {
+        let _ = Command::new("nginx").args(["-s", "stop"]).status();
+    }
 }
 
 fn is_bpffs(path: &str) -> bool {
@@ -303,27 +354,38 @@ fn ttfb(cluster: &Cluster, client: &str, url: &str, n: usize) -> anyhow::Result<
     Ok(v)
 }
 
-/// Runs one benchmark of the side-by-side suite and prints its comparisons.
+/// Runs one benchmark of the side-by-side suite and prints its comparisons as markdown (even
+/// when it failed part-way: what it measured before is shown, then the error).
 fn bench_one(run: fn(&mut report::Report) -> anyhow::Result<()>) -> anyhow::Result<()> {
     let mut report = report::Report::default();
-    run(&mut report)?;
-    for row in &report.rows {
-        println!("{row:?}");
-    }
-    Ok(())
+    let result = run(&mut report);
+    println!();
+    print!("{}", report.markdown(&report::utc_date_today()));
+    result
 }
 
-/// `bench all`: every benchmark of the side-by-side suite in one run.
+/// The benchmarks of `bench all`, in order.
+const BENCH_ALL: &[(&str, fn(&mut report::Report) -> anyhow::Result<()>)] =
+    &[("bpf", bench_bpf::run), ("e2e", bench_e2e::run), ("breakdown", bench_breakdown::run)];
+
+/// `bench all`: every benchmark of the side-by-side suite in one run. A benchmark that fails is
+/// recorded in the report's context and the others still run; then `results/<date>.md`,
+/// `results/<date>.svg` and the README's table are written.
 fn bench_all() -> anyhow::Result<()> {
     let mut report = report::Report::default();
-    for (name, run) in [("bpf", bench_bpf::run as fn(&mut report::Report) -> anyhow::Result<()>), ("e2e", bench_e2e::run), ("breakdown", bench_breakdown::run)] {
+    for (name, run) in BENCH_ALL {
+        println!("== bench {name}");
         if let Err(e) = run(&mut report) {
+            eprintln!("xtask: bench {name} failed: {e:#}");
             report.context.push(format!("bench {name} failed: {e:#}"));
         }
     }
-    for row in &report.rows {
-        println!("{row:?}");
-    }
+    let date = report::utc_date_today();
+    println!();
+    print!("{}", report.markdown(&date));
+    let written = report::write_results(&report, &workspace_root(), &date)?;
+    println!();
+    println!("Wrote {}, {} and the table in {}", written.markdown.display(), written.svg.display(), written.readme.display());
     Ok(())
 }
 
