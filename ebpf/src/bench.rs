@@ -1,7 +1,10 @@
-//! Entry points for the benchmarks (`cargo xtask bench bpf`): timing a loaded
-//! program with `BPF_PROG_TEST_RUN` repeated in the kernel, the empty
-//! programs of `c/empty.bpf.c` (the floor a program's cost is compared with),
-//! and the XDP sink that drops what the forwarding benchmark sends.
+//! Entry points for the benchmarks (`cargo xtask bench bpf`) and the labs:
+//! timing a loaded program with `BPF_PROG_TEST_RUN` repeated in the kernel,
+//! the empty programs of `c/empty.bpf.c` (the floor a program's cost is
+//! compared with), the XDP sink that drops what the forwarding benchmark
+//! sends, and the passing XDP program a lab puts on the veth peer of an XDP
+//! main (a veth drops the frames its peer's XDP program sends back, `XDP_TX`,
+//! unless it runs an XDP program itself).
 //!
 //! Nothing here is used by baton-main or baton-participant, and nothing here
 //! pins anything: what it loads or attaches goes away when the returned
@@ -175,20 +178,37 @@ impl SinkXdp {
     /// Loads the sink and attaches it to `iface` (native XDP when the driver
     /// has it) through a link that lives as long as the returned value.
     pub fn attach(iface: &str) -> Result<Self, DataplaneError> {
-        let mut ebpf = load_object()?;
-        let program = program_mut::<Xdp>(&mut ebpf, SINK_XDP)?;
-        program
-            .load()
-            .map_err(|e| DataplaneError::program(SINK_XDP, e))?;
-        program
-            .attach(iface, XdpFlags::default())
-            .map_err(|source| DataplaneError::Attach {
-                program: SINK_XDP,
-                iface: iface.to_owned(),
-                source: Box::new(source),
-            })?;
-        Ok(Self { _ebpf: ebpf })
+        Ok(Self { _ebpf: attach_xdp(iface, SINK_XDP)? })
     }
+}
+
+/// An XDP program passing every frame, attached to one interface (of the
+/// calling thread's network namespace) until this drops: on the veth peer of
+/// an interface with an XDP program, it makes the peer accept the frames that
+/// program sends back (`XDP_TX`).
+#[derive(Debug)]
+pub struct PassXdp {
+    _ebpf: Ebpf,
+}
+
+impl PassXdp {
+    /// Loads the passing program and attaches it to `iface`.
+    pub fn attach(iface: &str) -> Result<Self, DataplaneError> {
+        Ok(Self { _ebpf: attach_xdp(iface, EMPTY_XDP)? })
+    }
+}
+
+/// Loads entry point `name` of the empty object and attaches it to `iface`.
+fn attach_xdp(iface: &str, name: &'static str) -> Result<Ebpf, DataplaneError> {
+    let mut ebpf = load_object()?;
+    let program = program_mut::<Xdp>(&mut ebpf, name)?;
+    program.load().map_err(|e| DataplaneError::program(name, e))?;
+    program.attach(iface, XdpFlags::default()).map_err(|source| DataplaneError::Attach {
+        program: name,
+        iface: iface.to_owned(),
+        source: Box::new(source),
+    })?;
+    Ok(ebpf)
 }
 
 fn load_object() -> Result<Ebpf, DataplaneError> {

@@ -20,6 +20,7 @@ pub enum PlaneMode {
 
 /// The main's data plane.
 #[derive(Debug)]
+#[expect(clippy::large_enum_variant, reason = "one per process, never moved around")]
 pub enum MainPlane {
     /// The BPF program (tc or XDP).
     Bpf(MainDataplane),

@@ -6,7 +6,11 @@
 //!
 //! The table runs for tc and XDP, each with IPIP and GUE, in a fresh network
 //! namespace with a small routed lab (see `common::lab`), so the FIB lookup
-//! really succeeds, misses a neighbour, or finds no route.
+//! really succeeds, misses a neighbour, or finds no route. The same table runs
+//! through the userspace data plane's rules (`baton_ebpf::userspace::packet`),
+//! which must decide, count, encapsulate and observe exactly as the program
+//! does; routing is the kernel's there, so every forwarded fixture must come
+//! out as the packet to send.
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
@@ -791,31 +795,84 @@ fn run_table(mode: AttachMode, encap: Encap) {
                 .get(&key())
                 .unwrap()
                 .unwrap_or_else(|| panic!("{ctx}: flow entry vanished"));
-            let seen = obs.bytes != 0;
-            assert_eq!(value.packets(), u64::from(seen), "{ctx}: packets");
-            assert_eq!(value.bytes(), obs.bytes, "{ctx}: bytes");
-            assert_eq!(value.last_ack(), obs.last_ack, "{ctx}: last_ack");
-            assert_eq!(value.has_ack(), obs.last_ack != 0, "{ctx}: has_ack");
-            assert_eq!(value.ack_wraps(), 0, "{ctx}: ack_wraps");
-            assert_eq!(value.client_next_seq(), obs.next_seq, "{ctx}: client_next_seq");
-            assert_eq!(value.last_window(), obs.last_window, "{ctx}: last_window");
-            assert_eq!(value.last_tsecr(), obs.last_tsecr, "{ctx}: last_tsecr");
-            assert_eq!(value.fin_seen(), obs.fin, "{ctx}: fin");
-            assert_eq!(value.rst_seen(), obs.rst, "{ctx}: rst");
-            if seen {
-                assert!(
-                    (t0..=t1).contains(&value.last_seen_ns()),
-                    "{ctx}: last_seen_ns {} not in [{t0}, {t1}]",
-                    value.last_seen_ns()
-                );
-            } else {
-                assert_eq!(
-                    value.last_seen_ns(),
-                    0,
-                    "{ctx}: last_seen_ns of an untouched flow"
-                );
-            }
+            check_observed(&ctx, &obs, &value, t0, t1);
         }
+    }
+}
+
+/// The table through the userspace rules. Fixtures with a raw state value are left out: the
+/// userspace table only ever holds the states its API writes.
+fn run_table_userspace(encap: Encap) {
+    let mut checked = 0;
+    for fx in fixtures() {
+        if fx.setup.iter().any(|(_, s)| matches!(s, Setup::RawState(_))) {
+            continue;
+        }
+        let ctx = format!("[userspace {encap:?}] {}", fx.description);
+        let mut flows = std::collections::HashMap::new();
+        for (k, setup) in &fx.setup {
+            let value = match setup {
+                Setup::Frozen => baton_ebpf::FlowValue::frozen(),
+                Setup::Forward(p) => baton_ebpf::FlowValue::forward(*p),
+                Setup::RawState(_) => unreachable!("skipped above"),
+            };
+            flows.insert(*k, value);
+        }
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        let t0 = monotonic_now_ns();
+        let outcome = baton_ebpf::userspace::packet::process(&mut flows, &fx.frame, false, lab::LOCAL, encap, t0, &mut out, &mut scratch);
+        let tot_len = usize::from(u16::from_be_bytes([fx.frame[16], fx.frame[17]]));
+        let inner = || &fx.frame[14..14 + tot_len];
+        let (send, counters): (Option<Ipv4Addr>, Vec<MainCounter>) = match fx.expect {
+            Expect::Pass(c) | Expect::Drop(c) => (None, vec![c]),
+            Expect::Forward { participant, .. }
+            | Expect::NoNeigh { participant }
+            | Expect::NoRoute { participant }
+            | Expect::TooBig { participant } => (Some(participant), vec![]),
+            Expect::IcmpToParticipant => (Some(lab::PARTICIPANT), vec![MainCounter::IcmpToParticipant]),
+        };
+        assert_eq!(outcome.counters, counters, "{ctx}: counters");
+        assert_eq!(outcome.send, send, "{ctx}: send");
+        if let Some(p) = send {
+            let want = encapsulated(inner(), encap, p);
+            assert_eq!(out, want, "{ctx}: packet to send\n got      {}\n expected {}", hex(&out), hex(&want));
+        }
+        if let Some(obs) = fx.observed {
+            let value = *flows.get(&key()).unwrap_or_else(|| panic!("{ctx}: flow entry vanished"));
+            check_observed(&ctx, &obs, &value, t0, t0);
+        }
+        checked += 1;
+    }
+    assert!(checked > 20, "only {checked} fixtures ran");
+}
+
+#[test]
+fn fixtures_userspace_ipip() {
+    run_table_userspace(Encap::Ipip);
+}
+
+#[test]
+fn fixtures_userspace_gue() {
+    run_table_userspace(Encap::Gue { port: GUE_PORT });
+}
+
+/// The observations of a flow entry after a fixture (`t0..=t1`: when it ran).
+fn check_observed(ctx: &str, obs: &Observed, value: &baton_ebpf::FlowValue, t0: u64, t1: u64) {
+    let seen = obs.bytes != 0;
+    assert_eq!(value.packets(), u64::from(seen), "{ctx}: packets");
+    assert_eq!(value.bytes(), obs.bytes, "{ctx}: bytes");
+    assert_eq!(value.last_ack(), obs.last_ack, "{ctx}: last_ack");
+    assert_eq!(value.has_ack(), obs.last_ack != 0, "{ctx}: has_ack");
+    assert_eq!(value.ack_wraps(), 0, "{ctx}: ack_wraps");
+    assert_eq!(value.client_next_seq(), obs.next_seq, "{ctx}: client_next_seq");
+    assert_eq!(value.last_window(), obs.last_window, "{ctx}: last_window");
+    assert_eq!(value.last_tsecr(), obs.last_tsecr, "{ctx}: last_tsecr");
+    assert_eq!(value.fin_seen(), obs.fin, "{ctx}: fin");
+    assert_eq!(value.rst_seen(), obs.rst, "{ctx}: rst");
+    if seen {
+        assert!((t0..=t1).contains(&value.last_seen_ns()), "{ctx}: last_seen_ns {} not in [{t0}, {t1}]", value.last_seen_ns());
+    } else {
+        assert_eq!(value.last_seen_ns(), 0, "{ctx}: last_seen_ns of an untouched flow");
     }
 }
 

@@ -650,13 +650,18 @@ impl Lab {
         &self.nodes[0]
     }
 
+    /// The router's end of `node`'s link (namespace, interface), unless `node` is on a LAN.
+    pub fn router_end(&self, node: &str) -> Result<Option<(String, String)>, LabError> {
+        self.node(node)?;
+        Ok(self.linked_nodes().find(|(_, n)| n.name == node).map(|(i, _)| (self.router().ns.clone(), router_iface(i))))
+    }
+
     /// Turns off checksum and segmentation offload on the router's end of `node`'s link, so
     /// every frame `node` receives carries finished checksums and fits the MTU (what an XDP
     /// program on `node` needs; see `offload`).
     pub fn plain_frames_to(&self, node: &str) -> Result<(), LabError> {
-        self.node(node)?;
-        match self.linked_nodes().find(|(_, n)| n.name == node) {
-            Some((i, _)) => offload::turn_off(&self.router().ns, &router_iface(i), End::Sender),
+        match self.router_end(node)? {
+            Some((ns, iface)) => offload::turn_off(&ns, &iface, End::Sender),
             None => Ok(()),
         }
     }

@@ -81,6 +81,12 @@ pub fn ifindex_of(iface: &str) -> Option<libc::c_int> {
     libc::c_int::try_from(index).ok().filter(|&index| index != 0)
 }
 
+impl AsRawFd for PacketSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
 impl PacketSocket {
     /// Opens a socket that receives every frame arriving on `iface` (none that leave it).
     pub fn open(iface: &str, options: Options) -> Result<Self, PacketError> {

@@ -54,6 +54,22 @@ pub fn require_root() -> bool {
     false
 }
 
+/// Runs `f` on a thread in network namespace `ns` and returns what it returns.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    let ns = ns.to_owned();
+    let name = ns.clone();
+    let handle = std::thread::spawn(move || -> anyhow::Result<T> {
+        let file = std::fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("opening netns {ns}"))?;
+        // SAFETY: setns on this thread only, with a namespace file we hold open.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            bail!("setns {ns}: {}", std::io::Error::last_os_error());
+        }
+        Ok(f())
+    });
+    handle.join().map_err(|_| anyhow!("thread in {name} panicked"))?
+}
+
 /// The data-plane modes the lab tests run in: every one of [`DATAPLANES`], or the
 /// comma-separated list in `BATON_TEST_DATAPLANES` (for working on one mode; a name that is not
 /// a mode fails).
@@ -215,6 +231,8 @@ pub struct Cluster {
     pub tls_dir: PathBuf,
     main_args: Vec<String>,
     participant_args: Vec<String>,
+    /// With `--dataplane xdp`: the XDP program on the router's end of the main's link.
+    _xdp_peer: Option<baton_ebpf::bench::PassXdp>,
     // Dropped last: processes first, then the lab.
     pub lab: Lab,
 }
@@ -234,16 +252,22 @@ impl Cluster {
         std::fs::create_dir_all(&origin_dir)?;
         let admin = lab.state_dir().join("main.sock");
         let tls_dir = make_credentials(&lab)?;
+        let mut xdp_peer = None;
         if opts.dataplane == "xdp" {
             // XDP sees frames without the skb's checksum-offload state: the router must send
-            // the main finished checksums (see baton_ebpf::AttachMode::Xdp).
+            // the main finished checksums (see baton_ebpf::AttachMode::Xdp); and a veth only
+            // takes the frames its peer's XDP program sends back (XDP_TX) when it runs one too.
             let main = lab.nodes_with_role(Role::Main).first().map(|n| n.name.clone()).ok_or_else(|| anyhow!("no main node"))?;
             lab.plain_frames_to(&main).context("turning off checksum offload toward the main for xdp")?;
+            if let Some((ns, iface)) = lab.router_end(&main)? {
+                let peer = in_netns(&ns, move || baton_ebpf::bench::PassXdp::attach(&iface))?.context("an XDP program on the router's end of the main's link")?;
+                xdp_peer = Some(peer);
+            }
         }
         let mut main_args = vec!["--dataplane".to_owned(), opts.dataplane.to_owned()];
         main_args.extend(opts.main_args.iter().cloned());
         let mut c = Cluster {
-            tls_dir, procs: Vec::new(), origin_dir, admin, main_args: main_args.clone(), participant_args: opts.participant_args.clone(), lab };
+            tls_dir, procs: Vec::new(), origin_dir, admin, main_args: main_args.clone(), participant_args: opts.participant_args.clone(), _xdp_peer: xdp_peer, lab };
         c.start_main(&main_args)?;
         if opts.participants {
             let extra: Vec<&str> = opts.participant_args.iter().map(String::as_str).collect();
@@ -542,17 +566,7 @@ impl Cluster {
     /// Runs `f` on a thread that has entered `node`'s network namespace (raw sockets from a
     /// client's point of view).
     pub fn in_node<T: Send + 'static>(&self, node: &str, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
-        let ns = self.lab.node(node)?.ns.clone();
-        let handle = std::thread::spawn(move || -> anyhow::Result<T> {
-            let file = std::fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("opening netns {ns}"))?;
-            // SAFETY: setns on this thread only, with a namespace file we hold open.
-            let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                bail!("setns {ns}: {}", std::io::Error::last_os_error());
-            }
-            Ok(f())
-        });
-        handle.join().map_err(|_| anyhow!("thread in {node} panicked"))?
+        in_netns(&self.lab.node(node)?.ns, f)
     }
 
     /// Starts a packet capture of TCP port 80 on a node's interface.

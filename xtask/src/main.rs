@@ -47,6 +47,8 @@ const REQUIRED_COMMANDS: &[(&str, &str)] =
         ("aria2c", "aria2"),
         // The peer-cache tests block multicast in the lab with nftables.
         ("nft", "nftables"),
+        // bench e2e reads the main's BPF program run time.
+        ("bpftool", "bpftool"),
         // `bench e2e`: the conventional reverse proxy and the load generator Baton is compared with.
         ("nginx", "nginx"),
         ("wrk", "wrk"),

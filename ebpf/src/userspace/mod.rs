@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 use crate::error::DataplaneError;
 use crate::main_dataplane::MainOptions;
 use crate::types::{monotonic_now_ns, Encap, FlowKey, FlowSeed, FlowTarget, FlowValue, MainCounter, FLOW_MAP_MAX_ENTRIES};
-use packet::{Action, Parsed, ETHERNET_HEADER_BYTES};
+use packet::ETHERNET_HEADER_BYTES;
 
 /// The file in the main's state directory that holds the saved flow table.
 pub const STATE_FILE: &str = "userspace-flows";
@@ -165,15 +165,19 @@ impl UserspaceDataplane {
     /// Inserts or replaces a flow's entry; a new flow is held from the kernel before this
     /// returns.
     fn put(&self, key: &FlowKey, value: FlowValue) -> Result<(), DataplaneError> {
-        let mut flows = self.inner.flows.lock().map_err(|_| DataplaneError::Poisoned)?;
-        if !flows.contains_key(key) {
-            if flows.len() >= FLOW_MAP_MAX_ENTRIES as usize {
+        let known = {
+            let flows = self.inner.flows.lock().map_err(|_| DataplaneError::Poisoned)?;
+            if !flows.contains_key(key) && flows.len() >= FLOW_MAP_MAX_ENTRIES as usize {
                 return Err(DataplaneError::FlowTableFull { capacity: FLOW_MAP_MAX_ENTRIES });
             }
+            flows.contains_key(key)
+        };
+        // Outside the lock: nft takes milliseconds, and the receive threads need the table.
+        // Holding a flow twice is harmless; the table holds nothing the rule does not.
+        if !known {
             nft::hold(key)?;
         }
-        flows.insert(*key, value);
-        drop(flows);
+        self.inner.flows.lock().map_err(|_| DataplaneError::Poisoned)?.insert(*key, value);
         self.changed();
         Ok(())
     }
@@ -313,63 +317,21 @@ impl Inner {
     }
 
     fn handle(&self, frame: &[u8], csum_not_ready: bool, out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
-        let (key, l3_len, tos, ip_id, df, action) = match packet::parse(frame) {
-            Parsed::Other(reason) => return self.count(reason),
-            Parsed::Icmp { key, l3_len, tos, ip_id, dont_fragment } => {
-                let action = match self.flows.lock() {
-                    Ok(flows) => match flows.get(&key).map(packet::target_action) {
-                        Some(Action::Forward(p)) => {
-                            self.count(MainCounter::IcmpToParticipant);
-                            Action::Forward(p)
-                        }
-                        _ => Action::Pass(MainCounter::PassNotTcp),
-                    },
-                    Err(_) => return,
-                };
-                (key, l3_len, tos, ip_id, dont_fragment, action)
-            }
-            Parsed::Segment(seg) => {
-                let action = match self.flows.lock() {
-                    Ok(mut flows) => match flows.get_mut(&seg.key) {
-                        None => Action::Pass(MainCounter::PassNoFlow),
-                        Some(flow) => {
-                            let action = packet::classify_segment(flow, &seg, monotonic_now_ns());
-                            if action == Action::StaleSyn {
-                                flows.remove(&seg.key);
-                            }
-                            action
-                        }
-                    },
-                    Err(_) => return,
-                };
-                (seg.key, seg.l3_len, seg.tos, seg.ip_id, seg.dont_fragment, action)
-            }
+        let outcome = match self.flows.lock() {
+            Ok(mut flows) => packet::process(&mut flows, frame, csum_not_ready, self.local, self.encap, monotonic_now_ns(), out, scratch),
+            Err(_) => return,
         };
-        match action {
-            Action::Pass(reason) | Action::Drop(reason) => self.count(reason),
-            Action::StaleSyn => {
-                // This SYN met the rule already; the client's next one reaches the kernel.
-                self.count(MainCounter::PassStaleSyn);
-                self.dirty.store(true, Ordering::Release);
-                if let Err(e) = nft::release(&key) {
-                    warn!(error = %e, client = %key.client(), "userspace data plane: could not release a stale flow");
-                }
-            }
-            Action::Forward(participant) => {
-                let start = ETHERNET_HEADER_BYTES;
-                let Some(inner) = frame.get(start..start + usize::from(l3_len)) else { return self.count(MainCounter::DropEncapFailed) };
-                let inner = if csum_not_ready {
-                    scratch.clear();
-                    scratch.extend_from_slice(inner);
-                    packet::finish_tcp_checksum(scratch);
-                    &scratch[..]
-                } else {
-                    inner
-                };
-                if packet::encapsulate(out, inner, &key, tos, ip_id, df, self.local, participant, self.encap).is_none() {
-                    return self.count(MainCounter::DropEncapFailed);
-                }
-                self.count(self.send(out, participant));
+        for c in &outcome.counters {
+            self.count(*c);
+        }
+        if let Some(participant) = outcome.send {
+            self.count(self.send(out, participant));
+        }
+        if let Some(key) = outcome.released {
+            // This SYN met the rule already; the client's next one reaches the kernel.
+            self.dirty.store(true, Ordering::Release);
+            if let Err(e) = nft::release(&key) {
+                warn!(error = %e, client = %key.client(), "userspace data plane: could not release a stale flow");
             }
         }
     }

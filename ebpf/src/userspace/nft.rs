@@ -114,6 +114,8 @@ fn parse_elements(text: &str) -> Vec<FlowKey> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
     use super::*;
 
     #[test]
@@ -123,8 +125,8 @@ mod tests {
         assert_eq!(
             keys,
             vec![
-                FlowKey::new("198.18.1.1:4000".parse().unwrap(), "203.0.113.10:80".parse().unwrap()),
-                FlowKey::new("198.18.1.2:65535".parse().unwrap(), "203.0.113.10:8080".parse().unwrap()),
+                FlowKey::new(SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), 4000), SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 80)),
+                FlowKey::new(SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 2), 65535), SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 8080)),
             ]
         );
         assert_eq!(element(&keys[0]), "198.18.1.1 . 4000 . 203.0.113.10 . 80");

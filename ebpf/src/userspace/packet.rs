@@ -158,6 +158,87 @@ pub fn target_action(flow: &FlowValue) -> Action {
     }
 }
 
+/// What [`process`] decided about one frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Counters to add one to (the send's own outcome is counted by whoever sends).
+    pub counters: Vec<MainCounter>,
+    /// The encapsulated IPv4 packet to send to this participant.
+    pub send: Option<Ipv4Addr>,
+    /// A stale entry removed from the table (a SYN on an ended flow).
+    pub released: Option<FlowKey>,
+}
+
+/// Runs one frame through the main program's rules against `flows`: observations are recorded
+/// in the flow's entry, a stale entry is removed, and for a forwarded packet `out` receives
+/// the encapsulated packet (`scratch` is room for a copy whose TCP checksum must be completed,
+/// when the kernel left it to offload: `csum_not_ready`).
+#[allow(clippy::too_many_arguments)]
+pub fn process(
+    flows: &mut std::collections::HashMap<FlowKey, FlowValue>,
+    frame: &[u8],
+    csum_not_ready: bool,
+    local: Ipv4Addr,
+    encap: Encap,
+    now_ns: u64,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Outcome {
+    let mut outcome = Outcome { counters: Vec::new(), send: None, released: None };
+    let (key, l3_len, tos, ip_id, df, action) = match parse(frame) {
+        Parsed::Other(reason) => {
+            outcome.counters.push(reason);
+            return outcome;
+        }
+        Parsed::Icmp { key, l3_len, tos, ip_id, dont_fragment } => {
+            let action = match flows.get(&key).map(target_action) {
+                Some(Action::Forward(p)) => {
+                    outcome.counters.push(MainCounter::IcmpToParticipant);
+                    Action::Forward(p)
+                }
+                _ => Action::Pass(MainCounter::PassNotTcp),
+            };
+            (key, l3_len, tos, ip_id, dont_fragment, action)
+        }
+        Parsed::Segment(seg) => {
+            let action = match flows.get_mut(&seg.key) {
+                None => Action::Pass(MainCounter::PassNoFlow),
+                Some(flow) => classify_segment(flow, &seg, now_ns),
+            };
+            (seg.key, seg.l3_len, seg.tos, seg.ip_id, seg.dont_fragment, action)
+        }
+    };
+    match action {
+        Action::Pass(reason) | Action::Drop(reason) => outcome.counters.push(reason),
+        Action::StaleSyn => {
+            flows.remove(&key);
+            outcome.counters.push(MainCounter::PassStaleSyn);
+            outcome.released = Some(key);
+        }
+        Action::Forward(participant) => {
+            let start = ETHERNET_HEADER_BYTES;
+            let Some(inner) = frame.get(start..start + usize::from(l3_len)) else {
+                outcome.counters.push(MainCounter::DropEncapFailed);
+                return outcome;
+            };
+            let inner = if csum_not_ready {
+                scratch.clear();
+                scratch.extend_from_slice(inner);
+                finish_tcp_checksum(scratch);
+                &scratch[..]
+            } else {
+                inner
+            };
+            if encapsulate(out, inner, &key, tos, ip_id, df, local, participant, encap).is_none() {
+                outcome.counters.push(MainCounter::DropEncapFailed);
+            } else {
+                outcome.send = Some(participant);
+            }
+        }
+    }
+    outcome
+}
+
 /// Appends the outer headers for `inner` (the client's IPv4 packet) sent from `local` to
 /// `participant` to `out`, then the inner packet, as `build_outer_headers` does. `None` when
 /// the result would exceed an IPv4 packet.
