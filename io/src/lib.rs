@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod histogram;
 pub mod http;
 pub mod metrics;
 pub mod peer;

@@ -214,7 +214,14 @@ impl RepairGuard {
 
     /// Reads the whole TCP state of the connection.
     pub fn dump(&self) -> Result<TcpState, RepairError> {
-        dump_in_repair(self.fd)
+        dump_in_repair(self.fd, None)
+    }
+
+    /// Like [`RepairGuard::dump`], for a caller that already knows both addresses (an accepted
+    /// socket: the peer from `accept`, the local address from one `getsockname`); saves the two
+    /// system calls that would read them again on the handoff's hot path.
+    pub fn dump_known(&self, local: SocketAddrV4, remote: SocketAddrV4) -> Result<TcpState, RepairError> {
+        dump_in_repair(self.fd, Some((local, remote)))
     }
 
     /// Keeps the socket in repair mode: the caller is about to close it, and a socket closed in
@@ -260,7 +267,7 @@ impl RepairGuard {
     /// Dumps the connection for a move (see [`Frozen`]). The caller closes the socket silently
     /// afterwards, once the state is on its way.
     pub fn freeze_for_move(&self) -> Result<Frozen, RepairError> {
-        let mut tcp = dump_in_repair(self.fd)?;
+        let mut tcp = dump_in_repair(self.fd, None)?;
         let unacked = ioctl_int(self.fd, libc::TIOCOUTQ as libc::c_ulong).map_err(sys("SIOCOUTQ"))?;
         let unacked = u32::try_from(unacked.max(0)).unwrap_or(0);
         let unsent = ioctl_int(self.fd, SIOCOUTQNSD).map_err(sys("SIOCOUTQNSD"))?;
@@ -326,7 +333,8 @@ fn queue_seq(fd: RawFd, queue: libc::c_int) -> Result<u32, RepairError> {
     getsockopt::<u32>(fd, libc::SOL_TCP, libc::TCP_QUEUE_SEQ).map_err(sys("get TCP_QUEUE_SEQ"))
 }
 
-fn dump_in_repair(fd: RawFd) -> Result<TcpState, RepairError> {
+/// The state of a socket in repair mode; `addrs` (local, remote) when the caller knows them.
+fn dump_in_repair(fd: RawFd, addrs: Option<(SocketAddrV4, SocketAddrV4)>) -> Result<TcpState, RepairError> {
     let info = tcp_info(fd)?;
     if info[TCPI_STATE_OFFSET] != TCP_ESTABLISHED {
         return Err(RepairError::NotEstablished { state: info[TCPI_STATE_OFFSET] });
@@ -335,8 +343,10 @@ fn dump_in_repair(fd: RawFd) -> Result<TcpState, RepairError> {
     let wscale = info[TCPI_WSCALE_OFFSET];
     let (snd_wscale, rcv_wscale) = if options & TCPI_OPT_WSCALE != 0 { (wscale & 0x0f, wscale >> 4) } else { (0, 0) };
     let timestamps = options & TCPI_OPT_TIMESTAMPS != 0;
-    let local = sockaddr_v4(fd, false)?;
-    let remote = sockaddr_v4(fd, true)?;
+    let (local, remote) = match addrs {
+        Some(a) => a,
+        None => (sockaddr_v4(fd, false)?, sockaddr_v4(fd, true)?),
+    };
     let snd_seq = queue_seq(fd, TCP_SEND_QUEUE)?;
     let rcv_seq = queue_seq(fd, TCP_RECV_QUEUE)?;
     // In repair mode TCP_MAXSEG reports mss_clamp, the largest segment the peer accepts.
@@ -390,8 +400,22 @@ pub fn restore(state: &TcpState, resume: Resume) -> Result<OwnedFd, RepairError>
 /// flight, accepts the client's ACKs for them and resends whatever the client lacks (the way
 /// CRIU restores a send queue). The application writes on after them.
 pub fn restore_with_sent(state: &TcpState, resume: Resume, sent: &[u8]) -> Result<OwnedFd, RepairError> {
+    restore_socket(state, resume, sent, false)
+}
+
+/// Like [`restore_with_sent`], for an async runtime: the socket is created non-blocking
+/// (`SOCK_NONBLOCK`, no later `FIONBIO`) and gets `TCP_NODELAY` while still in repair mode, so
+/// the first response segment leaves as soon as it is written. Saves the system call the
+/// caller would otherwise make between the restore and its first write.
+pub fn restore_nonblocking(state: &TcpState, resume: Resume, sent: &[u8]) -> Result<OwnedFd, RepairError> {
+    restore_socket(state, resume, sent, true)
+}
+
+/// The restore itself; `for_async`: non-blocking with `TCP_NODELAY` (see [`restore_nonblocking`]).
+fn restore_socket(state: &TcpState, resume: Resume, sent: &[u8], for_async: bool) -> Result<OwnedFd, RepairError> {
+    let flags = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | if for_async { libc::SOCK_NONBLOCK } else { 0 };
     // SAFETY: plain socket(2) call; the result is checked before use.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    let raw = unsafe { libc::socket(libc::AF_INET, flags, 0) };
     if raw < 0 {
         return Err(sys("socket")(io::Error::last_os_error()));
     }
@@ -421,8 +445,12 @@ pub fn restore_with_sent(state: &TcpState, resume: Resume, sent: &[u8]) -> Resul
     let mss = libc::c_int::from(state.mss).min(MAX_TCP_MAXSEG);
     setsockopt(raw, libc::SOL_TCP, libc::TCP_MAXSEG, &mss).map_err(sys("set TCP_MAXSEG"))?;
     let remote = to_sockaddr(state.remote);
+    if for_async {
+        let on: libc::c_int = 1;
+        setsockopt(raw, libc::SOL_TCP, libc::TCP_NODELAY, &on).map_err(sys("set TCP_NODELAY"))?;
+    }
     // SAFETY: remote is a valid sockaddr_in. In repair mode connect sends no SYN and the
-    // socket becomes established at once.
+    // socket becomes established at once (so a non-blocking socket never sees EINPROGRESS).
     let rc = unsafe {
         libc::connect(raw, (&remote as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as libc::socklen_t)
     };
@@ -716,6 +744,39 @@ mod tests {
         let mut got = [0u8; 19];
         client.read_exact(&mut got).expect("read");
         assert_eq!(&got, b"in flight, then new");
+    }
+
+    #[test]
+    fn restored_for_async_is_nonblocking_without_nagle_and_keeps_the_stream() {
+        if !need_root() {
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, accepted_from) = listener.accept().expect("accept");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let guard = RepairGuard::enter(&server).expect("repair on");
+        let local = sockaddr_v4(server.as_raw_fd(), false).expect("local");
+        let std::net::SocketAddr::V4(remote) = accepted_from else { panic!("v4 only") };
+        let known = guard.dump_known(local, remote).expect("dump with known addresses");
+        assert_eq!(known, guard.dump().expect("dump"), "the known addresses are the socket's");
+        guard.close_silently();
+        drop(server);
+        drop(listener);
+        let fd = restore_nonblocking(&known, Resume::Quiet, &[]).expect("restore");
+        // SAFETY: F_GETFL on an open descriptor.
+        let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(fl & libc::O_NONBLOCK, 0, "non-blocking from socket(2) on");
+        let nodelay = getsockopt::<libc::c_int>(fd.as_raw_fd(), libc::SOL_TCP, libc::TCP_NODELAY).expect("TCP_NODELAY");
+        assert_eq!(nodelay, 1);
+        let mut restored = TcpStream::from(fd);
+        let mut buf = [0u8; 1];
+        let err = restored.read(&mut buf).expect_err("nothing to read yet");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        restored.write_all(b"after").expect("write");
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"after");
     }
 
     #[test]

@@ -1,13 +1,73 @@
 //! The main's Prometheus metrics: handoffs, flows by phase, moves and recoveries, participants,
-//! origin egress, the package list, and the data plane's per-reason packet counters. Rendered
-//! fresh on every scrape from the counters the other modules keep; nothing here counts on its own.
+//! origin egress, the package list, the data plane's per-reason packet counters, and the
+//! handoff's step timings. Rendered fresh on every scrape from the counters the other modules
+//! keep; apart from [`HANDOFF_STEPS`] (which the VIP listener fills), nothing here counts.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use baton_io::histogram::{render_family, Histogram};
 use baton_io::metrics::{Exposition, Kind};
 use baton_shared::moves::Phase;
 
 use crate::state::Shared;
+
+/// Name of the step-timing histogram family (the participant exports its own steps under the
+/// same name).
+pub const HANDOFF_STEP_FAMILY: &str = "baton_handoff_step_seconds";
+
+/// How long each step of the handoffs that completed took, on the main.
+///
+/// A process-wide `static` rather than a field of [`crate::state::Metrics`]: the VIP listener is
+/// the only writer, every step is an observation of a few relaxed atomic adds, and the
+/// histograms then need no plumbing through the state the data plane is built with.
+#[derive(Debug)]
+pub struct HandoffSteps {
+    /// Accept (or the previous mirror answer) until the request head was complete.
+    pub head_read: Histogram,
+    /// Choosing the participant (geolocation and ranking).
+    pub select: Histogram,
+    /// Freeze through the TCP_REPAIR dump (and the drain of bytes that raced the freeze).
+    pub dump: Histogram,
+    /// Handoff sent until the participant's Restored answer arrived.
+    pub control: Histogram,
+    /// Head read through the Restored answer: the whole handoff as the main sees it.
+    pub total: Histogram,
+}
+
+impl HandoffSteps {
+    const fn new() -> Self {
+        Self { head_read: Histogram::new(), select: Histogram::new(), dump: Histogram::new(), control: Histogram::new(), total: Histogram::new() }
+    }
+
+    /// Records one completed handoff.
+    pub fn observe(&self, head_read: Duration, select: Duration, dump: Duration, control: Duration, total: Duration) {
+        self.head_read.observe(head_read);
+        self.select.observe(select);
+        self.dump.observe(dump);
+        self.control.observe(control);
+        self.total.observe(total);
+    }
+
+    /// Appends the family to a rendered page.
+    pub fn render(&self, out: &mut String) {
+        render_family(
+            out,
+            HANDOFF_STEP_FAMILY,
+            "Duration of each step of the handoffs the main completed (head_read, select, dump, control, total).",
+            &[
+                (&[("step", "head_read")], &self.head_read),
+                (&[("step", "select")], &self.select),
+                (&[("step", "dump")], &self.dump),
+                (&[("step", "control")], &self.control),
+                (&[("step", "total")], &self.total),
+            ],
+        );
+    }
+}
+
+/// The main's handoff step timings (see [`HandoffSteps`]).
+pub static HANDOFF_STEPS: HandoffSteps = HandoffSteps::new();
 
 /// The whole metrics page.
 pub fn render(shared: &Shared) -> String {
@@ -108,5 +168,44 @@ pub fn render(shared: &Shared) -> String {
             e.sample("baton_dataplane_packets_total", &[("reason", c.name())], n as f64);
         }
     }
-    e.finish()
+    let mut page = e.finish();
+    HANDOFF_STEPS.render(&mut page);
+    page
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_family_has_one_series_per_step() {
+        let steps = HandoffSteps::new();
+        let us = Duration::from_micros;
+        steps.observe(us(300), us(20), us(40), us(700), us(1_100));
+        let mut out = String::new();
+        steps.render(&mut out);
+        let lines: Vec<&str> = out.lines().collect();
+        // HELP, TYPE, then 13 finite buckets + Inf + sum + count per step.
+        assert_eq!(lines.len(), 2 + 5 * 16);
+        assert_eq!(lines[1], "# TYPE baton_handoff_step_seconds histogram");
+        let summary: Vec<&str> = lines.iter().copied().filter(|l| l.contains("_sum") || l.contains("_count")).collect();
+        assert_eq!(
+            summary,
+            [
+                "baton_handoff_step_seconds_sum{step=\"head_read\"} 0.0003",
+                "baton_handoff_step_seconds_count{step=\"head_read\"} 1",
+                "baton_handoff_step_seconds_sum{step=\"select\"} 0.00002",
+                "baton_handoff_step_seconds_count{step=\"select\"} 1",
+                "baton_handoff_step_seconds_sum{step=\"dump\"} 0.00004",
+                "baton_handoff_step_seconds_count{step=\"dump\"} 1",
+                "baton_handoff_step_seconds_sum{step=\"control\"} 0.0007",
+                "baton_handoff_step_seconds_count{step=\"control\"} 1",
+                "baton_handoff_step_seconds_sum{step=\"total\"} 0.0011",
+                "baton_handoff_step_seconds_count{step=\"total\"} 1",
+            ]
+        );
+        assert!(out.contains("baton_handoff_step_seconds_bucket{step=\"select\",le=\"0.000025\"} 1\n"));
+        assert!(out.contains("baton_handoff_step_seconds_bucket{step=\"dump\",le=\"0.000025\"} 0\n"));
+        assert!(out.contains("baton_handoff_step_seconds_bucket{step=\"dump\",le=\"0.00005\"} 1\n"));
+    }
 }

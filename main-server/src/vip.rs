@@ -39,6 +39,9 @@ use crate::state::{FlowRecord, Shared};
 pub const MAX_VIP_CONNECTIONS: usize = 10_000;
 /// Attempts to drain bytes that raced into the receive queue before the flow froze.
 const QUIESCE_ATTEMPTS: usize = 4;
+/// Largest read of one drain attempt: more than a request head may be, so one attempt takes
+/// a whole pipelined request.
+const DRAIN_CHUNK_BYTES: usize = 16 * 1024;
 
 /// Why a handoff did not happen; the main then serves the request itself.
 #[derive(Debug, thiserror::Error)]
@@ -68,13 +71,13 @@ struct Handed {
     steps: Steps,
 }
 
-/// Durations of the handoff's steps, in microseconds: selection, freeze through dump, and the
-/// participant's restore report (the participant is already serving when it arrives).
+/// Durations of the handoff's steps: selection, freeze through dump, and the participant's
+/// restore report (the participant is already serving when it arrives).
 #[derive(Debug, Clone, Copy)]
 struct Steps {
-    select_us: u64,
-    dump_us: u64,
-    control_us: u64,
+    select: Duration,
+    dump: Duration,
+    control: Duration,
 }
 
 /// Binds the VIP listener with the MSS clamped so that a client's segments still fit the path MTU
@@ -134,17 +137,22 @@ pub fn reserve_flow_ids_through(id: u64) {
 }
 
 async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY only matters when the main itself answers (a mirror answer, a local serve);
+    // a handed-off socket is never written here, so it is set on those paths alone.
     let cfg = shared.serve.clone();
     let mut buf = Vec::new();
     let mut accepted = Instant::now();
+    let mut head_read: Duration;
     // Mirror discovery (a HEAD of an object, a Metalink document) is answered here and the
     // connection's next request read; the first other request goes on below, as a connection's
     // first request always did.
-    let head = loop {
+    let (head, plan) = loop {
         // The head stays in `buf`: it travels with a handoff, or the local session reads it again.
         let (head, len) = match read_head(&mut stream, &mut buf, cfg.head_timeout).await {
-            Ok(HeadRead::Head { head, len }) => (head, len),
+            Ok(HeadRead::Head { head, len }) => {
+                head_read = accepted.elapsed();
+                (head, len)
+            }
             Ok(HeadRead::Closed) => return,
             Ok(HeadRead::Invalid(e)) => {
                 info!(status = e.status(), error = %e, "bad request head");
@@ -163,7 +171,19 @@ async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) 
                 return;
             }
         };
-        let Some(answer) = mirror_answer(&stream, &head, peer, &shared).await else { break head };
+        // A GET of an object that exists is never mirror discovery (the mirror module answers
+        // only HEADs of objects and `.meta4` documents): plan the handoff first and skip the
+        // mirror lookup, so the object is opened once per request, not twice.
+        let planned = if head.method == Method::Get { handoff_plan(&head, &shared).await } else { None };
+        if planned.is_some() {
+            break (head, planned);
+        }
+        let Some(answer) = mirror_answer(&stream, &head, peer, &shared).await else {
+            // A GET was planned above already and found nothing to hand off.
+            let plan = if head.method == Method::Get { None } else { handoff_plan(&head, &shared).await };
+            break (head, plan);
+        };
+        let _ = stream.set_nodelay(true);
         shared.metrics.mirror_answers.add(answer.kind.label());
         debug!(kind = answer.kind.label(), status = answer.plan.status, target = %head.target, "answered mirror discovery");
         if let Err(e) = send_all(&stream, &answer.plan.head).await {
@@ -177,9 +197,6 @@ async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) 
         buf.drain(..len);
         accepted = Instant::now();
     };
-    let head_read = accepted.elapsed();
-
-    let plan = handoff_plan(&head, &shared).await;
     // The main's own health probe names the participant it tests.
     let probe = crate::probe::probed_participant(&head, *peer.ip(), shared.local_addr);
     if let Some(plan) = plan {
@@ -198,14 +215,16 @@ async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) 
                     debug!(%participant, "probe handed off");
                     return;
                 }
+                let total = accepted.elapsed();
+                crate::metrics::HANDOFF_STEPS.observe(head_read, steps.select, steps.dump, steps.control, total);
                 span.in_scope(|| {
                     info!(
                         %participant,
                         head_read_us = head_read.as_micros() as u64,
-                        select_us = steps.select_us,
-                        dump_us = steps.dump_us,
-                        control_us = steps.control_us,
-                        total_us = accepted.elapsed().as_micros() as u64,
+                        select_us = steps.select.as_micros() as u64,
+                        dump_us = steps.dump.as_micros() as u64,
+                        control_us = steps.control.as_micros() as u64,
+                        total_us = total.as_micros() as u64,
                         "handed off"
                     )
                 });
@@ -223,6 +242,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) 
         }
     }
     // Serve here: this request, then the rest of the connection.
+    let _ = stream.set_nodelay(true);
     if let Err(e) = serve_connection(&mut stream, buf, &shared.origin, &cfg).await {
         debug!(error = %e, "connection ended");
     }
@@ -300,7 +320,7 @@ async fn try_handoff(
         Ok(g) => g,
         Err(e) => return Err(unfreeze(e.into())),
     };
-    let tcp = match guard.dump() {
+    let tcp = match guard.dump_known(local, peer) {
         Ok(t) => t,
         Err(e) => {
             drop(guard);
@@ -365,11 +385,7 @@ async fn try_handoff(
     shared.registry.holds(&participant, &object_path);
     Ok(Handed {
         participant,
-        steps: Steps {
-            select_us: selected.as_micros() as u64,
-            dump_us: dumped.as_micros() as u64,
-            control_us: control_rtt.as_micros() as u64,
-        },
+        steps: Steps { select: selected, dump: dumped, control: control_rtt },
     })
 }
 
@@ -378,16 +394,24 @@ async fn try_handoff(
 /// the kernel's queue, not tokio's readiness cache, says what is there.
 fn drain_receive_queue(stream: &TcpStream, request: &mut Vec<u8>) -> Result<(), HandoffError> {
     let fd = stream.as_raw_fd();
-    let mut chunk = [0u8; 16 * 1024];
     for _ in 0..QUIESCE_ATTEMPTS {
         match check_quiescent(stream) {
             Ok(()) => return Ok(()),
-            Err(baton_io::repair::RepairError::RecvQueueNotEmpty { .. }) => {
-                // SAFETY: `chunk` is writable for its length; the descriptor is open.
-                let n = unsafe { libc::recv(fd, chunk.as_mut_ptr().cast(), chunk.len(), libc::MSG_DONTWAIT) };
+            Err(baton_io::repair::RepairError::RecvQueueNotEmpty { bytes }) => {
+                // Read straight into the request's spare capacity: no zeroed bounce buffer on
+                // the (rare) path that needs one, and none at all on the common one.
+                let want = bytes.clamp(1, DRAIN_CHUNK_BYTES);
+                request.reserve(want);
+                let spare = request.spare_capacity_mut();
+                // SAFETY: `spare` is writable for `spare.len()` bytes (at least `want`); the
+                // descriptor is open. recv writes at most that many bytes.
+                let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), want.min(spare.len()), libc::MSG_DONTWAIT) };
                 match n {
                     0 => return Err(HandoffError::Io(std::io::ErrorKind::UnexpectedEof.into())),
-                    n if n > 0 => request.extend_from_slice(&chunk[..n as usize]),
+                    n if n > 0 => {
+                        // SAFETY: recv initialised the first `n` bytes of the spare capacity.
+                        unsafe { request.set_len(request.len() + n as usize) };
+                    }
                     _ => {
                         let e = std::io::Error::last_os_error();
                         if e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::Interrupted {

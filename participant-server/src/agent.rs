@@ -10,18 +10,20 @@ use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use baton_ebpf::FlowKey;
 use baton_io::control::{write_message, FrameReader};
+use baton_io::histogram::Histogram;
 use baton_io::http::ServeConfig;
-use baton_io::repair::{close_silently, destroy_socket, restore_with_sent, RepairGuard, Resume};
+use baton_io::repair::{destroy_socket, restore_nonblocking, RepairGuard, Resume};
 use baton_io::session::{stream_bytes, Ending, PendingBody, Session};
 use baton_io::store::Primed;
-use baton_shared::control::{Load, Message};
+use baton_shared::control::{encode_frame, Load, Message};
 use baton_shared::geo::Coord;
 use baton_shared::handoff::{Handoff, ObjectPlan, TcpState};
 use baton_shared::http::object_path;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -36,6 +38,12 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// Kept short: while the main restarts, every participant's flows wait for it to come back.
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_millis(500);
+
+/// Most bytes of queued messages the writer sends in one write. A handoff queues `Restored`,
+/// `Serving` and often `FlowClosed` at once; sending what is queued together makes one TLS
+/// record and one system call of them (and one read on the main). The bound keeps the buffer
+/// small when a burst of reports is queued; rustls splits anything above 16 KiB into records.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// Messages to the main, queued for the writer task. Unbounded: reports are produced by
 /// serving tasks that must not wait for the control connection, and each is small.
@@ -62,6 +70,13 @@ pub struct AgentStats {
     pub body_bytes: AtomicU64,
     pub prepared: AtomicU64,
     pub prepare_failed: AtomicU64,
+    /// New connections only (not moves): from the Handoff message being read off the control
+    /// connection to the socket restored and `Restored` queued for the main.
+    pub restore_step: Histogram,
+    /// New connections only: from the Handoff message being read to the first response byte
+    /// handed to the restored socket (observed as the session reports the response, which it
+    /// does just before its first write, in the same poll).
+    pub first_byte_step: Histogram,
 }
 
 /// How long the TLS handshake with the main may take.
@@ -225,8 +240,17 @@ impl Agent {
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
         *self.outbound.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
         let writer = tokio::spawn(async move {
+            let mut out = Vec::with_capacity(4096);
             while let Some(msg) = rx.recv().await {
-                if write_message(&mut wr, &msg).await.is_err() {
+                out.clear();
+                encode_frame(&msg, &mut out);
+                while out.len() < WRITE_BATCH_BYTES {
+                    match rx.try_recv() {
+                        Ok(more) => encode_frame(&more, &mut out),
+                        Err(_) => break,
+                    }
+                }
+                if wr.write_all(&out).await.is_err() || wr.flush().await.is_err() {
                     break;
                 }
             }
@@ -247,9 +271,10 @@ impl Agent {
         let result = loop {
             match reader.next().await {
                 Ok(Some(Message::Handoff(h))) => {
+                    let received = Instant::now();
                     let flow = h.flow_id;
                     let me = self.clone();
-                    tokio::spawn(async move { me.take_over(h).await }.instrument(info_span!("flow", flow)));
+                    tokio::spawn(async move { me.take_over(h, received).await }.instrument(info_span!("flow", flow)));
                 }
                 Ok(Some(Message::Prepare { flow_id, objects })) => {
                     let me = self.clone();
@@ -271,10 +296,12 @@ impl Agent {
         result
     }
 
-    async fn take_over(self: Arc<Self>, h: Handoff) {
+    async fn take_over(self: Arc<Self>, h: Handoff, received: Instant) {
         let flow_id = h.flow_id;
         let client = h.tcp.remote;
-        let t0 = std::time::Instant::now();
+        // A first handoff of a new connection, not a move's (those resume pending responses).
+        let fresh = h.snd_offset == 0 && h.in_flight == 0 && h.pending.is_empty();
+        let t0 = received;
         // The objects, cached and verified before the connection is restored: if one cannot be
         // had, the sender still holds the connection (or its state) and gives it to someone else.
         let mut primed = None;
@@ -329,11 +356,7 @@ impl Agent {
             }
         };
         let restored = t0.elapsed();
-        if let Err(e) = set_nonblocking(&fd) {
-            close_silently(fd);
-            self.guard.remove(key);
-            return self.refuse(flow_id, format!("restored socket: {e}"));
-        }
+        // Restored non-blocking and with TCP_NODELAY already: registering it is the last step.
         let mut stream = match TcpStream::from_std(std::net::TcpStream::from(fd)) {
             Ok(s) => s,
             Err(e) => {
@@ -341,15 +364,29 @@ impl Agent {
                 return self.refuse(flow_id, format!("registering the restored socket: {e}"));
             }
         };
-        let _ = stream.set_nodelay(true);
         let (stop_tx, stop_rx) = watch::channel(false);
         self.flows.lock().unwrap_or_else(|p| p.into_inner()).insert(flow_id, stop_tx);
         self.active.fetch_add(1, Ordering::Relaxed);
         // Serve first, report second: the client's next byte does not wait for the report.
         self.stats.restored.fetch_add(1, Ordering::Relaxed);
         self.send(Message::Restored { flow_id });
+        let answered = t0.elapsed();
+        if fresh {
+            self.stats.restore_step.observe(answered);
+        }
         let me = self.clone();
-        let mut report = move |response| me.send(Message::Serving { flow_id, response });
+        // The session reports each response right before writing its first byte.
+        let mut first_byte = fresh.then_some(t0);
+        let first_byte_us = AtomicU64::new(0);
+        let first_byte_seen = &first_byte_us;
+        let mut report = move |response| {
+            if let Some(t) = first_byte.take() {
+                let d = t.elapsed();
+                me.stats.first_byte_step.observe(d);
+                first_byte_seen.store(d.as_micros() as u64, Ordering::Relaxed);
+            }
+            me.send(Message::Serving { flow_id, response })
+        };
         let ended = {
             let snd_offset = h.snd_offset + u64::from(h.in_flight);
             let (rcv_seq, input) = (h.tcp.rcv_seq, h.request);
@@ -381,6 +418,8 @@ impl Agent {
                     bytes = s.body_bytes,
                     cache_us = cached.as_micros() as u64,
                     restore_us = (restored - cached).as_micros() as u64,
+                    answered_us = answered.as_micros() as u64,
+                    first_byte_us = first_byte_us.load(Ordering::Relaxed),
                     "handed-off connection done"
                 );
                 self.close(stream, key);
@@ -506,26 +545,16 @@ impl Agent {
 /// a participant process that was killed while serving it), that socket is destroyed and the
 /// restore tried once more.
 fn restore_over_orphan(tcp: &TcpState, sent: &[u8]) -> Result<std::os::fd::OwnedFd, baton_io::repair::RepairError> {
-    match restore_with_sent(tcp, Resume::Quiet, sent) {
+    match restore_nonblocking(tcp, Resume::Quiet, sent) {
         Err(e) if e.is_address_taken() => {
             match destroy_socket(tcp.local, tcp.remote) {
                 Ok(found) => info!(found, "destroyed the stale socket holding the connection's addresses"),
                 Err(err) => warn!(error = %err, "could not destroy the stale socket"),
             }
-            restore_with_sent(tcp, Resume::Quiet, sent)
+            restore_nonblocking(tcp, Resume::Quiet, sent)
         }
         other => other,
     }
-}
-
-fn set_nonblocking(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: FIONBIO reads one int; the descriptor is open.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONBIO, &on) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 

@@ -1,14 +1,16 @@
 //! The participant's Prometheus metrics: connections restored, served, refused and given
 //! back, objects prepared, body bytes, bytes filled into the cache, its data plane's
 //! per-reason packet counters (the egress guard's among them), and with the peer cache on the
-//! member's `baton_peer_*` families.
+//! member's `baton_peer_*` families, and the handoff step timings
+//! (`baton_handoff_step_seconds{step="restore"|"first_byte"}`).
 
 use std::sync::atomic::Ordering;
 
 use baton_ebpf::ParticipantDataplane;
+use baton_io::histogram::render_family;
 use baton_io::metrics::{Exposition, Kind};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, AgentStats};
 
 /// The whole metrics page.
 pub fn render(agent: &Agent, dataplane: &ParticipantDataplane) -> String {
@@ -42,5 +44,50 @@ pub fn render(agent: &Agent, dataplane: &ParticipantDataplane) -> String {
     if let Some(member) = agent.cache.peers() {
         member.metrics(&mut e);
     }
-    e.finish()
+    let mut page = e.finish();
+    render_steps(&mut page, name, s);
+    page
+}
+
+/// Name of the step-timing histogram family, shared with the main's steps.
+pub const HANDOFF_STEP_FAMILY: &str = "baton_handoff_step_seconds";
+
+/// The participant's handoff steps (`restore`, `first_byte`) as a histogram family.
+fn render_steps(out: &mut String, participant: &str, s: &AgentStats) {
+    render_family(
+        out,
+        HANDOFF_STEP_FAMILY,
+        "Duration of the participant's handoff steps for new connections, from the Handoff message: restored and answered (restore), first response byte written (first_byte).",
+        &[
+            (&[("participant", participant), ("step", "restore")], &s.restore_step),
+            (&[("participant", participant), ("step", "first_byte")], &s.first_byte_step),
+        ],
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn steps_render_per_participant() {
+        let s = AgentStats::default();
+        s.restore_step.observe(Duration::from_micros(60));
+        s.first_byte_step.observe(Duration::from_micros(90));
+        s.first_byte_step.observe(Duration::from_micros(30));
+        let mut out = String::new();
+        render_steps(&mut out, "p-fra", &s);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2 + 2 * 16);
+        assert_eq!(lines[1], "# TYPE baton_handoff_step_seconds histogram");
+        assert_eq!(lines[2], "baton_handoff_step_seconds_bucket{participant=\"p-fra\",step=\"restore\",le=\"0.00001\"} 0");
+        assert_eq!(lines[5], "baton_handoff_step_seconds_bucket{participant=\"p-fra\",step=\"restore\",le=\"0.0001\"} 1");
+        assert_eq!(lines[16], "baton_handoff_step_seconds_sum{participant=\"p-fra\",step=\"restore\"} 0.00006");
+        assert_eq!(lines[17], "baton_handoff_step_seconds_count{participant=\"p-fra\",step=\"restore\"} 1");
+        assert_eq!(lines[20], "baton_handoff_step_seconds_bucket{participant=\"p-fra\",step=\"first_byte\",le=\"0.00005\"} 1");
+        assert_eq!(lines[21], "baton_handoff_step_seconds_bucket{participant=\"p-fra\",step=\"first_byte\",le=\"0.0001\"} 2");
+        assert_eq!(lines[32], "baton_handoff_step_seconds_sum{participant=\"p-fra\",step=\"first_byte\"} 0.00012");
+        assert_eq!(lines[33], "baton_handoff_step_seconds_count{participant=\"p-fra\",step=\"first_byte\"} 2");
+    }
 }
