@@ -16,7 +16,7 @@ use baton_ebpf::FlowKey;
 use baton_io::control::{write_message, FrameReader};
 use baton_io::histogram::Histogram;
 use baton_io::http::ServeConfig;
-use baton_io::repair::{destroy_socket, restore_nonblocking, RepairGuard, Resume};
+use baton_io::repair::{close_silently, destroy_socket, restore_with_sent, RepairGuard, Resume};
 use baton_io::session::{stream_bytes, Ending, PendingBody, Session};
 use baton_io::store::Primed;
 use baton_shared::control::{encode_frame, Load, Message};
@@ -356,7 +356,11 @@ impl Agent {
             }
         };
         let restored = t0.elapsed();
-        // Restored non-blocking and with TCP_NODELAY already: registering it is the last step.
+        if let Err(e) = set_nonblocking(&fd) {
+            close_silently(fd);
+            self.guard.remove(key);
+            return self.refuse(flow_id, format!("restored socket: {e}"));
+        }
         let mut stream = match TcpStream::from_std(std::net::TcpStream::from(fd)) {
             Ok(s) => s,
             Err(e) => {
@@ -364,6 +368,7 @@ impl Agent {
                 return self.refuse(flow_id, format!("registering the restored socket: {e}"));
             }
         };
+        let _ = stream.set_nodelay(true);
         let (stop_tx, stop_rx) = watch::channel(false);
         self.flows.lock().unwrap_or_else(|p| p.into_inner()).insert(flow_id, stop_tx);
         self.active.fetch_add(1, Ordering::Relaxed);
@@ -545,16 +550,24 @@ impl Agent {
 /// a participant process that was killed while serving it), that socket is destroyed and the
 /// restore tried once more.
 fn restore_over_orphan(tcp: &TcpState, sent: &[u8]) -> Result<std::os::fd::OwnedFd, baton_io::repair::RepairError> {
-    match restore_nonblocking(tcp, Resume::Quiet, sent) {
+    match restore_with_sent(tcp, Resume::Quiet, sent) {
         Err(e) if e.is_address_taken() => {
             match destroy_socket(tcp.local, tcp.remote) {
                 Ok(found) => info!(found, "destroyed the stale socket holding the connection's addresses"),
                 Err(err) => warn!(error = %err, "could not destroy the stale socket"),
             }
-            restore_nonblocking(tcp, Resume::Quiet, sent)
+            restore_with_sent(tcp, Resume::Quiet, sent)
         }
         other => other,
     }
 }
 
-
+fn set_nonblocking(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: FIONBIO reads one int; the descriptor is open.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONBIO, &on) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
