@@ -32,15 +32,17 @@
 //! A delay line never sends a frame it did not receive, never changes one, and never touches
 //! an interface outside its namespace.
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+
+use baton_packet::{Frame, Options as SocketOptions, PacketError, PacketSocket, RxBatch};
 
 use crate::impairment::{Counters, Impairment, Schedule, QUEUE_LIMIT_FRAMES};
 use crate::lab::LabError;
@@ -74,9 +76,8 @@ pub const MAX_BATCHES_PER_TURN: usize = 16;
 /// frame is at most 1514 bytes (1518 with a VLAN tag); longer ones are dropped and counted.
 pub const FRAME_CAPACITY: usize = 2048;
 
-/// Kernel socket buffer for each side, in bytes (`SO_RCVBUFFORCE`/`SO_SNDBUFFORCE`): frames
-/// wait here between two reads, and 8 MiB holds well over a millisecond of a 10 Gbit/s burst.
-pub const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
+/// Kernel socket buffer for each side, in bytes (see [`baton_packet::SOCKET_BUFFER_BYTES`]).
+pub const SOCKET_BUFFER_BYTES: libc::c_int = baton_packet::SOCKET_BUFFER_BYTES;
 
 /// Longest sleep of an idle delay line before it checks that its interfaces still exist.
 pub const IDLE_CHECK: Duration = Duration::from_secs(1);
@@ -278,9 +279,8 @@ extern "C" fn on_stop_signal(_signal: libc::c_int) {
 /// One side of the delay line: an AF_PACKET socket bound to one interface.
 #[derive(Debug)]
 struct Port {
-    socket: OwnedFd,
+    socket: PacketSocket,
     iface: String,
-    ifindex: libc::c_int,
     /// Frames longer than [`FRAME_CAPACITY`], dropped.
     oversize: u64,
     /// Frames the kernel refused to send (`ENOBUFS`, link down), dropped.
@@ -289,281 +289,48 @@ struct Port {
     kernel_drops: u64,
 }
 
-fn setsockopt<T>(
-    socket: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &T,
-) -> io::Result<()> {
-    let len = libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(0);
-    // SAFETY: `value` is a live `T` of `len` bytes, as the option expects.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            std::ptr::from_ref(value).cast(),
-            len,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// The ifindex of `iface` in this namespace, if it exists.
-fn ifindex_of(iface: &str) -> Option<libc::c_int> {
-    let name = CString::new(iface).ok()?;
-    // SAFETY: `name` is a valid C string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    libc::c_int::try_from(index)
-        .ok()
-        .filter(|&index| index != 0)
-}
-
 impl Port {
     fn open(iface: &str) -> Result<Port, DelayLineError> {
-        let ifindex = ifindex_of(iface).ok_or_else(|| DelayLineError::Io {
-            action: "find interface",
-            what: iface.to_owned(),
-            error: io::Error::from(io::ErrorKind::NotFound),
-        })?;
-        // Protocol 0: the socket receives nothing until it is bound to the one interface.
-        // SAFETY: plain socket(2).
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
-        if fd < 0 {
-            return Err(io_error("open packet socket on", iface)(
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        setsockopt(
-            &socket,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            &SOCKET_BUFFER_BYTES,
-        )
-        .map_err(io_error("set SO_RCVBUFFORCE on", iface))?;
-        setsockopt(
-            &socket,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            &SOCKET_BUFFER_BYTES,
-        )
-        .map_err(io_error("set SO_SNDBUFFORCE on", iface))?;
-        // Our own output on this interface must not come back in as input.
-        setsockopt(
-            &socket,
-            libc::SOL_PACKET,
-            libc::PACKET_IGNORE_OUTGOING,
-            &1 as &libc::c_int,
-        )
-        .map_err(io_error("set PACKET_IGNORE_OUTGOING on", iface))?;
-        let protocol = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: all-zero is a valid sockaddr_ll.
-        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        address.sll_family = libc::AF_PACKET as u16;
-        address.sll_protocol = protocol;
-        address.sll_ifindex = ifindex;
-        let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or(0);
-        // SAFETY: `address` is a sockaddr_ll of `len` bytes.
-        let bound =
-            unsafe { libc::bind(socket.as_raw_fd(), std::ptr::from_ref(&address).cast(), len) };
-        if bound != 0 {
-            return Err(io_error("bind packet socket to", iface)(
-                io::Error::last_os_error(),
-            ));
-        }
         // Frames on the link are addressed to the MAC at the far end, not to our interface.
-        // The membership ends with the socket.
-        // SAFETY: all-zero is a valid packet_mreq.
-        let mut membership: libc::packet_mreq = unsafe { std::mem::zeroed() };
-        membership.mr_ifindex = ifindex;
-        membership.mr_type = libc::PACKET_MR_PROMISC as u16;
-        setsockopt(
-            &socket,
-            libc::SOL_PACKET,
-            libc::PACKET_ADD_MEMBERSHIP,
-            &membership,
-        )
-        .map_err(io_error("make promiscuous", iface))?;
-        Ok(Port {
-            socket,
-            iface: iface.to_owned(),
-            ifindex,
-            oversize: 0,
-            send_failed: 0,
-            kernel_drops: 0,
-        })
+        let socket = PacketSocket::open(iface, SocketOptions { promiscuous: true, auxdata: false }).map_err(|e| match e {
+            PacketError::NoSuchInterface { .. } => DelayLineError::Io {
+                action: "find interface",
+                what: iface.to_owned(),
+                error: io::Error::from(io::ErrorKind::NotFound),
+            },
+            PacketError::Io { action, source, .. } => io_error(action, iface)(source),
+        })?;
+        Ok(Port { socket, iface: iface.to_owned(), oversize: 0, send_failed: 0, kernel_drops: 0 })
     }
 
     /// Whether the interface this port is bound to still exists.
     fn present(&self) -> bool {
-        ifindex_of(&self.iface) == Some(self.ifindex)
+        self.socket.present()
     }
 
     /// Adds the kernel's drop count since the last call (reading resets it).
     fn collect_kernel_drops(&mut self) {
-        // SAFETY: all-zero is a valid tpacket_stats.
-        let mut stats: libc::tpacket_stats = unsafe { std::mem::zeroed() };
-        let mut len =
-            libc::socklen_t::try_from(std::mem::size_of::<libc::tpacket_stats>()).unwrap_or(0);
-        // SAFETY: `stats` has room for `len` bytes.
-        let result = unsafe {
-            libc::getsockopt(
-                self.socket.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                std::ptr::from_mut(&mut stats).cast(),
-                &mut len,
-            )
-        };
-        if result == 0 {
-            self.kernel_drops += u64::from(stats.tp_drops);
-        }
+        self.kernel_drops += self.socket.take_kernel_drops();
     }
 }
 
-/// `len` all-zero values of `T`.
-///
-/// # Safety
-///
-/// All-zero bytes must be a valid `T` (true of the plain C structs used here).
-unsafe fn zeroed_vec<T>(len: usize) -> Vec<T> {
-    // SAFETY: the caller guarantees that all-zero is a valid T.
-    (0..len).map(|_| unsafe { std::mem::zeroed() }).collect()
-}
-
-/// Receive buffers and headers for one `recvmmsg` of up to [`BATCH`] frames.
-struct RxBatch {
-    buffers: Vec<[u8; FRAME_CAPACITY]>,
-    addresses: Vec<libc::sockaddr_ll>,
-    iovecs: Vec<libc::iovec>,
-    headers: Vec<libc::mmsghdr>,
-}
-
-impl RxBatch {
-    fn new() -> RxBatch {
-        // SAFETY: all-zero is a valid sockaddr_ll, iovec and mmsghdr (null pointers, zero
-        // lengths); the pointers are set before every use.
-        unsafe {
-            RxBatch {
-                buffers: vec![[0; FRAME_CAPACITY]; BATCH],
-                addresses: zeroed_vec(BATCH),
-                iovecs: zeroed_vec(BATCH),
-                headers: zeroed_vec(BATCH),
-            }
-        }
-    }
-
-    /// Reads up to [`BATCH`] frames without waiting; `Ok(0)` when none is waiting.
-    fn receive(&mut self, socket: &OwnedFd) -> io::Result<usize> {
-        let address_len =
-            libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or(0);
-        for i in 0..BATCH {
-            self.iovecs[i] = libc::iovec {
-                iov_base: self.buffers[i].as_mut_ptr().cast(),
-                iov_len: FRAME_CAPACITY,
-            };
-            let header = &mut self.headers[i];
-            header.msg_hdr.msg_name = std::ptr::from_mut(&mut self.addresses[i]).cast();
-            header.msg_hdr.msg_namelen = address_len;
-            header.msg_hdr.msg_iov = std::ptr::from_mut(&mut self.iovecs[i]);
-            header.msg_hdr.msg_iovlen = 1;
-            header.msg_hdr.msg_control = std::ptr::null_mut();
-            header.msg_hdr.msg_controllen = 0;
-            header.msg_hdr.msg_flags = 0;
-            header.msg_len = 0;
-        }
-        // MSG_TRUNC: msg_len is the frame's real length, so an oversize frame is seen as such.
-        // SAFETY: every header points at a live buffer and address of the sizes given.
-        let count = unsafe {
-            libc::recvmmsg(
-                socket.as_raw_fd(),
-                self.headers.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                std::ptr::null_mut(),
-            )
-        };
-        if count >= 0 {
-            return Ok(usize::try_from(count).unwrap_or(0));
-        }
-        let error = io::Error::last_os_error();
-        match error.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-            _ => Err(error),
-        }
-    }
-
-    /// Frame `i` of the last receive: `Some(bytes)`, or `None` if it was our own output or
-    /// too long (`Err(len)`).
-    fn frame(&self, i: usize) -> Result<Option<&[u8]>, usize> {
-        if self.addresses[i].sll_pkttype == libc::PACKET_OUTGOING {
-            return Ok(None);
-        }
-        let len = self.headers[i].msg_len as usize;
-        if len > FRAME_CAPACITY {
-            return Err(len);
-        }
-        Ok(Some(&self.buffers[i][..len]))
+/// The system error inside a packet socket's error (`None` for a missing interface).
+fn os_error(error: &PacketError) -> Option<i32> {
+    match error {
+        PacketError::Io { source, .. } => source.raw_os_error(),
+        PacketError::NoSuchInterface { .. } => None,
     }
 }
 
-/// Sends `frames` on `socket`; returns how many the kernel refused (dropped) or the error that
-/// stopped sending (the link went away).
-fn send_batch(socket: &OwnedFd, frames: &[Box<[u8]>]) -> Result<u64, io::Error> {
-    // SAFETY: all-zero is a valid iovec and mmsghdr (null pointers, zero lengths).
-    let (mut iovecs, mut headers): (Vec<libc::iovec>, Vec<libc::mmsghdr>) =
-        unsafe { (zeroed_vec(frames.len()), zeroed_vec(frames.len())) };
-    for (i, frame) in frames.iter().enumerate() {
-        iovecs[i] = libc::iovec {
-            // sendmmsg only reads the frame.
-            iov_base: frame.as_ptr().cast_mut().cast(),
-            iov_len: frame.len(),
-        };
-        headers[i].msg_hdr.msg_iov = std::ptr::from_mut(&mut iovecs[i]);
-        headers[i].msg_hdr.msg_iovlen = 1;
+fn packet_error(error: PacketError) -> DelayLineError {
+    match error {
+        PacketError::Io { action, iface, source } => io_error(action, &iface)(source),
+        PacketError::NoSuchInterface { iface } => DelayLineError::Io {
+            action: "find interface",
+            what: iface,
+            error: io::Error::from(io::ErrorKind::NotFound),
+        },
     }
-    let mut refused = 0;
-    let mut next = 0;
-    while next < frames.len() {
-        let rest = &mut headers[next..];
-        // SAFETY: every header points at a live iovec over a live frame. The socket is bound,
-        // so no address is needed.
-        let sent = unsafe {
-            libc::sendmmsg(
-                socket.as_raw_fd(),
-                rest.as_mut_ptr(),
-                libc::c_uint::try_from(rest.len()).unwrap_or(0),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if sent > 0 {
-            next += usize::try_from(sent).unwrap_or(0);
-            continue;
-        }
-        let error = io::Error::last_os_error();
-        match error.raw_os_error() {
-            Some(libc::EINTR) => {}
-            // A full socket buffer or device backlog: drop the frame, as a full queue does.
-            Some(libc::EAGAIN | libc::ENOBUFS) => {
-                refused += 1;
-                next += 1;
-            }
-            _ => return Err(error),
-        }
-    }
-    Ok(refused)
 }
 
 /// Why the loop ended without an error.
@@ -588,23 +355,21 @@ impl Line {
     /// Reads what waits on `side` and schedules it in direction `side`.
     fn receive(&mut self, side: usize) -> Result<Option<Exit>, DelayLineError> {
         for _ in 0..MAX_BATCHES_PER_TURN {
-            let count = match self.rx.receive(&self.ports[side].socket) {
+            let count = match self.ports[side].socket.receive(&mut self.rx) {
                 Ok(count) => count,
-                Err(error) if error.raw_os_error() == Some(libc::ENETDOWN) => {
+                Err(error) if os_error(&error) == Some(libc::ENETDOWN) => {
                     return Ok(self.check_ports());
                 }
-                Err(error) => {
-                    return Err(io_error("recvmmsg on", &self.ports[side].iface)(error));
-                }
+                Err(error) => return Err(packet_error(error)),
             };
             let now = Instant::now();
             for i in 0..count {
                 match self.rx.frame(i) {
-                    Ok(Some(frame)) => {
-                        self.schedules[side].arrive(frame.into(), now);
+                    Some(Frame::Data { bytes, .. }) => {
+                        self.schedules[side].arrive(bytes.into(), now);
                     }
-                    Ok(None) => {}
-                    Err(len) => {
+                    None => {}
+                    Some(Frame::Oversize(len)) => {
                         let port = &mut self.ports[side];
                         if port.oversize == 0 {
                             tracing::warn!(
@@ -639,18 +404,17 @@ impl Line {
             if self.due.is_empty() {
                 return Ok(None);
             }
-            match send_batch(&self.ports[out].socket, &self.due) {
+            let frames: Vec<&[u8]> = self.due.iter().map(|f| &f[..]).collect();
+            match self.ports[out].socket.send(&frames) {
                 Ok(refused) => self.ports[out].send_failed += refused,
-                Err(error)
-                    if matches!(error.raw_os_error(), Some(libc::ENETDOWN | libc::ENXIO)) =>
-                {
+                Err(error) if matches!(os_error(&error), Some(libc::ENETDOWN | libc::ENXIO)) => {
                     // The link is down: its frames are lost, as on a cable that was pulled.
                     self.ports[out].send_failed += self.due.len() as u64;
                     if let Some(exit) = self.check_ports() {
                         return Ok(Some(exit));
                     }
                 }
-                Err(error) => return Err(io_error("sendmmsg on", &self.ports[out].iface)(error)),
+                Err(error) => return Err(packet_error(error)),
             }
         }
     }
@@ -870,7 +634,7 @@ pub fn serve(options: &Options) -> Result<(), DelayLineError> {
                     Schedule::new(impairment, options.seed, QUEUE_LIMIT_FRAMES),
                     Schedule::new(impairment, !options.seed, QUEUE_LIMIT_FRAMES),
                 ],
-                rx: RxBatch::new(),
+                rx: RxBatch::new(BATCH, FRAME_CAPACITY),
                 due: Vec::with_capacity(BATCH),
             };
             let exit = line.run(&wait_mask);
