@@ -11,6 +11,8 @@ use baton_tests::{curl_download, in_every_dataplane, pseudo_random, scrape_metri
 use sha2::Digest;
 
 const OBJECT_BYTES: usize = 64 << 20;
+/// Requests of the client that closes as soon as it has the whole response.
+const CLOSE_FIRST_REQUESTS: usize = 50;
 
 fn handoffs_now(c: &Cluster) -> u64 {
     let out = c.batonctl(&["--json", "stats"]).expect("batonctl");
@@ -135,6 +137,44 @@ fn range_head_and_keep_alive_through_the_vip() {
             assert_eq!(dl.served_by(), Some("p-fra"), "round {round}");
         }
         assert_eq!(handoffs_settled(&c, 4), 4);
+
+        // A client that closes the moment it has the whole response (as wrk and many HTTP
+        // libraries do): with Connection: close the FIN comes in the segment of the last byte,
+        // so the client has seen it and closes passively, keeping no TIME_WAIT per request.
+        let vip = SocketAddrV4::new(c.lab.vip(), 80);
+        let time_waits = || {
+            let out = c.exec(client, &["ss", "-Htan", "state", "time-wait", "dst", &vip.to_string()]).expect("ss");
+            String::from_utf8_lossy(&out.stdout).lines().count()
+        };
+        let before = time_waits();
+        let closed_early = c
+            .in_node(client, move || {
+                let mut complete = 0;
+                for _ in 0..CLOSE_FIRST_REQUESTS {
+                    let mut s = TcpStream::connect_timeout(&vip.into(), Duration::from_secs(2)).expect("connect");
+                    s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+                    s.write_all(b"GET /r.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=0-999\r\nConnection: close\r\n\r\n").expect("request");
+                    let mut got = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut chunk) {
+                        if n == 0 {
+                            break;
+                        }
+                        got.extend_from_slice(&chunk[..n]);
+                        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+                        if head_end.is_some_and(|h| got.len() >= h + 1000) {
+                            complete += 1;
+                            break;
+                        }
+                    }
+                    drop(s);
+                }
+                complete
+            })
+            .expect("client");
+        assert_eq!(closed_early, CLOSE_FIRST_REQUESTS, "every response arrived whole");
+        let waiting = time_waits().saturating_sub(before);
+        assert_eq!(waiting, 0, "the client holds {waiting} TIME_WAIT sockets to the VIP after closing first {CLOSE_FIRST_REQUESTS} times");
     });
 }
 
