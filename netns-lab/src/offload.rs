@@ -275,6 +275,20 @@ pub fn turn_off(ns: &str, iface: &str, end: End) -> Result<(), LabError> {
     Ok(())
 }
 
+/// `ETHTOOL_SGRO`: turn generic receive offload on or off.
+const ETHTOOL_SGRO: u32 = 0x2c;
+
+/// Turns generic receive offload of `iface` in namespace `ns` on or off (`ethtool -K <iface>
+/// gro on|off`). On a veth, GRO gives the device a NAPI context of its own.
+pub fn set_gro(ns: &str, iface: &str, on: bool) -> Result<(), LabError> {
+    let (ethtool, _) = open(ns, iface)?;
+    let mut value = [ETHTOOL_SGRO, u32::from(on)];
+    ethtool
+        .ioctl(value.as_mut_ptr().cast())
+        .map_err(|error| offload_error(ns, iface, format!("setting GRO: {error}")))?;
+    Ok(())
+}
+
 /// The features of `iface` in namespace `ns` that are on and that `end` must not have; empty
 /// after [`turn_off`]. For tests and diagnostics.
 pub fn offenders(ns: &str, iface: &str, end: End) -> Result<Vec<String>, LabError> {

@@ -360,10 +360,11 @@ fn forwarding_rate(report: &mut Report) -> anyhow::Result<()> {
         for path in ["net/ipv4/conf/all/forwarding", &format!("net/ipv4/conf/{MAIN_IN}/forwarding"), &format!("net/ipv4/conf/{MAIN_OUT}/forwarding")] {
             sysctl(path, "1")?;
         }
-        // GRO gives the veth a NAPI context in every mode (XDP would give it one anyway), so
-        // all three modes run the same receive path in a NAPI thread that can be pinned.
-        set_gro(MAIN_IN, true)
+        Ok(())
     })?;
+    // GRO gives the veth a NAPI context in every mode (XDP would give it one anyway), so all
+    // three modes run the same receive path in a NAPI thread that can be pinned.
+    baton_lab::offload::set_gro(&main.name, MAIN_IN, true).context("GRO on the main's interface")?;
     main.exec_sh(&format!("echo 1 > /sys/class/net/{MAIN_IN}/threaded")).context("threaded NAPI on the main's interface")?;
     let _sink_xdp = in_ns(&sink.name, None, || SinkXdp::attach(SINK_IFACE).context("attaching the sink's XDP program"))?;
     let pins = PinDir::new("rate")?;
@@ -592,41 +593,6 @@ fn set_affinity(pid: libc::pid_t, cpu: usize) -> anyhow::Result<()> {
     let rc = unsafe { libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context(format!("sched_setaffinity to CPU {cpu}"));
-    }
-    Ok(())
-}
-
-/// Turns generic receive offload of `iface` (calling thread's namespace) on or off, as
-/// `ethtool -K <iface> gro on|off` does.
-fn set_gro(iface: &str, on: bool) -> anyhow::Result<()> {
-    /// `SIOCETHTOOL`.
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    /// `ETHTOOL_SGRO`.
-    const ETHTOOL_SGRO: u32 = 0x2c;
-    /// `IFNAMSIZ`.
-    const IFNAMSIZ: usize = 16;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    #[repr(C)]
-    struct IfReqData {
-        name: [u8; IFNAMSIZ],
-        data: *mut EthtoolValue,
-        _pad: [u8; 16],
-    }
-    if iface.len() >= IFNAMSIZ {
-        bail!("interface name {iface} too long");
-    }
-    let mut value = EthtoolValue { cmd: ETHTOOL_SGRO, data: u32::from(on) };
-    let mut req = IfReqData { name: [0; IFNAMSIZ], data: &mut value, _pad: [0; 16] };
-    req.name[..iface.len()].copy_from_slice(iface.as_bytes());
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").context("socket for SIOCETHTOOL")?;
-    // SAFETY: SIOCETHTOOL with an ifreq whose data points at a live ethtool_value.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req as *mut IfReqData) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context(format!("ETHTOOL_SGRO on {iface}"));
     }
     Ok(())
 }
