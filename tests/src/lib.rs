@@ -90,10 +90,15 @@ pub fn test_dataplanes() -> Vec<&'static str> {
 /// same lab name and block, with `opts.dataplane` set; a failure names the mode. Skips (or,
 /// under CI, fails) without root, like [`require_root`].
 pub fn in_every_dataplane(name: &str, block: &str, scenario: impl Fn(ClusterOptions)) {
+    in_dataplanes(&DATAPLANES, name, block, scenario);
+}
+
+/// [`in_every_dataplane`] for the modes of `modes` only.
+pub fn in_dataplanes(modes: &[&str], name: &str, block: &str, scenario: impl Fn(ClusterOptions)) {
     if !require_root() {
         return;
     }
-    for mode in test_dataplanes() {
+    for mode in test_dataplanes().into_iter().filter(|m| modes.contains(m)) {
         eprintln!("--- {name}: --dataplane {mode}");
         let mut opts = ClusterOptions::new(name, block);
         opts.dataplane = mode;
