@@ -40,10 +40,13 @@ pub const CRASH_TS_MARGIN: Duration = Duration::from_secs(1);
 /// the death, and the client acknowledges them for up to a round trip more. A rebuilt
 /// connection must start at the client's final ACK: the new owner's kernel ignores ACKs beyond
 /// what it has sent, so starting further back than its initial window deadlocks. The main waits
-/// until the client has been quiet this long (its ACKs stopped: everything in flight landed) ...
-pub const SETTLE_QUIET: Duration = Duration::from_millis(30);
+/// until the client's ACK has stopped advancing for this long (everything in flight landed).
+/// Silence alone is not enough: a window-limited sender's segments come in bursts a round trip
+/// apart, and pure window updates repeat the ACK, so the quiet is measured on the ACK itself and
+/// spans several round trips of a continental path ...
+pub const SETTLE_QUIET: Duration = Duration::from_millis(200);
 /// ... or this long after the death, whichever comes first.
-pub const SETTLE_MAX: Duration = Duration::from_millis(500);
+pub const SETTLE_MAX: Duration = Duration::from_secs(3);
 
 /// Most client bytes the ledger keeps as unanswered input (a request head plus pipelined bytes).
 pub const MAX_LEDGER_INPUT_BYTES: usize = crate::handoff::MAX_HANDOFF_REQUEST_BYTES;
@@ -323,8 +326,9 @@ pub enum Phase {
     Restoring { deadline: Duration },
     /// Nobody could take it; the main serves it itself.
     Local,
-    /// Its owner died at `since`; it is rebuilt elsewhere once the client's ACKs have settled.
-    Orphaned { since: Duration },
+    /// Its owner died at `since`; it is rebuilt elsewhere once the client's ACK has settled:
+    /// `acked` is the last observed one, first seen at `advanced`.
+    Orphaned { since: Duration, acked: u64, advanced: Duration },
 }
 
 /// One handed-off connection.
@@ -716,40 +720,41 @@ impl Conductor {
             }
             self.counts.recoveries += 1;
             f.tried.insert(name.to_owned());
-            f.phase = Phase::Orphaned { since: now };
+            f.phase = Phase::Orphaned { since: now, acked: f.ledger.acked, advanced: now };
             self.actions.push_back(Action::Freeze { flow: id });
         }
         self.settle(now, env);
     }
 
-    /// Rebuilds and hands over each orphaned flow whose client's ACKs have settled (see
+    /// Rebuilds and hands over each orphaned flow whose client's ACK has settled (see
     /// [`SETTLE_QUIET`]).
     fn settle(&mut self, now: Duration, env: &impl Env) {
-        let orphans: Vec<(FlowId, Duration)> = self
-            .flows
-            .iter()
-            .filter_map(|(id, f)| match f.phase {
-                Phase::Orphaned { since } => Some((*id, since)),
-                _ => None,
-            })
-            .collect();
-        for (id, since) in orphans {
-            let Some(flow) = self.flows.get(&id) else { continue };
+        let orphans: Vec<FlowId> =
+            self.flows.iter().filter(|(_, f)| matches!(f.phase, Phase::Orphaned { .. })).map(|(id, _)| *id).collect();
+        for id in orphans {
+            let Some(flow) = self.flows.get_mut(&id) else { continue };
             let Some(obs) = env.observe(id, &flow.ledger) else {
                 self.lose(id, "owner died and the data plane has no view of the client");
                 continue;
             };
-            if obs.idle < SETTLE_QUIET && now.saturating_sub(since) < SETTLE_MAX {
+            let Phase::Orphaned { since, acked, advanced } = &mut flow.phase else { continue };
+            if obs.acked != *acked {
+                *acked = obs.acked;
+                *advanced = now;
+            }
+            // Nothing at all from the client for the quiet time also means its ACK stood still.
+            let still = now.saturating_sub(*advanced).max(obs.idle);
+            if still < SETTLE_QUIET && now.saturating_sub(*since) < SETTLE_MAX {
                 continue;
             }
-            let rebuilt = self.flows.get_mut(&id).map(|f| f.ledger.after_crash(&obs));
+            let rebuilt = flow.ledger.after_crash(&obs);
             match rebuilt {
-                Some(Ok(Some(h))) => self.dispatch(id, h, None, now, env),
-                Some(Ok(None)) => {
+                Ok(Some(h)) => self.dispatch(id, h, None, now, env),
+                Ok(None) => {
                     self.flows.remove(&id);
                     self.actions.push_back(Action::Forget { flow: id, reason: "complete when its owner died" });
                 }
-                _ => self.lose(id, "owner died and the connection cannot be rebuilt"),
+                Err(_) => self.lose(id, "owner died and the connection cannot be rebuilt"),
             }
         }
     }

@@ -744,3 +744,79 @@ fn a_release_that_never_comes_is_abandoned() {
     assert!(c.flow(1).is_none());
     assert_eq!(c.counts().lost, 1);
 }
+
+#[test]
+fn a_crash_rebuild_waits_until_the_ack_stops_advancing_not_for_a_pause() {
+    // A window-limited sender's last segments land in bursts a round trip apart: between
+    // bursts the client is silent for longer than a pause, but its ACK is not final yet.
+    struct Bursts(std::cell::Cell<Observation>);
+    impl Env for Bursts {
+        fn observe(&self, _: FlowId, _: &Ledger) -> Option<Observation> {
+            Some(self.0.get())
+        }
+        fn choose(&self, _: FlowId, _: &Ledger, exclude: &BTreeSet<String>) -> Option<String> {
+            (!exclude.contains("b")).then(|| "b".to_owned())
+        }
+    }
+    let mut c = Conductor::new(Timeouts::default());
+    c.peer_up("a", Duration::ZERO);
+    c.peer_up("b", Duration::ZERO);
+    let mut l = Ledger::new(&origin(1, 7));
+    l.record(response()).expect("record");
+    c.adopt("a", l);
+    let obs = |acked: u64, idle_ms: u64| Observation { acked, client_next: 5040, window: 500, tsecr: Some(2_000), idle: Duration::from_millis(idle_ms) };
+    let env = Bursts(std::cell::Cell::new(obs(100_000, 0)));
+    c.peer_down("a", Duration::ZERO, &env);
+    let handed = |c: &mut Conductor| c.drain_actions().into_iter().find_map(|a| match a {
+        Action::Handoff { handoff, .. } => Some(handoff.snd_offset),
+        _ => None,
+    });
+    assert_eq!(handed(&mut c), None, "not at the death");
+    // Bursts every 60 ms, each followed by 50 ms of silence.
+    let mut acked = 100_000;
+    for step in 1..=5u64 {
+        acked += 64_000;
+        env.0.set(obs(acked, 0));
+        c.tick(Duration::from_millis(step * 60 - 50), &env);
+        env.0.set(obs(acked, 50));
+        c.tick(Duration::from_millis(step * 60), &env);
+        assert_eq!(handed(&mut c), None, "a 50 ms pause is no settled ACK (burst {step})");
+    }
+    // The ACK stands still, though window updates keep coming (idle stays small).
+    let last = 5 * 60;
+    env.0.set(obs(acked, 5));
+    c.tick(Duration::from_millis(last) + SETTLE_QUIET / 2, &env);
+    assert_eq!(handed(&mut c), None);
+    c.tick(Duration::from_millis(last) + SETTLE_QUIET, &env);
+    assert_eq!(handed(&mut c), Some(acked), "rebuilt at the final ACK");
+}
+
+#[test]
+fn a_crash_rebuild_does_not_wait_past_the_limit() {
+    struct Streaming(std::cell::Cell<u64>);
+    impl Env for Streaming {
+        fn observe(&self, _: FlowId, _: &Ledger) -> Option<Observation> {
+            self.0.set(self.0.get() + 1_000);
+            Some(Observation { acked: self.0.get(), client_next: 5040, window: 500, tsecr: None, idle: Duration::ZERO })
+        }
+        fn choose(&self, _: FlowId, _: &Ledger, _: &BTreeSet<String>) -> Option<String> {
+            Some("b".to_owned())
+        }
+    }
+    let mut c = Conductor::new(Timeouts::default());
+    c.peer_up("a", Duration::ZERO);
+    c.peer_up("b", Duration::ZERO);
+    let mut l = Ledger::new(&origin(1, 7));
+    l.record(response()).expect("record");
+    c.adopt("a", l);
+    let env = Streaming(std::cell::Cell::new(0));
+    c.peer_down("a", Duration::ZERO, &env);
+    let mut t = Duration::ZERO;
+    while t < SETTLE_MAX {
+        assert!(!c.drain_actions().iter().any(|a| matches!(a, Action::Handoff { .. })), "at {t:?}");
+        t += Duration::from_millis(20);
+        c.heard("b", t);
+        c.tick(t, &env);
+    }
+    assert!(c.drain_actions().iter().any(|a| matches!(a, Action::Handoff { .. })), "handed over at the limit");
+}
