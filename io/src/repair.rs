@@ -267,7 +267,23 @@ impl RepairGuard {
     /// Dumps the connection for a move (see [`Frozen`]). The caller closes the socket silently
     /// afterwards, once the state is on its way.
     pub fn freeze_for_move(&self) -> Result<Frozen, RepairError> {
+        // In repair mode the kernel still sends data it has queued (when the qdisc frees room,
+        // a pacing timer, a loss probe): bytes past the snd_nxt read below would reach the
+        // client, which then acknowledges more than the next owner ever sent, and that owner's
+        // kernel ignores every such ACK. A zero send window stops new data from leaving first;
+        // the record keeps the real window.
+        let window = getsockopt::<RawRepairWindow>(self.fd, libc::SOL_TCP, libc::TCP_REPAIR_WINDOW)
+            .map_err(sys("get TCP_REPAIR_WINDOW"))?;
+        setsockopt(self.fd, libc::SOL_TCP, libc::TCP_REPAIR_WINDOW, &RawRepairWindow { snd_wnd: 0, ..window })
+            .map_err(sys("close the send window"))?;
         let mut tcp = dump_in_repair(self.fd, None)?;
+        tcp.window = RepairWindow {
+            snd_wl1: window.snd_wl1,
+            snd_wnd: window.snd_wnd,
+            max_window: window.max_window,
+            rcv_wnd: window.rcv_wnd,
+            rcv_wup: window.rcv_wup,
+        };
         let unacked = ioctl_int(self.fd, libc::TIOCOUTQ as libc::c_ulong).map_err(sys("SIOCOUTQ"))?;
         let unacked = u32::try_from(unacked.max(0)).unwrap_or(0);
         let unsent = ioctl_int(self.fd, SIOCOUTQNSD).map_err(sys("SIOCOUTQNSD"))?;
@@ -675,6 +691,11 @@ mod tests {
         assert_eq!(frozen.tcp.snd_seq, before.snd_seq);
         assert_eq!(frozen.unread, b"next request".to_vec());
         assert_eq!(frozen.tcp.rcv_seq, before.rcv_seq, "peeking in repair mode consumes nothing");
+        // The send window is closed while the queues are read; the record has the real one.
+        assert_eq!(frozen.tcp.window, before.window);
+        assert!(frozen.tcp.window.snd_wnd > 0);
+        let now = getsockopt::<RawRepairWindow>(server.as_raw_fd(), libc::SOL_TCP, libc::TCP_REPAIR_WINDOW).expect("window");
+        assert_eq!(now.snd_wnd, 0, "nothing new may leave the frozen socket");
         g.close_silently();
     }
 
