@@ -194,8 +194,17 @@ impl UserspaceDataplane {
 
     /// See [`crate::MainDataplane::forward`].
     pub fn forward(&self, key: &FlowKey, participant: Ipv4Addr) -> Result<(), DataplaneError> {
-        let current = self.get(key)?.unwrap_or_default();
-        self.put(key, current.with_forward(participant))
+        // In place under one lock: a copy put back later would undo the observations the
+        // receive threads made meanwhile.
+        let mut flows = self.inner.flows.lock().map_err(|_| DataplaneError::Poisoned)?;
+        if let Some(entry) = flows.get_mut(key) {
+            *entry = entry.with_forward(participant);
+            drop(flows);
+            self.changed();
+            return Ok(());
+        }
+        drop(flows);
+        self.put(key, FlowValue::default().with_forward(participant))
     }
 
     /// See [`crate::MainDataplane::set_state`].
