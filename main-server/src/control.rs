@@ -74,7 +74,15 @@ pub fn refusal(registry: &crate::registry::Registry, conductor: &std::sync::Mute
             c.flow(*flow_id).is_some_and(|f| f.owner == name && matches!(f.phase, Phase::Restoring { .. }))
         }
         Message::FlowClosed { flow_id, .. } | Message::Serving { flow_id, .. } | Message::ReleaseFailed { flow_id, .. } => owns(*flow_id),
-        Message::Released(h) => owns(h.flow_id),
+        Message::Released(h) => {
+            if !owns(h.flow_id) {
+                return Some("not_owner");
+            }
+            // The owner describes its own socket; one of another connection's addresses would
+            // steer the next owner onto a connection this flow never was.
+            let same = c.flow(h.flow_id).is_some_and(|f| f.ledger.endpoints() == (h.tcp.remote, h.tcp.local));
+            return (!same).then_some("wrong_connection");
+        }
         _ => return Some("unexpected_kind"),
     };
     (!ok).then_some("not_owner")
@@ -279,6 +287,13 @@ mod tests {
         assert_eq!(refusal(&registry, &conductor, "p-b", &closed), Some("not_owner"));
         assert_eq!(refusal(&registry, &conductor, "p-b", &Message::Released(handoff(7))), Some("not_owner"));
         assert_eq!(refusal(&registry, &conductor, "p-a", &Message::Released(handoff(7))), None);
+        // The owner's release must describe this flow's connection, not another one.
+        let mut other = handoff(7);
+        other.tcp.remote = SocketAddrV4::new(Ipv4Addr::new(198, 18, 9, 9), other.tcp.remote.port());
+        assert_eq!(refusal(&registry, &conductor, "p-a", &Message::Released(other)), Some("wrong_connection"));
+        let mut other = handoff(7);
+        other.tcp.local = SocketAddrV4::new(*other.tcp.local.ip(), other.tcp.local.port().wrapping_add(1));
+        assert_eq!(refusal(&registry, &conductor, "p-a", &Message::Released(other)), Some("wrong_connection"));
         assert_eq!(refusal(&registry, &conductor, "p-b", &Message::FlowClosed { flow_id: 8, bytes_sent: 0 }), Some("not_owner"));
         // A restore report needs a handoff to that participant awaiting its answer.
         assert_eq!(refusal(&registry, &conductor, "p-b", &Message::Restored { flow_id: 7 }), Some("not_owner"));
