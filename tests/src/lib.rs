@@ -238,6 +238,8 @@ pub struct Cluster {
     participant_args: Vec<String>,
     /// With `--dataplane xdp`: the XDP program on the router's end of the main's link.
     _xdp_peer: Option<baton_ebpf::bench::PassXdp>,
+    /// The main's data plane (names the kept evidence of a failure).
+    dataplane: &'static str,
     // Dropped last: processes first, then the lab.
     pub lab: Lab,
 }
@@ -272,7 +274,7 @@ impl Cluster {
         let mut main_args = vec!["--dataplane".to_owned(), opts.dataplane.to_owned()];
         main_args.extend(opts.main_args.iter().cloned());
         let mut c = Cluster {
-            tls_dir, procs: Vec::new(), origin_dir, admin, main_args: main_args.clone(), participant_args: opts.participant_args.clone(), _xdp_peer: xdp_peer, lab };
+            tls_dir, procs: Vec::new(), origin_dir, admin, main_args: main_args.clone(), participant_args: opts.participant_args.clone(), _xdp_peer: xdp_peer, dataplane: opts.dataplane, lab };
         c.start_main(&main_args)?;
         if opts.participants {
             let extra: Vec<&str> = opts.participant_args.iter().map(String::as_str).collect();
@@ -576,10 +578,15 @@ impl Cluster {
 
     /// Starts a packet capture of TCP port 80 on a node's interface.
     pub fn capture(&self, node: &str) -> anyhow::Result<Capture> {
+        self.capture_matching(node, "tcp port 80")
+    }
+
+    /// Starts a packet capture of what matches a tcpdump `filter` on a node's interface.
+    pub fn capture_matching(&self, node: &str, filter: &str) -> anyhow::Result<Capture> {
         let file = self.lab.state_dir().join(format!("{node}-{}.pcap", unique()));
         let iface = self.lab.node(node)?.iface.clone();
         let mut cmd = self.lab.command(node, "tcpdump")?;
-        cmd.args(["-i", &iface, "-n", "-s", "128", "-B", "65536", "-U", "-w"]).arg(&file).arg("tcp port 80");
+        cmd.args(["-i", &iface, "-n", "-s", "128", "-B", "65536", "-U", "-w"]).arg(&file).arg(filter);
         let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().context("starting tcpdump")?;
         let mut cap = Capture { child: Some(child), file };
         cap.wait_ready()?;
@@ -598,6 +605,37 @@ impl Drop for Cluster {
         }
         for p in &mut self.procs {
             p.kill();
+        }
+        if std::thread::panicking() {
+            self.keep_evidence();
+        }
+    }
+}
+
+/// Where a failed test's logs and captures are kept (the lab's state directory goes away).
+pub const FAILURE_DIR: &str = "/tmp/baton-test-failures";
+
+impl Cluster {
+    /// Copies the lab's logs and captures to `FAILURE_DIR/<lab>-<time>/` and says where.
+    fn keep_evidence(&self) {
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let dest = Path::new(FAILURE_DIR).join(format!("{}-{}-{stamp}", self.lab.name(), self.dataplane));
+        let copied = std::fs::create_dir_all(&dest).and_then(|()| {
+            let mut n = 0;
+            for entry in std::fs::read_dir(self.lab.state_dir())? {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == "log" || e == "pcap") {
+                    if let Some(name) = path.file_name() {
+                        std::fs::copy(&path, dest.join(name))?;
+                        n += 1;
+                    }
+                }
+            }
+            Ok(n)
+        });
+        match copied {
+            Ok(n) => eprintln!("==== {n} logs and captures kept in {} ====", dest.display()),
+            Err(e) => eprintln!("==== could not keep the logs and captures in {}: {e} ====", dest.display()),
         }
     }
 }
