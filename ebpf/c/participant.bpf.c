@@ -129,7 +129,10 @@ static __always_inline int part_classify(void *ctx, void *data, void *data_end, 
 	} else if (iph->protocol == IPPROTO_UDP && cfg->encap == ENCAP_GUE &&
 		   !(iph->frag_off & bpf_htons(IP_OFFSET_MASK))) {
 		udp = (void *)iph + ihl_len;
-		if ((void *)(udp + 1) > data_end) {
+		/* The UDP header must be inside the packet (its total length), not only the
+		 * frame: bytes after it are Ethernet padding and must not decide. */
+		if ((void *)(udp + 1) > data_end ||
+		    ihl_len + sizeof(*udp) > (__u32)bpf_ntohs(iph->tot_len)) {
 			*reason = PART_PASS_MALFORMED;
 			return PART_ACT_PASS;
 		}

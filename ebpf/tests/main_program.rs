@@ -11,6 +11,9 @@
 //! which must decide, count, encapsulate and observe exactly as the program
 //! does; routing is the kernel's there, so every forwarded fixture must come
 //! out as the packet to send.
+//!
+//! Truncation sweeps (`sweeps()`, cuts from `common::truncate`) turn every cut of a few frames
+//! into fixtures of their own and run them the same three ways.
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
@@ -24,6 +27,7 @@ use baton_ebpf::{
     monotonic_now_ns, AttachMode, Encap, FlowKey, MainCounter, MainDataplane, MainOptions, Verdict,
 };
 use common::frames::{self, eth, hex, ipv4_checksum_ok, Tcp, CLIENT, GUE_PORT, VIP};
+use common::truncate::{self, cuts, Cut};
 use common::{lab, NetNs, PinDir};
 
 /// How a fixture prepares the flow map (the map is emptied first).
@@ -75,7 +79,7 @@ struct Observed {
 }
 
 struct Fixture {
-    description: &'static str,
+    description: String,
     frame: Vec<u8>,
     setup: Vec<(FlowKey, Setup)>,
     expect: Expect,
@@ -227,6 +231,13 @@ fn fixtures() -> Vec<Fixture> {
         ..Tcp::default()
     }
     .ipv4_packet();
+    let from_vip_options = Tcp {
+        src: VIP,
+        dst: CLIENT,
+        ip_options: vec![1, 1, 1, 0],
+        ..Tcp::default()
+    }
+    .ipv4_packet();
     let frag_needed = frames::frag_needed_frame(router, &from_vip, 1280);
     let udp_from_vip = mutate(from_vip.clone(), |p| p[9] = 17);
     let time_exceeded = frames::icmp_frame(router, *VIP.ip(), 11, 0, [0; 4], &from_vip[..28]);
@@ -246,14 +257,14 @@ fn fixtures() -> Vec<Fixture> {
 
     vec![
         Fixture {
-            description: "forward flow, participant on the ingress interface",
+            description: "forward flow, participant on the ingress interface".into(),
             frame: plain.frame(),
             setup: forward_to(lab::PARTICIPANT),
             expect: same_iface(),
             observed: Some(default_observed(&plain)),
         },
         Fixture {
-            description: "forward flow, participant behind another interface",
+            description: "forward flow, participant behind another interface".into(),
             frame: plain.frame(),
             setup: forward_to(lab::OTHER_PARTICIPANT),
             expect: Expect::Forward {
@@ -265,35 +276,35 @@ fn fixtures() -> Vec<Fixture> {
             observed: Some(default_observed(&plain)),
         },
         Fixture {
-            description: "forward flow, segment with payload",
+            description: "forward flow, segment with payload".into(),
             frame: with_payload.frame(),
             setup: forward_to(lab::PARTICIPANT),
             expect: same_iface(),
             observed: Some(default_observed(&with_payload)),
         },
         Fixture {
-            description: "forward flow, inner IPv4 header with options",
+            description: "forward flow, inner IPv4 header with options".into(),
             frame: ip_options.frame(),
             setup: forward_to(lab::PARTICIPANT),
             expect: same_iface(),
             observed: Some(default_observed(&ip_options)),
         },
         Fixture {
-            description: "forward flow, TOS/ECN and IP id copied, DF clear",
+            description: "forward flow, TOS/ECN and IP id copied, DF clear".into(),
             frame: tos_no_df.frame(),
             setup: forward_to(lab::PARTICIPANT),
             expect: same_iface(),
             observed: Some(default_observed(&tos_no_df)),
         },
         Fixture {
-            description: "forward flow, Ethernet padding after the IPv4 packet",
+            description: "forward flow, Ethernet padding after the IPv4 packet".into(),
             frame: mutate(plain.frame(), |f| f.extend_from_slice(&[0; 6])),
             setup: forward_to(lab::PARTICIPANT),
             expect: same_iface(),
             observed: Some(default_observed(&plain)),
         },
         Fixture {
-            description: "forward flow, largest segment that fits the egress MTU encapsulated",
+            description: "forward flow, largest segment that fits the egress MTU encapsulated".into(),
             frame: just_fits.frame(),
             setup: forward_to(lab::OTHER_PARTICIPANT),
             expect: Expect::Forward {
@@ -305,7 +316,7 @@ fn fixtures() -> Vec<Fixture> {
             observed: Some(default_observed(&just_fits)),
         },
         Fixture {
-            description: "forward flow, segment too big for the egress MTU once encapsulated",
+            description: "forward flow, segment too big for the egress MTU once encapsulated".into(),
             frame: too_big.frame(),
             setup: forward_to(lab::OTHER_PARTICIPANT),
             expect: Expect::TooBig {
@@ -314,7 +325,7 @@ fn fixtures() -> Vec<Fixture> {
             observed: Some(default_observed(&too_big)),
         },
         Fixture {
-            description: "forward flow, participant without a neighbour entry",
+            description: "forward flow, participant without a neighbour entry".into(),
             frame: plain.frame(),
             setup: forward_to(lab::NO_NEIGH_PARTICIPANT),
             expect: Expect::NoNeigh {
@@ -323,7 +334,7 @@ fn fixtures() -> Vec<Fixture> {
             observed: Some(default_observed(&plain)),
         },
         Fixture {
-            description: "forward flow, participant without a route",
+            description: "forward flow, participant without a route".into(),
             frame: plain.frame(),
             setup: forward_to(lab::UNROUTABLE_PARTICIPANT),
             expect: Expect::NoRoute {
@@ -332,14 +343,14 @@ fn fixtures() -> Vec<Fixture> {
             observed: Some(default_observed(&plain)),
         },
         Fixture {
-            description: "frozen flow: dropped, ACK/window/TSecr recorded",
+            description: "frozen flow: dropped, ACK/window/TSecr recorded".into(),
             frame: plain.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
             observed: Some(default_observed(&plain)),
         },
         Fixture {
-            description: "frozen flow, FIN with zero window",
+            description: "frozen flow, FIN with zero window".into(),
             frame: fin.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
@@ -354,7 +365,7 @@ fn fixtures() -> Vec<Fixture> {
             }),
         },
         Fixture {
-            description: "frozen flow, RST without ACK: ACK, window and next sequence not recorded",
+            description: "frozen flow, RST without ACK: ACK, window and next sequence not recorded".into(),
             frame: rst_no_ack.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
@@ -365,7 +376,7 @@ fn fixtures() -> Vec<Fixture> {
             }),
         },
         Fixture {
-            description: "frozen flow, timestamps after SACK blocks",
+            description: "frozen flow, timestamps after SACK blocks".into(),
             frame: sack_then_ts.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
@@ -375,7 +386,7 @@ fn fixtures() -> Vec<Fixture> {
             }),
         },
         Fixture {
-            description: "frozen flow, no timestamps",
+            description: "frozen flow, no timestamps".into(),
             frame: no_ts.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
@@ -385,7 +396,7 @@ fn fixtures() -> Vec<Fixture> {
             }),
         },
         Fixture {
-            description: "frozen flow, option of length 0 stops the option walk",
+            description: "frozen flow, option of length 0 stops the option walk".into(),
             frame: zero_len_option.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
@@ -395,7 +406,7 @@ fn fixtures() -> Vec<Fixture> {
             }),
         },
         Fixture {
-            description: "frozen flow, option of length 1 stops the option walk",
+            description: "frozen flow, option of length 1 stops the option walk".into(),
             frame: one_len_option.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
@@ -405,7 +416,7 @@ fn fixtures() -> Vec<Fixture> {
             }),
         },
         Fixture {
-            description: "frozen flow, timestamps after EOL are ignored",
+            description: "frozen flow, timestamps after EOL are ignored".into(),
             frame: after_eol.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
@@ -415,7 +426,7 @@ fn fixtures() -> Vec<Fixture> {
             }),
         },
         Fixture {
-            description: "frozen flow, timestamp option running past the header is ignored",
+            description: "frozen flow, timestamp option running past the header is ignored".into(),
             frame: ts_past_header.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
@@ -425,7 +436,7 @@ fn fixtures() -> Vec<Fixture> {
             }),
         },
         Fixture {
-            description: "frozen flow, timestamp option with a wrong length is ignored",
+            description: "frozen flow, timestamp option with a wrong length is ignored".into(),
             frame: bad_ts_len.frame(),
             setup: frozen(),
             expect: Expect::Drop(MainCounter::DropFrozen),
@@ -435,147 +446,147 @@ fn fixtures() -> Vec<Fixture> {
             }),
         },
         Fixture {
-            description: "flow entry with an unknown state: dropped, never passed",
+            description: "flow entry with an unknown state: dropped, never passed".into(),
             frame: plain.frame(),
             setup: vec![(key(), Setup::RawState(7))],
             expect: Expect::Drop(MainCounter::DropBadState),
             observed: None,
         },
         Fixture {
-            description: "unknown flow (other client port) next to a forwarded one",
+            description: "unknown flow (other client port) next to a forwarded one".into(),
             frame: other_port.frame(),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassNoFlow),
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "reverse direction (VIP -> client) is a different flow",
+            description: "reverse direction (VIP -> client) is a different flow".into(),
             frame: reverse.frame(),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassNoFlow),
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "empty map, TCP to the VIP",
+            description: "empty map, TCP to the VIP".into(),
             frame: plain.frame(),
             setup: vec![],
             expect: Expect::Pass(MainCounter::PassNoFlow),
             observed: None,
         },
         Fixture {
-            description: "UDP between the flow's addresses and ports",
+            description: "UDP between the flow's addresses and ports".into(),
             frame: frames::udp_frame(CLIENT, VIP, b"not tcp"),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassNotTcp),
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "ICMP echo to the VIP",
+            description: "ICMP echo to the VIP".into(),
             frame: frames::icmp_echo_frame(*CLIENT.ip(), *VIP.ip()),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassNotTcp),
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "ICMP fragmentation needed about a forwarded flow goes to its participant",
+            description: "ICMP fragmentation needed about a forwarded flow goes to its participant".into(),
             frame: frag_needed.clone(),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::IcmpToParticipant,
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "ICMP fragmentation needed about a frozen flow",
+            description: "ICMP fragmentation needed about a frozen flow".into(),
             frame: frag_needed.clone(),
             setup: frozen(),
             expect: Expect::Pass(MainCounter::PassNotTcp),
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "ICMP fragmentation needed about a frozen flow that names a participant",
+            description: "ICMP fragmentation needed about a frozen flow that names a participant".into(),
             frame: frag_needed.clone(),
             setup: vec![(key(), Setup::RawState(1))],
             expect: Expect::Pass(MainCounter::PassNotTcp),
             observed: None,
         },
         Fixture {
-            description: "ICMP fragmentation needed about another connection",
+            description: "ICMP fragmentation needed about another connection".into(),
             frame: frames::frag_needed_frame(router, &from_vip_other, 1280),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassNotTcp),
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "ICMP fragmentation needed quoting UDP with the flow's ports",
+            description: "ICMP fragmentation needed quoting UDP with the flow's ports".into(),
             frame: frames::frag_needed_frame(router, &udp_from_vip, 1280),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassNotTcp),
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "ICMP fragmentation needed quoting too little to hold the ports",
+            description: "ICMP fragmentation needed quoting too little to hold the ports".into(),
             frame: ports_cut,
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassNotTcp),
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "ICMP time exceeded about a forwarded flow",
+            description: "ICMP time exceeded about a forwarded flow".into(),
             frame: time_exceeded,
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassNotTcp),
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "TCP over IPv6",
+            description: "TCP over IPv6".into(),
             frame: frames::ipv6_tcp_frame(),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassNotIpv4),
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "ARP request",
+            description: "ARP request".into(),
             frame: frames::arp_frame(),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassNotIpv4),
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "first fragment (MF) of a forwarded flow's segment",
+            description: "first fragment (MF) of a forwarded flow's segment".into(),
             frame: more_fragments.frame(),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassFragment),
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "non-first fragment (offset 64) of a forwarded flow's segment",
+            description: "non-first fragment (offset 64) of a forwarded flow's segment".into(),
             frame: offset_fragment.frame(),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassFragment),
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "IPv4 ihl 4",
+            description: "IPv4 ihl 4".into(),
             frame: mutate(plain.frame(), |f| f[14] = 0x44),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassMalformed),
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "IPv4 EtherType carrying version 6",
+            description: "IPv4 EtherType carrying version 6".into(),
             frame: mutate(plain.frame(), |f| f[14] = 0x65),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassMalformed),
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "IPv4 ihl 15 (options longer than the frame's headers)",
+            description: "IPv4 ihl 15 (options longer than the frame's headers)".into(),
             frame: mutate(plain.frame(), |f| f[14] = 0x4f),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassMalformed),
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "IPv4 total length beyond the frame",
+            description: "IPv4 total length beyond the frame".into(),
             frame: mutate(plain.frame(), |f| {
                 f[16..18].copy_from_slice(&200u16.to_be_bytes())
             }),
@@ -584,7 +595,7 @@ fn fixtures() -> Vec<Fixture> {
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "IPv4 total length shorter than the IPv4 header",
+            description: "IPv4 total length shorter than the IPv4 header".into(),
             frame: mutate(plain.frame(), |f| {
                 f[16..18].copy_from_slice(&19u16.to_be_bytes())
             }),
@@ -593,7 +604,7 @@ fn fixtures() -> Vec<Fixture> {
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "IPv4 total length cuts into the TCP header",
+            description: "IPv4 total length cuts into the TCP header".into(),
             frame: mutate(plain.frame(), |f| {
                 f[16..18].copy_from_slice(&30u16.to_be_bytes())
             }),
@@ -602,17 +613,137 @@ fn fixtures() -> Vec<Fixture> {
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "TCP data offset 4",
+            description: "TCP data offset 4".into(),
             frame: mutate(plain.frame(), |f| f[46] = 0x40),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassMalformed),
             observed: Some(Observed::default()),
         },
         Fixture {
-            description: "TCP data offset 15 beyond the IPv4 total length",
+            description: "TCP data offset 15 past the IPv4 total length and the frame's end".into(),
             frame: mutate(plain.frame(), |f| f[46] = 0xf0),
             setup: forward_to(lab::PARTICIPANT),
             expect: Expect::Pass(MainCounter::PassMalformed),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "TCP data offset 0".into(),
+            frame: mutate(plain.frame(), |f| f[46] = 0x00),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassMalformed),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "TCP data offset 15 past the IPv4 total length, inside Ethernet padding".into(),
+            frame: mutate(plain.frame(), |f| {
+                f[46] = 0xf0;
+                f.extend_from_slice(&[0; 40]);
+            }),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassMalformed),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "TCP data offset 14, two bytes past the end of a frame with payload".into(),
+            frame: mutate(with_payload.frame(), |f| f[46] = 0xe0 | (f[46] & 0x0f)),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassMalformed),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "TCP data offset 13 reaching into the payload: a segment with 2 bytes of payload".into(),
+            frame: mutate(with_payload.frame(), |f| f[46] = 0xd0 | (f[46] & 0x0f)),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: same_iface(),
+            observed: Some(Observed {
+                next_seq: Some(with_payload.seq + 2),
+                ..default_observed(&with_payload)
+            }),
+        },
+        Fixture {
+            description: "IPv4 total length one byte beyond the frame".into(),
+            frame: mutate(plain.frame(), |f| {
+                let tot = u16::from_be_bytes([f[16], f[17]]) + 1;
+                f[16..18].copy_from_slice(&tot.to_be_bytes());
+                frames::fix_ipv4_checksum(f, 14);
+            }),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassMalformed),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "IPv4 total length 0".into(),
+            frame: mutate(plain.frame(), |f| {
+                f[16..18].copy_from_slice(&0u16.to_be_bytes());
+                frames::fix_ipv4_checksum(f, 14);
+            }),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassMalformed),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "IPv4 total length 20, below ihl 6's 24-byte header".into(),
+            frame: mutate(ip_options.frame(), |f| {
+                f[16..18].copy_from_slice(&20u16.to_be_bytes());
+                frames::fix_ipv4_checksum(f, 14);
+            }),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassMalformed),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "middle fragment (MF and offset 64) of a forwarded flow's segment".into(),
+            frame: Tcp { mf: true, frag_offset: 8, df: false, ..Tcp::default() }.frame(),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassFragment),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "ICMP fragmentation needed about a forwarded flow, itself a first fragment (MF)".into(),
+            frame: mutate(frag_needed.clone(), |f| {
+                f[20] |= 0x20;
+                frames::fix_ipv4_checksum(f, 14);
+            }),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassFragment),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "ICMP fragmentation needed about a forwarded flow, quoted header with options".into(),
+            frame: frames::frag_needed_frame(router, &from_vip_options, 1280),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::IcmpToParticipant,
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "ICMP fragmentation needed quoting a header with ihl 4".into(),
+            frame: frames::frag_needed_frame(router, &mutate(from_vip.clone(), |p| p[0] = 0x44), 1280),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassNotTcp),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "ICMP fragmentation needed quoting a version 6 header".into(),
+            frame: frames::frag_needed_frame(router, &mutate(from_vip.clone(), |p| p[0] = 0x65), 1280),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassNotTcp),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "ICMP with only 4 bytes of header, the rest in Ethernet padding".into(),
+            frame: mutate(frag_needed.clone(), |f| {
+                f[16..18].copy_from_slice(&24u16.to_be_bytes());
+                frames::fix_ipv4_checksum(f, 14);
+            }),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassNotTcp),
+            observed: Some(Observed::default()),
+        },
+        Fixture {
+            description: "IPv4 segment of the flow under the IPv6 EtherType".into(),
+            frame: mutate(plain.frame(), |f| f[12..14].copy_from_slice(&[0x86, 0xdd])),
+            setup: forward_to(lab::PARTICIPANT),
+            expect: Expect::Pass(MainCounter::PassNotIpv4),
             observed: Some(Observed::default()),
         },
     ]
@@ -720,10 +851,9 @@ fn clear_flows(dp: &MainDataplane) {
     assert!(dp.flows().unwrap().is_empty());
 }
 
-fn run_table(mode: AttachMode, encap: Encap) {
-    let _ns = NetNs::new();
-    lab::build();
-    let pin = PinDir::new();
+/// Loads the main program in `mode` with `encap` (inside the calling thread's namespace, where
+/// `lab::build` has run) and gives it with direct access to its flow map.
+fn load(mode: AttachMode, encap: Encap, pin: &PinDir) -> (MainDataplane, HashMap<MapData, [u8; 12], [u8; 56]>) {
     let dp = MainDataplane::load(&MainOptions {
         iface: lab::MAIN_IFACE.into(),
         mode,
@@ -732,71 +862,92 @@ fn run_table(mode: AttachMode, encap: Encap) {
         encap,
     })
     .unwrap();
-    let mut raw = raw_flows(&pin.path);
+    let raw = raw_flows(&pin.path);
+    (dp, raw)
+}
 
-    let table = fixtures();
-    for fx in &table {
-        let ctx = format!("[{mode:?} {encap:?}] {}", fx.description);
-        clear_flows(&dp);
-        for (k, setup) in &fx.setup {
-            match setup {
-                Setup::Frozen => dp.freeze(k).unwrap(),
-                Setup::Forward(p) => dp.forward(k, *p).unwrap(),
-                Setup::RawState(state) => {
-                    let mut value = [0u8; 56];
-                    value[0..4].copy_from_slice(&state.to_ne_bytes());
-                    value[4..8].copy_from_slice(&lab::PARTICIPANT.octets());
-                    raw.insert(key_bytes(k), value, 0).unwrap();
-                }
+fn run_table(mode: AttachMode, encap: Encap) {
+    let _ns = NetNs::new();
+    lab::build();
+    let pin = PinDir::new();
+    let (dp, mut raw) = load(mode, encap, &pin);
+    for fx in &fixtures() {
+        check_fixture(&dp, &mut raw, fx, mode, encap);
+    }
+}
+
+/// Runs one fixture through the loaded program: the flow map is set up as the fixture says,
+/// then verdict, output bytes, counter deltas and observations must be exactly the expected
+/// ones. A frame shorter than the kernel's minimum must be refused, and then nothing moves.
+fn check_fixture(
+    dp: &MainDataplane,
+    raw: &mut HashMap<MapData, [u8; 12], [u8; 56]>,
+    fx: &Fixture,
+    mode: AttachMode,
+    encap: Encap,
+) {
+    let ctx = format!("[{mode:?} {encap:?}] {}", fx.description);
+    clear_flows(dp);
+    for (k, setup) in &fx.setup {
+        match setup {
+            Setup::Frozen => dp.freeze(k).unwrap(),
+            Setup::Forward(p) => dp.forward(k, *p).unwrap(),
+            Setup::RawState(state) => {
+                let mut value = [0u8; 56];
+                value[0..4].copy_from_slice(&state.to_ne_bytes());
+                value[4..8].copy_from_slice(&lab::PARTICIPANT.octets());
+                raw.insert(key_bytes(k), value, 0).unwrap();
             }
         }
+    }
 
-        let before = counter_map(&dp);
-        let t0 = monotonic_now_ns();
-        let out = dp
-            .test_run(&fx.frame)
-            .unwrap_or_else(|e| panic!("{ctx}: {e}"));
-        let t1 = monotonic_now_ns();
-        let after = counter_map(&dp);
+    let before = counter_map(dp);
+    let t0 = monotonic_now_ns();
+    let out = truncate::run_or_refused(&ctx, mode, &fx.frame, |f| dp.test_run(f));
+    let t1 = monotonic_now_ns();
+    let after = counter_map(dp);
+    let Some(out) = out else {
+        assert_eq!(after, before, "{ctx}: counters moved for a refused frame");
+        return;
+    };
 
-        let (verdict, bytes, counters) = expected(fx, mode, encap);
-        assert_eq!(
-            out.verdict, verdict,
-            "{ctx}: verdict (retval {})",
-            out.retval
+    let (verdict, bytes, counters) = expected(fx, mode, encap);
+    assert_eq!(
+        out.verdict, verdict,
+        "{ctx}: verdict (retval {})",
+        out.retval
+    );
+    assert_eq!(
+        out.data,
+        bytes,
+        "{ctx}: output bytes\n got      {}\n expected {}\n input    {}",
+        hex(&out.data),
+        hex(&bytes),
+        hex(&fx.frame)
+    );
+    if bytes.len() != fx.frame.len() {
+        assert!(
+            ipv4_checksum_ok(&out.data[14..34]),
+            "{ctx}: outer IPv4 checksum"
         );
+    }
+    for c in MainCounter::ALL {
+        let delta = after[c] - before[c];
+        let want = u64::from(counters.contains(c));
         assert_eq!(
-            out.data,
-            bytes,
-            "{ctx}: output bytes\n got      {}\n expected {}\n input    {}",
-            hex(&out.data),
-            hex(&bytes),
-            hex(&fx.frame)
+            delta,
+            want,
+            "{ctx}: counter {} moved by {delta}, expected {want}",
+            c.name()
         );
-        if bytes.len() != fx.frame.len() {
-            assert!(
-                ipv4_checksum_ok(&out.data[14..34]),
-                "{ctx}: outer IPv4 checksum"
-            );
-        }
-        for c in MainCounter::ALL {
-            let delta = after[c] - before[c];
-            let want = u64::from(counters.contains(c));
-            assert_eq!(
-                delta,
-                want,
-                "{ctx}: counter {} moved by {delta}, expected {want}",
-                c.name()
-            );
-        }
+    }
 
-        if let Some(obs) = fx.observed {
-            let value = dp
-                .get(&key())
-                .unwrap()
-                .unwrap_or_else(|| panic!("{ctx}: flow entry vanished"));
-            check_observed(&ctx, &obs, &value, t0, t1);
-        }
+    if let Some(obs) = fx.observed {
+        let value = dp
+            .get(&key())
+            .unwrap()
+            .unwrap_or_else(|| panic!("{ctx}: flow entry vanished"));
+        check_observed(&ctx, &obs, &value, t0, t1);
     }
 }
 
@@ -805,45 +956,51 @@ fn run_table(mode: AttachMode, encap: Encap) {
 fn run_table_userspace(encap: Encap) {
     let mut checked = 0;
     for fx in fixtures() {
-        if fx.setup.iter().any(|(_, s)| matches!(s, Setup::RawState(_))) {
-            continue;
-        }
-        let ctx = format!("[userspace {encap:?}] {}", fx.description);
-        let mut flows = std::collections::HashMap::new();
-        for (k, setup) in &fx.setup {
-            let value = match setup {
-                Setup::Frozen => baton_ebpf::FlowValue::frozen(),
-                Setup::Forward(p) => baton_ebpf::FlowValue::forward(*p),
-                Setup::RawState(_) => unreachable!("skipped above"),
-            };
-            flows.insert(*k, value);
-        }
-        let (mut out, mut scratch) = (Vec::new(), Vec::new());
-        let t0 = monotonic_now_ns();
-        let outcome = baton_ebpf::userspace::packet::process(&mut flows, &fx.frame, false, lab::LOCAL, encap, t0, &mut out, &mut scratch);
-        let tot_len = usize::from(u16::from_be_bytes([fx.frame[16], fx.frame[17]]));
-        let inner = || &fx.frame[14..14 + tot_len];
-        let (send, counters): (Option<Ipv4Addr>, Vec<MainCounter>) = match fx.expect {
-            Expect::Pass(c) | Expect::Drop(c) => (None, vec![c]),
-            Expect::Forward { participant, .. }
-            | Expect::NoNeigh { participant }
-            | Expect::NoRoute { participant }
-            | Expect::TooBig { participant } => (Some(participant), vec![]),
-            Expect::IcmpToParticipant => (Some(lab::PARTICIPANT), vec![MainCounter::IcmpToParticipant]),
-        };
-        assert_eq!(outcome.counters, counters, "{ctx}: counters");
-        assert_eq!(outcome.send, send, "{ctx}: send");
-        if let Some(p) = send {
-            let want = encapsulated(inner(), encap, p);
-            assert_eq!(out, want, "{ctx}: packet to send\n got      {}\n expected {}", hex(&out), hex(&want));
-        }
-        if let Some(obs) = fx.observed {
-            let value = *flows.get(&key()).unwrap_or_else(|| panic!("{ctx}: flow entry vanished"));
-            check_observed(&ctx, &obs, &value, t0, t0);
-        }
-        checked += 1;
+        checked += usize::from(check_fixture_userspace(&fx, encap));
     }
     assert!(checked > 20, "only {checked} fixtures ran");
+}
+
+/// Runs one fixture through the userspace rules, which must count, send and observe exactly
+/// as the program does. Returns false for a fixture it cannot express (a raw state value).
+fn check_fixture_userspace(fx: &Fixture, encap: Encap) -> bool {
+    if fx.setup.iter().any(|(_, s)| matches!(s, Setup::RawState(_))) {
+        return false;
+    }
+    let ctx = format!("[userspace {encap:?}] {}", fx.description);
+    let mut flows = std::collections::HashMap::new();
+    for (k, setup) in &fx.setup {
+        let value = match setup {
+            Setup::Frozen => baton_ebpf::FlowValue::frozen(),
+            Setup::Forward(p) => baton_ebpf::FlowValue::forward(*p),
+            Setup::RawState(_) => unreachable!("skipped above"),
+        };
+        flows.insert(*k, value);
+    }
+    let (mut out, mut scratch) = (Vec::new(), Vec::new());
+    let t0 = monotonic_now_ns();
+    let outcome = baton_ebpf::userspace::packet::process(&mut flows, &fx.frame, false, lab::LOCAL, encap, t0, &mut out, &mut scratch);
+    let (send, counters): (Option<Ipv4Addr>, Vec<MainCounter>) = match fx.expect {
+        Expect::Pass(c) | Expect::Drop(c) => (None, vec![c]),
+        Expect::Forward { participant, .. }
+        | Expect::NoNeigh { participant }
+        | Expect::NoRoute { participant }
+        | Expect::TooBig { participant } => (Some(participant), vec![]),
+        Expect::IcmpToParticipant => (Some(lab::PARTICIPANT), vec![MainCounter::IcmpToParticipant]),
+    };
+    assert_eq!(outcome.counters, counters, "{ctx}: counters");
+    assert_eq!(outcome.send, send, "{ctx}: send");
+    if let Some(p) = send {
+        // Only a frame that holds its whole IPv4 packet is ever sent.
+        let tot_len = usize::from(u16::from_be_bytes([fx.frame[16], fx.frame[17]]));
+        let want = encapsulated(&fx.frame[14..14 + tot_len], encap, p);
+        assert_eq!(out, want, "{ctx}: packet to send\n got      {}\n expected {}", hex(&out), hex(&want));
+    }
+    if let Some(obs) = fx.observed {
+        let value = *flows.get(&key()).unwrap_or_else(|| panic!("{ctx}: flow entry vanished"));
+        check_observed(&ctx, &obs, &value, t0, t0);
+    }
+    true
 }
 
 #[test]
@@ -900,74 +1057,197 @@ fn fixtures_xdp_gue() {
     run_table(AttachMode::Xdp, Encap::Gue { port: GUE_PORT });
 }
 
-/// Every prefix of a forwarded flow's frame (with options and payload) that
-/// is shorter than the frame passes untouched as malformed; only the whole
-/// frame is forwarded. Prefixes the kernel refuses to test-run (shorter than
-/// an Ethernet header; for tc, shorter than Ethernet + IPv4 header) must be
-/// refused with EINVAL, never run.
+/// A truncation sweep: a frame, its flow setup, and what the whole frame and every cut of it
+/// (`common::truncate`) must do. Each cut runs as a fixture of its own, checked like the
+/// table's: verdict, exact output bytes, counters, observations.
+struct Sweep {
+    description: String,
+    frame: Vec<u8>,
+    setup: Vec<(FlowKey, Setup)>,
+    cut: Cut,
+    whole: (Expect, Option<Observed>),
+    /// The outcome of the cut to `len` bytes (`Truncated::len`).
+    cut_to: Box<dyn Fn(usize) -> (Expect, Option<Observed>)>,
+}
+
+impl Sweep {
+    /// Every cut, shortest first, then the whole frame.
+    fn fixtures(&self) -> Vec<Fixture> {
+        let fixture = |description, frame, (expect, observed)| Fixture {
+            description,
+            frame,
+            setup: self.setup.clone(),
+            expect,
+            observed,
+        };
+        let mut out: Vec<Fixture> = cuts(&self.frame, self.cut)
+            .into_iter()
+            .map(|t| {
+                let description = format!("{}: {:?} cut to {} bytes", self.description, self.cut, t.len);
+                fixture(description, t.frame, (self.cut_to)(t.len))
+            })
+            .collect();
+        assert!(out.len() > 20, "{}: only {} cuts", self.description, out.len());
+        out.push(fixture(format!("{}: whole", self.description), self.frame.clone(), self.whole));
+        out
+    }
+}
+
+/// What a cut that the program must refuse to parse does: passed untouched, counted as
+/// malformed, the flow untouched.
+fn malformed() -> (Expect, Option<Observed>) {
+    (Expect::Pass(MainCounter::PassMalformed), Some(Observed::default()))
+}
+
+/// A segment of length `tot_len` cut from `t` by its IPv4 total length: what the flow records.
+fn observed_cut(t: &Tcp, tot_len: usize) -> Observed {
+    let headers = t.headers_len() - 14;
+    Observed {
+        next_seq: Some(t.seq + (tot_len - headers) as u32),
+        bytes: tot_len as u64,
+        ..default_observed(t)
+    }
+}
+
+/// Sweeps of a TCP segment of a flow in `setup`, whose whole frame gives `whole`: every
+/// prefix of the frame is malformed; every IPv4 total length that cuts into the headers is
+/// malformed, and one that only cuts the payload leaves a shorter, valid segment that is
+/// handled (and observed) like the whole one.
+fn segment_sweeps(description: &str, t: &Tcp, setup: Vec<(FlowKey, Setup)>, whole: Expect) -> [Sweep; 2] {
+    let by_frame = Sweep {
+        description: description.to_string(),
+        frame: t.frame(),
+        setup: setup.clone(),
+        cut: Cut::Frame,
+        whole: (whole, Some(default_observed(t))),
+        cut_to: Box::new(|_| malformed()),
+    };
+    let t = t.clone();
+    let headers = t.headers_len() - 14;
+    let by_packet = Sweep {
+        description: by_frame.description.clone(),
+        frame: by_frame.frame.clone(),
+        setup,
+        cut: Cut::Packet,
+        whole: by_frame.whole,
+        cut_to: Box::new(move |len| {
+            if len < headers {
+                malformed()
+            } else {
+                (whole, Some(observed_cut(&t, len)))
+            }
+        }),
+    };
+    [by_frame, by_packet]
+}
+
+/// Sweeps of an ICMP "fragmentation needed" about the handed-off flow whose quote is
+/// `quoted_ihl_len` bytes of IPv4 header and 8 of TCP. Every prefix of the frame is
+/// malformed. Cut by its total length, it is sent to the participant only while the quoted
+/// ports are whole inside the message (even when the cut-off bytes, padding now, still hold
+/// them); with less it is the kernel's.
+fn icmp_sweeps(description: &str, frame: Vec<u8>, quoted_ihl_len: usize) -> [Sweep; 2] {
+    let by_frame = Sweep {
+        description: description.to_string(),
+        frame,
+        setup: forward_to(lab::PARTICIPANT),
+        cut: Cut::Frame,
+        whole: (Expect::IcmpToParticipant, Some(Observed::default())),
+        cut_to: Box::new(|_| malformed()),
+    };
+    let ports_end = 20 + 8 + quoted_ihl_len + 4;
+    let by_packet = Sweep {
+        description: by_frame.description.clone(),
+        frame: by_frame.frame.clone(),
+        setup: by_frame.setup.clone(),
+        cut: Cut::Packet,
+        whole: by_frame.whole,
+        cut_to: Box::new(move |len| {
+            let expect = if len < ports_end {
+                Expect::Pass(MainCounter::PassNotTcp)
+            } else {
+                Expect::IcmpToParticipant
+            };
+            (expect, Some(Observed::default()))
+        }),
+    };
+    [by_frame, by_packet]
+}
+
+/// Every sweep: forwarded segments (IPv4 header without and with options, ihl 5..15), a
+/// frozen flow's segment, and ICMP "fragmentation needed" about a handed-off flow (quoted
+/// header without and with options).
+fn sweeps() -> Vec<Sweep> {
+    let mut out = Vec::new();
+    let segment = Tcp {
+        payload: b"0123456789".to_vec(),
+        ..Tcp::default()
+    };
+    assert_eq!(segment.headers_len(), 14 + 20 + 32);
+    out.extend(segment_sweeps("forwarded segment", &segment, forward_to(lab::PARTICIPANT), same_iface()));
+    for ihl in 6..=15u8 {
+        // NOP ... NOP EOL: (ihl - 5) * 4 bytes of options.
+        let mut options = vec![1; (usize::from(ihl) - 5) * 4];
+        *options.last_mut().unwrap() = 0;
+        let t = Tcp {
+            ip_options: options,
+            ..segment.clone()
+        };
+        assert_eq!(t.headers_len(), 14 + usize::from(ihl) * 4 + 32);
+        let description = format!("forwarded segment, IPv4 ihl {ihl}");
+        out.extend(segment_sweeps(&description, &t, forward_to(lab::PARTICIPANT), same_iface()));
+    }
+    let frozen_segment = Tcp {
+        payload: b"held while moving".to_vec(),
+        ..Tcp::default()
+    };
+    out.extend(segment_sweeps("frozen flow's segment", &frozen_segment, frozen(), Expect::Drop(MainCounter::DropFrozen)));
+
+    let router = Ipv4Addr::new(198, 18, 5, 1);
+    for (description, ip_options) in [
+        ("ICMP fragmentation needed about a handed-off flow", vec![]),
+        ("ICMP fragmentation needed about a handed-off flow, quoted header with options", vec![1, 1, 1, 0]),
+    ] {
+        let from_vip = Tcp {
+            src: VIP,
+            dst: CLIENT,
+            payload: vec![7; 1400],
+            ip_options,
+            ..Tcp::default()
+        }
+        .ipv4_packet();
+        let quoted_ihl_len = usize::from(from_vip[0] & 0x0f) * 4;
+        out.extend(icmp_sweeps(description, frames::frag_needed_frame(router, &from_vip, 1280), quoted_ihl_len));
+    }
+    out
+}
+
+/// Every sweep through the program, for IPIP and GUE. Prefixes the kernel refuses to
+/// test-run (shorter than an Ethernet header; for tc, shorter than Ethernet + IPv4 header)
+/// must be refused with EINVAL, never run.
 fn truncation(mode: AttachMode) {
     let _ns = NetNs::new();
     lab::build();
-    let pin = PinDir::new();
     for encap in [Encap::Ipip, Encap::Gue { port: GUE_PORT }] {
-        let dp = MainDataplane::load(&MainOptions {
-            iface: lab::MAIN_IFACE.into(),
-            mode,
-            pin_dir: pin.path.clone(),
-            local_addr: lab::LOCAL,
-            encap,
-        })
-        .unwrap();
-        let segment = Tcp {
-            payload: b"0123456789".to_vec(),
-            ..Tcp::default()
-        };
-        let frame = segment.frame();
-        assert_eq!(segment.headers_len(), 14 + 20 + 32);
-        clear_flows(&dp);
-        dp.forward(&key(), lab::PARTICIPANT).unwrap();
-        let kernel_minimum = match mode {
-            AttachMode::Tc => 14 + 20,
-            AttachMode::Xdp => 14,
-        };
-
-        for len in 0..frame.len() {
-            let ctx = format!("[{mode:?} {encap:?}] prefix of {len} bytes");
-            let input = &frame[..len];
-            let before = counter_map(&dp);
-            match dp.test_run(input) {
-                Err(baton_ebpf::DataplaneError::TestRun { source, .. }) if len < kernel_minimum => {
-                    assert_eq!(source.raw_os_error(), Some(libc::EINVAL), "{ctx}");
-                    continue;
-                }
-                Err(e) => panic!("{ctx}: {e}"),
-                Ok(out) => {
-                    assert!(
-                        len >= kernel_minimum,
-                        "{ctx}: the kernel ran a frame it should refuse"
-                    );
-                    assert_eq!(out.verdict, Verdict::Pass, "{ctx}");
-                    assert_eq!(out.data, input, "{ctx}: output changed");
-                }
-            }
-            let after = counter_map(&dp);
-            for c in MainCounter::ALL {
-                let want = u64::from(*c == MainCounter::PassMalformed);
-                assert_eq!(after[c] - before[c], want, "{ctx}: counter {}", c.name());
+        let pin = PinDir::new();
+        let (dp, mut raw) = load(mode, encap, &pin);
+        for sweep in sweeps() {
+            for fx in sweep.fixtures() {
+                check_fixture(&dp, &mut raw, &fx, mode, encap);
             }
         }
-        let value = dp.get(&key()).unwrap().unwrap();
-        assert_eq!(
-            value.packets(),
-            0,
-            "a truncated frame was counted for the flow"
-        );
+    }
+}
 
-        let out = dp.test_run(&frame).unwrap();
-        let mut want = eth(lab::PARTICIPANT_MAC, lab::LOCAL_MAC, 0x0800);
-        want.extend(encapsulated(&frame[14..], encap, lab::PARTICIPANT));
-        assert_eq!(out.data, want, "[{mode:?} {encap:?}] whole frame");
-        assert_eq!(dp.get(&key()).unwrap().unwrap().packets(), 1);
+/// Every sweep through the userspace rules, which must agree with the program on every cut.
+#[test]
+fn truncated_frames_userspace() {
+    for encap in [Encap::Ipip, Encap::Gue { port: GUE_PORT }] {
+        for sweep in sweeps() {
+            for fx in sweep.fixtures() {
+                assert!(check_fixture_userspace(&fx, encap), "{}", fx.description);
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Packet fixtures for the participant program (BPF_PROG_TEST_RUN on the
 //! loaded and attached program), for tc and XDP, with IPIP and GUE
-//! configured; and a round trip main -> participant that must give back the
+//! configured; truncation sweeps of encapsulated frames from the main; and a
+//! round trip main -> participant that must give back the
 //! client's original packet.
 
 #![allow(clippy::unwrap_used, reason = "tests")]
@@ -13,7 +14,8 @@ use baton_ebpf::{
     AttachMode, Encap, FlowKey, MainDataplane, MainOptions, ParticipantCounter,
     ParticipantDataplane, ParticipantOptions, Verdict,
 };
-use common::frames::{self, eth, hex, Tcp, CLIENT, GUE_PORT, VIP};
+use common::frames::{self, eth, fix_ipv4_checksum, hex, Tcp, CLIENT, GUE_PORT, VIP};
+use common::truncate::{self, cuts, Cut};
 use common::{ip, lab, NetNs, PinDir};
 
 const MAIN: Ipv4Addr = lab::LOCAL;
@@ -30,7 +32,7 @@ enum Expect {
 }
 
 struct Fixture {
-    description: &'static str,
+    description: String,
     frame: Vec<u8>,
     /// Outcome with IPIP configured, and with GUE configured.
     ipip: Expect,
@@ -46,21 +48,6 @@ fn frame(ip_packet: Vec<u8>) -> Vec<u8> {
 fn mutate(mut bytes: Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     f(&mut bytes);
     bytes
-}
-
-/// Rewrites the IPv4 header checksum of the header starting at `off`.
-fn fix_csum(bytes: &mut [u8], off: usize) {
-    let ihl = usize::from(bytes[off] & 0x0f) * 4;
-    bytes[off + 10] = 0;
-    bytes[off + 11] = 0;
-    let mut sum: u32 = bytes[off..off + ihl]
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    bytes[off + 10..off + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
 }
 
 fn fixtures() -> Vec<Fixture> {
@@ -83,23 +70,23 @@ fn fixtures() -> Vec<Fixture> {
         f[14] = 0x46;
         let tot = u16::from_be_bytes([f[16], f[17]]) + 4;
         f[16..18].copy_from_slice(&tot.to_be_bytes());
-        fix_csum(f, 14);
+        fix_ipv4_checksum(f, 14);
     };
     let outer_options = mutate(ipip_from_main.clone(), with_outer_options);
     let gue_outer_options = mutate(gue_from_main.clone(), with_outer_options);
     let outer_mf = mutate(ipip_from_main.clone(), |f| {
         f[20] |= 0x20;
-        fix_csum(f, 14);
+        fix_ipv4_checksum(f, 14);
     });
     let stranger_fragment = mutate(frame(frames::ipip(&inner, STRANGER, ME)), |f| {
         f[20] |= 0x20;
-        fix_csum(f, 14);
+        fix_ipv4_checksum(f, 14);
     });
     // Outer total length covers only 10 bytes of the inner header.
     let inner_cut = mutate(ipip_from_main.clone(), |f| {
         f.truncate(14 + 30);
         f[16..18].copy_from_slice(&30u16.to_be_bytes());
-        fix_csum(f, 14);
+        fix_ipv4_checksum(f, 14);
     });
     let inner_v6 = mutate(ipip_from_main.clone(), |f| f[34] = 0x65);
     let inner_ihl4 = mutate(ipip_from_main.clone(), |f| f[34] = 0x44);
@@ -115,149 +102,230 @@ fn fixtures() -> Vec<Fixture> {
     let gue_udp_cut = mutate(gue_from_main.clone(), |f| {
         f.truncate(14 + 24);
         f[16..18].copy_from_slice(&24u16.to_be_bytes());
-        fix_csum(f, 14);
+        fix_ipv4_checksum(f, 14);
     });
     // A non-first fragment: the bytes where a UDP header would be are payload.
     let udp_later_fragment = mutate(gue_from_main.clone(), |f| {
         f[20..22].copy_from_slice(&(0x2000u16 | 100).to_be_bytes());
-        fix_csum(f, 14);
+        fix_ipv4_checksum(f, 14);
+    });
+
+    let outer_ihl4 = |f: &mut Vec<u8>| {
+        f[14] = 0x44;
+        fix_ipv4_checksum(f, 14);
+    };
+    // Offset 100 (800 bytes), MF clear: the last fragment of a packet the main never sends.
+    let outer_last_fragment = mutate(ipip_from_main.clone(), |f| {
+        f[20..22].copy_from_slice(&100u16.to_be_bytes());
+        fix_ipv4_checksum(f, 14);
+    });
+    let outer_middle_fragment = mutate(ipip_from_main.clone(), |f| {
+        f[20..22].copy_from_slice(&(0x2000u16 | 100).to_be_bytes());
+        fix_ipv4_checksum(f, 14);
+    });
+    // The inner TCP header is not judged here: the main never forwards such a segment, and
+    // the participant's TCP drops it (bad header) without answering.
+    let inner_doff = |doff: u8| mutate(inner.clone(), |p| p[32] = (doff << 4) | (p[32] & 0x0f));
+    let ipip_inner_doff4 = frame(frames::ipip(&inner_doff(4), MAIN, ME));
+    let ipip_inner_doff15 = frame(frames::ipip(&inner_doff(15), MAIN, ME));
+    let gue_inner_doff4 = frame(frames::gue(&inner_doff(4), MAIN, ME, sport, GUE_PORT));
+    let gue_inner_doff15 = frame(frames::gue(&inner_doff(15), MAIN, ME, sport, GUE_PORT));
+    // The outer total length ends inside the UDP header; the rest of the frame (the UDP
+    // header to the GUE port, the inner packet) is Ethernet padding, not part of the packet.
+    let gue_udp_cut_padded = mutate(gue_from_main.clone(), |f| {
+        f[16..18].copy_from_slice(&24u16.to_be_bytes());
+        fix_ipv4_checksum(f, 14);
     });
 
     vec![
         Fixture {
-            description: "IPIP from the main",
+            description: "IPIP from the main".into(),
             frame: ipip_from_main.clone(),
             ipip: Decap(20),
             gue: Decap(20),
         },
         Fixture {
-            description: "IPIP from the main, inner packet with options and payload",
+            description: "IPIP from the main, inner packet with options and payload".into(),
             frame: frame(frames::ipip(&inner_big, MAIN, ME)),
             ipip: Decap(20),
             gue: Decap(20),
         },
         Fixture {
-            description: "IPIP from the main, outer header with options",
+            description: "IPIP from the main, outer header with options".into(),
             frame: outer_options,
             ipip: Decap(24),
             gue: Decap(24),
         },
         Fixture {
-            description: "IPIP from the main, Ethernet padding after the packet",
+            description: "IPIP from the main, Ethernet padding after the packet".into(),
             frame: mutate(ipip_from_main.clone(), |f| f.extend_from_slice(&[0; 6])),
             ipip: Decap(20),
             gue: Decap(20),
         },
         Fixture {
-            description: "IPIP from a stranger",
+            description: "IPIP from a stranger".into(),
             frame: frame(frames::ipip(&inner, STRANGER, ME)),
             ipip: Drop(C::DropBadSource),
             gue: Drop(C::DropBadSource),
         },
         Fixture {
-            description: "IPIP fragment from a stranger",
+            description: "IPIP fragment from a stranger".into(),
             frame: stranger_fragment,
             ipip: Drop(C::DropBadSource),
             gue: Drop(C::DropBadSource),
         },
         Fixture {
-            description: "IPIP from the main, outer MF set",
+            description: "IPIP from the main, outer MF set".into(),
             frame: outer_mf,
             ipip: Drop(C::DropFragment),
             gue: Drop(C::DropFragment),
         },
         Fixture {
-            description: "IPIP from the main, inner header cut",
+            description: "IPIP from the main, inner header cut".into(),
             frame: inner_cut,
             ipip: Drop(C::DropMalformed),
             gue: Drop(C::DropMalformed),
         },
         Fixture {
-            description: "IPIP from the main, inner version 6",
+            description: "IPIP from the main, inner version 6".into(),
             frame: inner_v6,
             ipip: Drop(C::DropMalformed),
             gue: Drop(C::DropMalformed),
         },
         Fixture {
-            description: "IPIP from the main, inner ihl 4",
+            description: "IPIP from the main, inner ihl 4".into(),
             frame: inner_ihl4,
             ipip: Drop(C::DropMalformed),
             gue: Drop(C::DropMalformed),
         },
         Fixture {
-            description: "IPIP from the main, inner total length beyond the outer",
+            description: "IPIP from the main, inner total length beyond the outer".into(),
             frame: inner_too_long,
             ipip: Drop(C::DropMalformed),
             gue: Drop(C::DropMalformed),
         },
         Fixture {
-            description: "IPIP, outer total length beyond the frame",
+            description: "IPIP, outer total length beyond the frame".into(),
             frame: outer_too_long,
             ipip: Pass(C::PassMalformed),
             gue: Pass(C::PassMalformed),
         },
         Fixture {
-            description: "GUE from the main",
+            description: "GUE from the main".into(),
             frame: gue_from_main.clone(),
             ipip: Pass(C::PassNotEncap),
             gue: Decap(28),
         },
         Fixture {
-            description: "GUE from the main, outer header with options",
+            description: "GUE from the main, outer header with options".into(),
             frame: gue_outer_options,
             ipip: Pass(C::PassNotEncap),
             gue: Decap(32),
         },
         Fixture {
-            description: "GUE from a stranger",
+            description: "GUE from a stranger".into(),
             frame: frame(frames::gue(&inner, STRANGER, ME, sport, GUE_PORT)),
             ipip: Pass(C::PassNotEncap),
             gue: Drop(C::DropBadSource),
         },
         Fixture {
-            description: "GUE from the main carrying no IPv4 packet",
+            description: "GUE from the main carrying no IPv4 packet".into(),
             frame: gue_garbage,
             ipip: Pass(C::PassNotEncap),
             gue: Drop(C::DropMalformed),
         },
         Fixture {
-            description: "GUE from the main, UDP header cut",
+            description: "GUE from the main, UDP header cut".into(),
             frame: gue_udp_cut,
             ipip: Pass(C::PassNotEncap),
             gue: Pass(C::PassMalformed),
         },
         Fixture {
-            description: "UDP non-first fragment from the main",
+            description: "UDP non-first fragment from the main".into(),
             frame: udp_later_fragment,
             ipip: Pass(C::PassNotEncap),
             gue: Pass(C::PassNotEncap),
         },
         Fixture {
-            description: "UDP from the main to another port",
+            description: "UDP from the main to another port".into(),
             frame: frame(frames::gue(&inner, MAIN, ME, sport, GUE_PORT + 1)),
             ipip: Pass(C::PassNotEncap),
             gue: Pass(C::PassNotEncap),
         },
         Fixture {
-            description: "plain TCP from a client",
+            description: "plain TCP from a client".into(),
             frame: Tcp::default().frame(),
             ipip: Pass(C::PassNotEncap),
             gue: Pass(C::PassNotEncap),
         },
         Fixture {
-            description: "ICMP from the main",
+            description: "ICMP from the main".into(),
             frame: frames::icmp_echo_frame(MAIN, ME),
             ipip: Pass(C::PassNotEncap),
             gue: Pass(C::PassNotEncap),
         },
         Fixture {
-            description: "TCP over IPv6",
+            description: "IPIP, outer ihl 4".into(),
+            frame: mutate(ipip_from_main.clone(), outer_ihl4),
+            ipip: Pass(C::PassMalformed),
+            gue: Pass(C::PassMalformed),
+        },
+        Fixture {
+            description: "GUE, outer ihl 4".into(),
+            frame: mutate(gue_from_main.clone(), outer_ihl4),
+            ipip: Pass(C::PassMalformed),
+            gue: Pass(C::PassMalformed),
+        },
+        Fixture {
+            description: "IPIP from the main, outer last fragment (offset 800, MF clear)".into(),
+            frame: outer_last_fragment,
+            ipip: Drop(C::DropFragment),
+            gue: Drop(C::DropFragment),
+        },
+        Fixture {
+            description: "IPIP from the main, outer middle fragment (MF, offset 800)".into(),
+            frame: outer_middle_fragment,
+            ipip: Drop(C::DropFragment),
+            gue: Drop(C::DropFragment),
+        },
+        Fixture {
+            description: "IPIP from the main, inner TCP data offset 4".into(),
+            frame: ipip_inner_doff4,
+            ipip: Decap(20),
+            gue: Decap(20),
+        },
+        Fixture {
+            description: "IPIP from the main, inner TCP data offset 15 past the inner packet's end".into(),
+            frame: ipip_inner_doff15,
+            ipip: Decap(20),
+            gue: Decap(20),
+        },
+        Fixture {
+            description: "GUE from the main, inner TCP data offset 4".into(),
+            frame: gue_inner_doff4,
+            ipip: Pass(C::PassNotEncap),
+            gue: Decap(28),
+        },
+        Fixture {
+            description: "GUE from the main, inner TCP data offset 15 past the inner packet's end".into(),
+            frame: gue_inner_doff15,
+            ipip: Pass(C::PassNotEncap),
+            gue: Decap(28),
+        },
+        Fixture {
+            description: "GUE from the main, UDP header cut by the outer total length, rest in padding".into(),
+            frame: gue_udp_cut_padded,
+            ipip: Pass(C::PassNotEncap),
+            gue: Pass(C::PassMalformed),
+        },
+        Fixture {
+            description: "TCP over IPv6".into(),
             frame: frames::ipv6_tcp_frame(),
             ipip: Pass(C::PassNotIpv4),
             gue: Pass(C::PassNotIpv4),
         },
         Fixture {
-            description: "ARP request",
+            description: "ARP request".into(),
             frame: frames::arp_frame(),
             ipip: Pass(C::PassNotIpv4),
             gue: Pass(C::PassNotIpv4),
@@ -269,14 +337,14 @@ fn counter_map(dp: &ParticipantDataplane) -> std::collections::BTreeMap<Particip
     dp.counters().unwrap().into_iter().collect()
 }
 
-fn run_table(mode: AttachMode, encap: Encap) {
-    let _ns = NetNs::new();
+/// A veth pair in the calling thread's namespace with the participant program loaded on
+/// `IFACE` in `mode`, with `encap` configured.
+fn load(mode: AttachMode, encap: Encap, pin: &PinDir) -> ParticipantDataplane {
     ip(&["link", "add", IFACE, "type", "veth", "peer", "name", "pt1"]);
     ip(&["addr", "add", "198.18.0.2/24", "dev", IFACE]);
     ip(&["link", "set", IFACE, "up"]);
     ip(&["link", "set", "pt1", "up"]);
-    let pin = PinDir::new();
-    let dp = ParticipantDataplane::load(&ParticipantOptions {
+    ParticipantDataplane::load(&ParticipantOptions {
         iface: IFACE.into(),
         mode,
         pin_dir: pin.path.clone(),
@@ -284,43 +352,161 @@ fn run_table(mode: AttachMode, encap: Encap) {
         encap,
         require_socket: false,
     })
-    .unwrap();
+    .unwrap()
+}
 
+fn run_table(mode: AttachMode, encap: Encap) {
+    let _ns = NetNs::new();
+    let pin = PinDir::new();
+    let dp = load(mode, encap, &pin);
     for fx in fixtures() {
-        let ctx = format!("[{mode:?} {encap:?}] {}", fx.description);
-        let expect = match encap {
-            Encap::Ipip => fx.ipip,
-            Encap::Gue { .. } => fx.gue,
+        check_fixture(&dp, &fx, mode, encap);
+    }
+}
+
+/// Runs one fixture: verdict, output bytes and the one counter that moves must be exactly the
+/// expected ones. A frame shorter than the kernel's minimum must be refused, and then nothing
+/// moves.
+fn check_fixture(dp: &ParticipantDataplane, fx: &Fixture, mode: AttachMode, encap: Encap) {
+    let ctx = format!("[{mode:?} {encap:?}] {}", fx.description);
+    let expect = match encap {
+        Encap::Ipip => fx.ipip,
+        Encap::Gue { .. } => fx.gue,
+    };
+    let (verdict, bytes, counter) = match expect {
+        Expect::Decap(outer) => {
+            let mut b = fx.frame[..14].to_vec();
+            b.extend_from_slice(&fx.frame[14 + outer..]);
+            (Verdict::Pass, b, ParticipantCounter::DecapOk)
+        }
+        Expect::Pass(c) => (Verdict::Pass, fx.frame.clone(), c),
+        Expect::Drop(c) => (Verdict::Drop, fx.frame.clone(), c),
+    };
+    let before = counter_map(dp);
+    let out = truncate::run_or_refused(&ctx, mode, &fx.frame, |f| dp.test_run(f));
+    let after = counter_map(dp);
+    let Some(out) = out else {
+        assert_eq!(after, before, "{ctx}: counters moved for a refused frame");
+        return;
+    };
+    assert_eq!(
+        out.verdict, verdict,
+        "{ctx}: verdict (retval {})",
+        out.retval
+    );
+    assert_eq!(
+        out.data,
+        bytes,
+        "{ctx}: output\n got      {}\n expected {}",
+        hex(&out.data),
+        hex(&bytes)
+    );
+    for c in ParticipantCounter::ALL {
+        let want = u64::from(*c == counter);
+        assert_eq!(after[c] - before[c], want, "{ctx}: counter {}", c.name());
+    }
+}
+
+/// A truncation sweep: a frame and what the whole frame and every cut of it
+/// (`common::truncate`) must do, with IPIP and with GUE configured. Each cut runs as a fixture
+/// of its own.
+struct Sweep {
+    description: &'static str,
+    frame: Vec<u8>,
+    cut: Cut,
+    /// (IPIP configured, GUE configured) for the whole frame.
+    whole: (Expect, Expect),
+    /// The same for the cut to `len` bytes (`Truncated::len`).
+    cut_to: Box<dyn Fn(usize) -> (Expect, Expect)>,
+}
+
+impl Sweep {
+    /// Every cut, shortest first, then the whole frame.
+    fn fixtures(&self) -> Vec<Fixture> {
+        let fixture = |description, frame, (ipip, gue)| Fixture {
+            description,
+            frame,
+            ipip,
+            gue,
         };
-        let (verdict, bytes, counter) = match expect {
-            Expect::Decap(outer) => {
-                let mut b = fx.frame[..14].to_vec();
-                b.extend_from_slice(&fx.frame[14 + outer..]);
-                (Verdict::Pass, b, ParticipantCounter::DecapOk)
+        let mut out: Vec<Fixture> = cuts(&self.frame, self.cut)
+            .into_iter()
+            .map(|t| {
+                let description = format!("{}: {:?} cut to {} bytes", self.description, self.cut, t.len);
+                fixture(description, t.frame, (self.cut_to)(t.len))
+            })
+            .collect();
+        assert!(out.len() > 20, "{}: only {} cuts", self.description, out.len());
+        out.push(fixture(format!("{}: whole", self.description), self.frame.clone(), self.whole));
+        out
+    }
+}
+
+/// Every prefix of an encapsulated frame from the main is malformed (the outer total length
+/// is beyond it) and passed to the kernel, which drops it; only the whole frame is
+/// decapsulated. Cut by the outer total length, the inner packet no longer fits: dropped as
+/// malformed, or passed when the cut leaves no whole UDP header to say it is GUE.
+fn sweeps() -> Vec<Sweep> {
+    use Expect::*;
+    use ParticipantCounter as C;
+    let inner = Tcp {
+        payload: b"0123456789".to_vec(),
+        ..Tcp::default()
+    }
+    .ipv4_packet();
+    let sport = FlowKey::new(CLIENT, VIP).gue_source_port();
+    let ipip = frame(frames::ipip(&inner, MAIN, ME));
+    let gue = frame(frames::gue(&inner, MAIN, ME, sport, GUE_PORT));
+    let malformed = Pass(C::PassMalformed);
+    vec![
+        Sweep {
+            description: "IPIP from the main",
+            frame: ipip.clone(),
+            cut: Cut::Frame,
+            whole: (Decap(20), Decap(20)),
+            cut_to: Box::new(move |_| (malformed, malformed)),
+        },
+        Sweep {
+            description: "IPIP from the main",
+            frame: ipip,
+            cut: Cut::Packet,
+            whole: (Decap(20), Decap(20)),
+            cut_to: Box::new(|_| (Drop(C::DropMalformed), Drop(C::DropMalformed))),
+        },
+        Sweep {
+            description: "GUE from the main",
+            frame: gue.clone(),
+            cut: Cut::Frame,
+            whole: (Pass(C::PassNotEncap), Decap(28)),
+            cut_to: Box::new(move |_| (malformed, malformed)),
+        },
+        Sweep {
+            description: "GUE from the main",
+            frame: gue,
+            cut: Cut::Packet,
+            whole: (Pass(C::PassNotEncap), Decap(28)),
+            cut_to: Box::new(move |len| {
+                let gue = if len < 20 + 8 { malformed } else { Drop(C::DropMalformed) };
+                (Pass(C::PassNotEncap), gue)
+            }),
+        },
+    ]
+}
+
+/// Every sweep, for tc and XDP with IPIP and GUE configured.
+#[test]
+fn truncated_frames() {
+    require_root!();
+    for mode in [AttachMode::Tc, AttachMode::Xdp] {
+        for encap in [Encap::Ipip, Encap::Gue { port: GUE_PORT }] {
+            let _ns = NetNs::new();
+            let pin = PinDir::new();
+            let dp = load(mode, encap, &pin);
+            for sweep in sweeps() {
+                for fx in sweep.fixtures() {
+                    check_fixture(&dp, &fx, mode, encap);
+                }
             }
-            Expect::Pass(c) => (Verdict::Pass, fx.frame.clone(), c),
-            Expect::Drop(c) => (Verdict::Drop, fx.frame.clone(), c),
-        };
-        let before = counter_map(&dp);
-        let out = dp
-            .test_run(&fx.frame)
-            .unwrap_or_else(|e| panic!("{ctx}: {e}"));
-        let after = counter_map(&dp);
-        assert_eq!(
-            out.verdict, verdict,
-            "{ctx}: verdict (retval {})",
-            out.retval
-        );
-        assert_eq!(
-            out.data,
-            bytes,
-            "{ctx}: output\n got      {}\n expected {}",
-            hex(&out.data),
-            hex(&bytes)
-        );
-        for c in ParticipantCounter::ALL {
-            let want = u64::from(*c == counter);
-            assert_eq!(after[c] - before[c], want, "{ctx}: counter {}", c.name());
         }
     }
 }

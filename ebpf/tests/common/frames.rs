@@ -274,6 +274,21 @@ pub fn gue(inner: &[u8], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -
     out
 }
 
+/// Rewrites the checksum of the IPv4 header that starts at `off` in `bytes`.
+pub fn fix_ipv4_checksum(bytes: &mut [u8], off: usize) {
+    let ihl = usize::from(bytes[off] & 0x0f) * 4;
+    bytes[off + 10] = 0;
+    bytes[off + 11] = 0;
+    let mut sum: u32 = bytes[off..off + ihl]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    bytes[off + 10..off + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
 /// RFC 1071 check of an IPv4 header: the one's-complement sum over the
 /// header, checksum included, is 0xffff.
 pub fn ipv4_checksum_ok(header: &[u8]) -> bool {

@@ -1,6 +1,6 @@
 //! Shared harness of the data-plane tests: root/bpffs checks, a fresh network
 //! namespace per test (RAII), a private pin directory per test (RAII), the
-//! lab addresses, and frame builders.
+//! lab addresses, frame builders, and truncation sweeps.
 //!
 //! Every test enters its own network namespace on its own thread, so tests
 //! can run in parallel and never touch the host's interfaces. Pin directories
@@ -16,6 +16,7 @@
 )]
 
 pub mod frames;
+pub mod truncate;
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
