@@ -818,4 +818,92 @@ mod tests {
             FrameError::Handoff(HandoffError::TrailingBytes { extra: 1 })
         );
     }
+
+    /// A random message the decoder must accept: valid names, reasons within the limit,
+    /// coordinates in range, handoffs and responses that pass their checks.
+    fn random_message(rng: &mut rand::rngs::StdRng) -> Message {
+        use crate::fuzz::{edgy_u64, string_from};
+        use crate::handoff::tests::{random_handoff, random_object, random_response};
+        use rand::Rng;
+        let reason = |rng: &mut rand::rngs::StdRng| {
+            if rng.gen_ratio(1, 20) {
+                "\u{e9}".repeat(MAX_REASON_BYTES / 2)
+            } else {
+                string_from(rng, "ab \u{e9}\u{1f600}\0\n", 0..=40)
+            }
+        };
+        let flow_id = edgy_u64(rng);
+        match rng.gen_range(0..15) {
+            0 => Message::Register {
+                name: string_from(rng, "abz09-", 1..=MAX_NAME_BYTES),
+                addr: Ipv4Addr::from(rng.gen::<u32>()),
+                coord: Coord::new(rng.gen_range(-90.0..=90.0), rng.gen_range(-180.0..=180.0)).expect("in range"),
+                capacity: rng.gen(),
+                mirror_port: rng.gen(),
+            },
+            1 => Message::Registered { participant_id: rng.gen() },
+            2 => Message::Rejected { reason: reason(rng) },
+            3 => Message::Heartbeat(Load {
+                active_flows: rng.gen(),
+                bytes_per_sec: edgy_u64(rng),
+                load_avg_milli: rng.gen(),
+                cache_bytes: edgy_u64(rng),
+            }),
+            4 => Message::Handoff(random_handoff(rng)),
+            5 => Message::Restored { flow_id },
+            6 => Message::RestoreFailed { flow_id, reason: reason(rng) },
+            7 => Message::FlowClosed { flow_id, bytes_sent: edgy_u64(rng) },
+            8 => Message::Release { flow_id },
+            9 => Message::Released(random_handoff(rng)),
+            10 => Message::ReleaseFailed { flow_id, reason: reason(rng) },
+            11 => {
+                let start = if rng.gen() { edgy_u64(rng) / 2 } else { rng.gen_range(0..1 << 30) };
+                Message::Serving { flow_id, response: random_response(rng, start) }
+            }
+            12 => Message::Prepare {
+                flow_id,
+                objects: (0..rng.gen_range(0..=MAX_PREPARE_OBJECTS)).map(|_| random_object(rng)).collect(),
+            },
+            13 => Message::Prepared { flow_id },
+            _ => Message::PrepareFailed { flow_id, reason: reason(rng) },
+        }
+    }
+
+    #[test]
+    fn fuzz_random_messages_round_trip() {
+        crate::fuzz::fuzz_values("control_round_trip", random_message, |msg| {
+            let mut bytes = encode(msg);
+            let len = bytes.len();
+            assert_eq!(decode_frame(&bytes), Ok(Some((msg.clone(), len))));
+            assert_eq!(decode_frame(&bytes[..len - 1]), Ok(None), "one byte short");
+            bytes.extend_from_slice(REGISTERED);
+            assert_eq!(decode_frame(&bytes), Ok(Some((msg.clone(), len))), "the next frame is left alone");
+        });
+    }
+
+    #[test]
+    fn fuzz_decode_frame() {
+        let mut corpus: Vec<&[u8]> = fixtures().into_iter().map(|(_, bytes)| bytes).collect();
+        let mut stream = HEARTBEAT.to_vec();
+        stream.extend_from_slice(SERVING);
+        corpus.push(&stream);
+        crate::fuzz::fuzz_bytes("decode_frame", &corpus, |input| {
+            let prefix = input.first_chunk::<LEN_PREFIX>().map(|p| u32::from_be_bytes(*p) as usize);
+            match decode_frame(input) {
+                Ok(Some((msg, used))) => {
+                    assert!(used <= input.len(), "used {used} of {} bytes", input.len());
+                    assert_eq!(prefix.map(|len| len + LEN_PREFIX), Some(used));
+                    assert!(used - LEN_PREFIX <= MAX_FRAME_BYTES);
+                    assert_eq!(encode(&msg), input[..used], "the encoding is canonical");
+                    assert_eq!(decode_frame(&input[..used]), Ok(Some((msg, used))));
+                }
+                Ok(None) => assert!(prefix.is_none_or(|len| len <= MAX_FRAME_BYTES && input.len() < LEN_PREFIX + len)),
+                Err(FrameError::TooLarge { len }) => assert_eq!((Some(len), len > MAX_FRAME_BYTES), (prefix, true)),
+                Err(e) => {
+                    assert!(prefix.is_some_and(|len| len <= MAX_FRAME_BYTES && input.len() >= LEN_PREFIX + len));
+                    assert!(!e.to_string().is_empty());
+                }
+            }
+        });
+    }
 }

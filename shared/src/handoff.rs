@@ -126,9 +126,9 @@ pub struct Response {
 }
 
 impl Response {
-    /// Head plus body length.
+    /// Head plus body length (saturating: a response that long fails [`Handoff::check`]).
     pub fn len(&self) -> u64 {
-        self.head.len() as u64 + self.body.as_ref().map_or(0, |b| b.len)
+        (self.head.len() as u64).saturating_add(self.body.as_ref().map_or(0, |b| b.len))
     }
 
     /// Whether the response has no bytes at all (never true for a real response).
@@ -139,6 +139,15 @@ impl Response {
     /// Stream offset just after the last byte.
     pub fn end(&self) -> u64 {
         self.start.saturating_add(self.len())
+    }
+
+    /// Refuses a response whose end is past the largest stream offset (its length would wrap).
+    fn check_end(&self) -> Result<(), HandoffError> {
+        let len = (self.head.len() as u64).checked_add(self.body.as_ref().map_or(0, |b| b.len));
+        match len.and_then(|len| self.start.checked_add(len)) {
+            Some(_) => Ok(()),
+            None => Err(HandoffError::StreamOverflow),
+        }
     }
 
     pub(crate) fn encoded_len(&self) -> usize {
@@ -205,6 +214,8 @@ pub enum HandoffError {
     PendingGap,
     #[error("{in_flight} bytes in flight run past the pending responses")]
     InFlightBeyondResponses { in_flight: u32 },
+    #[error("response ends past the largest stream offset")]
+    StreamOverflow,
 }
 
 fn check_tcp(mss: u16, snd_wscale: u8, rcv_wscale: u8) -> Result<(), HandoffError> {
@@ -261,6 +272,7 @@ impl Handoff {
             if let Some(b) = &r.body {
                 check_path(&b.object.path)?;
             }
+            r.check_end()?;
         }
         check_pending(self.snd_offset, &self.pending)?;
         check_in_flight(self.snd_offset, self.in_flight, &self.pending)
@@ -450,7 +462,8 @@ pub(crate) fn put_response(out: &mut Vec<u8>, r: &Response) {
     }
 }
 
-/// Reads one response in the record's `response` layout, checking its limits.
+/// Reads one response in the record's `response` layout, checking its limits and that it ends
+/// within the stream's 64-bit offsets.
 pub(crate) fn get_response(r: &mut Reader<'_>) -> Result<Response, HandoffError> {
     const T: HandoffError = HandoffError::Truncated;
     let start = r.u64().ok_or(T)?;
@@ -465,7 +478,9 @@ pub(crate) fn get_response(r: &mut Reader<'_>) -> Result<Response, HandoffError>
         false => None,
         true => Some(BodyPart { object: get_object(r)?, offset: r.u64().ok_or(T)?, len: r.u64().ok_or(T)? }),
     };
-    Ok(Response { start, request_end, keep_alive, head, body })
+    let response = Response { start, request_end, keep_alive, head, body };
+    response.check_end()?;
+    Ok(response)
 }
 
 fn object_len(o: &ObjectPlan) -> usize {
@@ -503,8 +518,11 @@ pub(crate) fn get_object(r: &mut Reader<'_>) -> Result<ObjectPlan, HandoffError>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::fuzz::{edgy_u64, string_from};
+    use rand::rngs::StdRng;
+    use rand::Rng;
 
     #[rustfmt::skip]
     static FIXTURE: &[u8] = &[
@@ -822,5 +840,198 @@ mod tests {
             b.object.path = "../x".into();
         }
         assert_eq!(Handoff::decode(&encode(&h)), Err(HandoffError::Path(PathError::Traversal)));
+    }
+
+    /// The tail of a record (after "no object") whose one pending response has a 1-byte head
+    /// and a body of `u64::MAX` bytes. Found by `fuzz_decode`: the length overflowed in
+    /// `Response::len`, a panic with overflow checks and, without them, a length wrapped to 0 that
+    /// passed the gap checks, so the record was accepted.
+    #[rustfmt::skip]
+    pub(crate) static OVERFLOWING_RESPONSE: &[u8] = &[
+        0, 0, 0, 0, 0, 0, 0, 0,                         // snd_offset 0
+        0, 0, 0, 0,                                     // in_flight 0
+        1,                                              // one pending response
+        0, 0, 0, 0, 0, 0, 0, 0,                         // start 0
+        0, 0, 0, 0,                                     // request_end
+        0,                                              // no keep-alive
+        0, 1, b'H',                                     // head "H"
+        1,                                              // body present
+        0, 1, b'o',                                     // path "o"
+        0, 0, 0, 0, 0, 0, 0, 5,                         // size 5
+        3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, // sha256
+        3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+        0, 0, 0, 0, 0, 0, 0, 0,                         // offset 0
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // length u64::MAX
+    ];
+
+    #[test]
+    fn regression_response_length_overflow() {
+        let mut buf = FIXTURE[..PRESENCE_AT].to_vec();
+        buf.push(0);
+        buf.extend_from_slice(OVERFLOWING_RESPONSE);
+        assert_eq!(Handoff::decode(&buf), Err(HandoffError::StreamOverflow));
+        let mut h = moved();
+        h.pending.truncate(1);
+        h.pending[0].start = u64::MAX - 19;
+        h.snd_offset = u64::MAX - 19;
+        assert_eq!(h.check(), Err(HandoffError::StreamOverflow));
+        assert_eq!(Handoff::decode(&encode(&h)), Err(HandoffError::StreamOverflow));
+        if let Some(b) = h.pending[0].body.as_mut() {
+            b.len = 0;
+        }
+        assert_eq!(h.pending[0].end(), u64::MAX, "ends exactly at the largest offset");
+        assert_eq!(Handoff::decode(&encode(&h)), Ok(h));
+    }
+
+    /// A valid object path: 1 to 4 segments of path-safe characters, sometimes at the length
+    /// limit.
+    pub(crate) fn random_path(rng: &mut StdRng) -> String {
+        if rng.gen_ratio(1, 50) {
+            return "p".repeat(MAX_HANDOFF_PATH_BYTES);
+        }
+        let segments: Vec<String> = (0..rng.gen_range(1..=4))
+            .map(|_| loop {
+                let s = string_from(rng, "ab.-_~%é日 Z9", 1..=12);
+                if s != "." && s != ".." {
+                    break s;
+                }
+            })
+            .collect();
+        segments.join("/")
+    }
+
+    pub(crate) fn random_object(rng: &mut StdRng) -> ObjectPlan {
+        ObjectPlan { path: random_path(rng), size: edgy_u64(rng), sha256: rng.gen() }
+    }
+
+    fn random_bytes(rng: &mut StdRng, max: usize) -> Vec<u8> {
+        let len = if rng.gen_ratio(1, 50) { max } else { rng.gen_range(0..=max.min(64)) };
+        (0..len).map(|_| rng.gen()).collect()
+    }
+
+    /// A response starting at `start` whose length keeps every stream offset in a u64.
+    pub(crate) fn random_response(rng: &mut StdRng, start: u64) -> Response {
+        let mut head = random_bytes(rng, MAX_RESPONSE_HEAD_BYTES);
+        head.truncate(usize::try_from(u64::MAX - start).unwrap_or(usize::MAX));
+        let room = u64::MAX - start - head.len() as u64;
+        let body = rng.gen_bool(0.7).then(|| BodyPart {
+            object: random_object(rng),
+            offset: edgy_u64(rng),
+            len: if rng.gen_ratio(1, 10) { room } else { rng.gen_range(0..=room.min(1 << 40)) },
+        });
+        Response { start, request_end: rng.gen(), keep_alive: rng.gen(), head, body }
+    }
+
+    /// A random handoff that passes [`Handoff::check`]: pending responses contiguous from one
+    /// that holds `snd_offset`, bytes in flight within them.
+    pub(crate) fn random_handoff(rng: &mut StdRng) -> Handoff {
+        let wscale = |rng: &mut StdRng| rng.gen_range(0..=MAX_WSCALE);
+        let tcp = TcpState {
+            local: SocketAddrV4::new(Ipv4Addr::from(rng.gen::<u32>()), rng.gen()),
+            remote: SocketAddrV4::new(Ipv4Addr::from(rng.gen::<u32>()), rng.gen()),
+            snd_seq: rng.gen(),
+            rcv_seq: rng.gen(),
+            mss: rng.gen_range(1..=u16::MAX),
+            snd_wscale: wscale(rng),
+            rcv_wscale: wscale(rng),
+            sack: rng.gen(),
+            timestamps: rng.gen(),
+            ts_val: rng.gen(),
+            window: RepairWindow {
+                snd_wl1: rng.gen(),
+                snd_wnd: rng.gen(),
+                max_window: rng.gen(),
+                rcv_wnd: rng.gen(),
+                rcv_wup: rng.gen(),
+            },
+        };
+        let mut pending: Vec<Response> = Vec::new();
+        let mut at = if rng.gen() { rng.gen_range(0..1 << 20) } else { rng.gen_range(0..u64::MAX / 2) };
+        for _ in 0..rng.gen_range(0..=MAX_PENDING_RESPONSES) {
+            let r = random_response(rng, at);
+            at = r.end();
+            pending.push(r);
+            if at == u64::MAX {
+                break;
+            }
+        }
+        let (snd_offset, in_flight) = match (pending.first(), pending.last()) {
+            (Some(first), Some(last)) => {
+                let offset = if first.is_empty() { first.start } else { rng.gen_range(first.start..first.end()) };
+                let room = u32::try_from(last.end() - offset).unwrap_or(u32::MAX);
+                (offset, rng.gen_range(0..=room))
+            }
+            _ => (edgy_u64(rng), rng.gen()),
+        };
+        Handoff {
+            flow_id: edgy_u64(rng),
+            tcp,
+            request: random_bytes(rng, MAX_HANDOFF_REQUEST_BYTES),
+            object: rng.gen_bool(0.5).then(|| random_object(rng)),
+            snd_offset,
+            in_flight,
+            pending,
+        }
+    }
+
+    /// What every decoded record must satisfy, in arithmetic that cannot wrap.
+    fn check_decoded(h: &Handoff) {
+        assert_eq!(h.check(), Ok(()), "decoder and check agree");
+        assert!(h.tcp.mss > 0 && h.tcp.snd_wscale <= MAX_WSCALE && h.tcp.rcv_wscale <= MAX_WSCALE);
+        assert!(h.request.len() <= MAX_HANDOFF_REQUEST_BYTES);
+        assert!(h.pending.len() <= MAX_PENDING_RESPONSES);
+        let len = |r: &Response| r.head.len() as u128 + r.body.as_ref().map_or(0, |b| u128::from(b.len));
+        let objects = h.object.iter().chain(h.pending.iter().filter_map(|r| r.body.as_ref().map(|b| &b.object)));
+        for o in objects {
+            assert!(o.path.len() <= MAX_HANDOFF_PATH_BYTES);
+            assert_eq!(ObjectPath::from_relative(&o.path).map(|p| p.as_str().to_owned()), Ok(o.path.clone()));
+        }
+        if let (Some(first), Some(last)) = (h.pending.first(), h.pending.last()) {
+            let offset = u128::from(h.snd_offset);
+            let first_start = u128::from(first.start);
+            assert!(first_start <= offset && (offset < first_start + len(first) || len(first) == 0));
+            for w in h.pending.windows(2) {
+                assert_eq!(u128::from(w[0].start) + len(&w[0]), u128::from(w[1].start), "contiguous");
+            }
+            assert!(offset + u128::from(h.in_flight) <= u128::from(last.start) + len(last), "in flight within");
+        }
+        for r in &h.pending {
+            assert!(r.head.len() <= MAX_RESPONSE_HEAD_BYTES);
+        }
+    }
+
+    #[test]
+    fn fuzz_decode() {
+        let mut with_pending = Vec::new();
+        moved().encode(&mut with_pending);
+        let mut without_object = Vec::new();
+        Handoff { object: None, ..fixture() }.encode(&mut without_object);
+        crate::fuzz::fuzz_bytes("handoff_decode", &[FIXTURE, &with_pending, &without_object], |input| {
+            match Handoff::decode(input) {
+                Ok(h) => {
+                    check_decoded(&h);
+                    let mut out = Vec::new();
+                    h.encode(&mut out);
+                    assert_eq!(out, input, "the encoding is canonical");
+                }
+                Err(e) => assert!(!e.to_string().is_empty()),
+            }
+        });
+    }
+
+    #[test]
+    fn fuzz_random_handoffs_round_trip() {
+        crate::fuzz::fuzz_values("handoff_round_trip", random_handoff, |h| {
+            assert_eq!(h.check(), Ok(()));
+            let bytes = encode(h);
+            let decoded = Handoff::decode(&bytes);
+            assert_eq!(decoded.as_ref(), Ok(h));
+            check_decoded(h);
+            let cut = bytes.len() / 2;
+            assert_eq!(Handoff::decode(&bytes[..cut]), Err(HandoffError::Truncated));
+            let mut longer = bytes;
+            longer.push(0);
+            assert_eq!(Handoff::decode(&longer), Err(HandoffError::TrailingBytes { extra: 1 }));
+        });
     }
 }

@@ -9,6 +9,8 @@
 pub mod config;
 pub mod control;
 pub mod digest;
+#[cfg(test)]
+mod fuzz;
 pub mod geo;
 pub mod handoff;
 pub mod health;

@@ -640,4 +640,71 @@ mod tests {
             let _ = parse_links(&[&[b], &[b, b'"', b'\\'], &[b'<', b'>', b';', b]]);
         }
     }
+
+    /// What every parse must give: bounded counts, values in range, sorted mirrors, URLs that
+    /// are non-empty runs of visible bytes taken from the input.
+    fn check_links(values: &[&[u8]], links: &Links) {
+        assert!(links.duplicates.len() <= MAX_DUPLICATES && links.metalinks.len() <= MAX_METALINKS);
+        let from_input = |url: &str| {
+            !url.is_empty()
+                && url.bytes().all(|b| b.is_ascii_graphic() || b >= 0x80)
+                && values.iter().any(|v| v.windows(url.len()).any(|w| w == url.as_bytes()))
+        };
+        for d in &links.duplicates {
+            assert!(from_input(&d.url), "{:?}", d.url);
+            assert!(d.pri.is_none_or(|p| (1..=MAX_PRI).contains(&p)));
+            assert!(d.geo.as_deref().is_none_or(|g| g.len() == 2 && g.bytes().all(|b| b.is_ascii_lowercase())));
+        }
+        assert!(links.metalinks.iter().all(|u| from_input(u)));
+        let keys: Vec<u32> = links.duplicates.iter().map(|d| d.pri.unwrap_or(u32::MAX)).collect();
+        assert!(keys.windows(2).all(|w| w[0] <= w[1]), "sorted by pri: {keys:?}");
+    }
+
+    #[test]
+    fn fuzz_parse_links() {
+        let corpus: &[&[u8]] = &[
+            b"<http://198.18.2.10/iso/a.iso>; rel=duplicate; pri=1; geo=de\n<http://m/b>; rel=duplicate",
+            b"<http://m/x.meta4>; rel=\"alternate describedby\"; TYPE=\"Application/Metalink4+XML\", \
+              <http://b/>; rel=duplicate",
+            b"<http://a/>; title=\"one, two; three\"; REL=\"Duplicate mirror\"; PRI=\"3\"; Geo=\"JP\"",
+            b"<http://uri3/>;;;;rel=duplicate;;pri=2;;, <http://uri4/>;rel=duplicate;=pri=1;pref\n\
+              <http://c/>; title=\"a \\\"q\\\"\"; rel=duplicate",
+        ];
+        // A `\n` separates field values (it cannot appear in one).
+        crate::fuzz::fuzz_bytes("parse_links", corpus, |input| {
+            let values: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+            let links = parse_links(&values);
+            assert_eq!(parse_links(&values), links, "deterministic");
+            check_links(&values, &links);
+        });
+    }
+
+    #[test]
+    fn fuzz_written_values_parse_back() {
+        use crate::fuzz::string_from;
+        use rand::Rng;
+        crate::fuzz::fuzz_values(
+            "link_values",
+            |rng| {
+                let d = Duplicate {
+                    url: string_from(rng, "hp:/.a%<>\" ;,\\\u{e9}\r\n\t", 1..=24),
+                    pri: rng.gen_bool(0.7).then(|| rng.gen_range(0..=MAX_PRI + 1)),
+                    geo: rng.gen_bool(0.7).then(|| string_from(rng, "aZ;\"", 0..=3)),
+                };
+                (d, string_from(rng, "hp:/.a<>\" ;,\u{e9}", 1..=24))
+            },
+            |(d, meta)| {
+                let fields = [duplicate_value(d), describedby_metalink_value(meta)];
+                let values: Vec<&[u8]> = fields.iter().map(|f| f.as_bytes()).collect();
+                let links = parse_links(&values);
+                check_links(&values, &links);
+                let want = Duplicate {
+                    url: header_safe_url(&d.url),
+                    pri: d.pri.filter(|p| (1..=MAX_PRI).contains(p)),
+                    geo: d.geo.as_deref().and_then(country_code),
+                };
+                assert_eq!(links, Links { duplicates: vec![want], metalinks: vec![header_safe_url(meta)] });
+            },
+        );
+    }
 }

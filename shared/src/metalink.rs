@@ -190,7 +190,8 @@ fn escape(s: &str) -> String {
 /// are read for their `name` (required, checked by the rules of RFC 5854 §4.1.2.1: relative, no
 /// `..` segment, no backslash, no control character, no empty or `.` segment), `size`,
 /// `hash type="sha-256"`, `pieces type="sha-256"` (whose hash count must be
-/// ceil(size / length) when the size is known) and `url` (with `priority` and `location`).
+/// ceil(size / length) when the size is known; one without hashes reads as none) and `url`
+/// (with `priority` and `location`).
 /// Unknown elements and everything inside them, other hash types, `metaurl`, comments and
 /// processing instructions are ignored. URLs that are empty or contain whitespace or control
 /// characters are dropped.
@@ -486,8 +487,14 @@ impl Parser {
                 }
             }
             Open::File => {
-                if let Some(f) = self.file.take() {
+                if let Some(mut f) = self.file.take() {
                     check_piece_count(&f)?;
+                    // A piece list without hashes names no piece (RFC 5854's schema requires
+                    // one, and `write` leaves such a list out): it reads as none. Kept, it would
+                    // fail every piece of a file whose size the document does not give.
+                    if f.pieces.as_ref().is_some_and(|p| p.sha256.is_empty()) {
+                        f.pieces = None;
+                    }
                     self.files.push(f);
                 }
             }

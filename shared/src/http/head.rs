@@ -942,4 +942,114 @@ Content-Range: bytes 0-99/1000\r\n\
         let head = parse_resp(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n").expect("valid");
         assert_eq!(head.content_length(), Some(7));
     }
+
+    /// [`parse_request_head`] or [`parse_response_head`].
+    type HeadParser<H> = fn(&[u8]) -> Result<Option<(H, usize)>, HeadError>;
+
+    /// What both head parsers must do with any input: an accepted head ends at its first
+    /// CRLFCRLF within the limits and parses the same again from its own bytes (and from their
+    /// re-encoding); "incomplete" only below the size limit and before any CRLFCRLF.
+    fn check_head<H: Clone + PartialEq + std::fmt::Debug>(
+        input: &[u8],
+        parse: HeadParser<H>,
+        headers: fn(&H) -> &[Header],
+        encode: fn(&H, &mut Vec<u8>),
+    ) {
+        let end = input.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4);
+        let result = parse(input);
+        assert_eq!(parse(input), result, "deterministic");
+        match result {
+            Ok(Some((head, len))) => {
+                assert_eq!(Some(len), end, "ends at the first CRLFCRLF");
+                assert!(len <= MAX_HEAD_BYTES);
+                assert!(headers(&head).len() <= MAX_HEADERS);
+                assert_eq!(parse(&input[..len]), Ok(Some((head.clone(), len))), "re-parses from its own bytes");
+                assert_eq!(parse(&input[..len / 2]), Ok(None), "a prefix is incomplete");
+                let mut out = Vec::new();
+                encode(&head, &mut out);
+                assert_eq!(parse(&out), Ok(Some((head, out.len()))), "re-encoded head parses back");
+            }
+            Ok(None) => {
+                assert!(input.len() < MAX_HEAD_BYTES, "incomplete at or past the size limit");
+                assert_eq!(end, None, "incomplete despite a CRLFCRLF");
+            }
+            Err(HeadError::TooLarge) => assert!(input.len() >= MAX_HEAD_BYTES),
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
+
+    static FUZZ_REQUESTS: &[&[u8]] = &[
+        REQUEST,
+        b"HEAD /a%20b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        b"GET http://vip.test/a HTTP/1.1\r\nHost: vip.test\r\nX-Pad: \t v \t\r\nX-Empty:\r\n\r\nGET / HTTP/1.1\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ];
+
+    #[test]
+    fn fuzz_request_head() {
+        crate::fuzz::fuzz_bytes("request_head", FUZZ_REQUESTS, |input| {
+            check_head(input, parse_request_head, |h| &h.headers, RequestHead::encode);
+            if let Ok(Some((head, _))) = parse_request_head(input) {
+                assert!(head.target.len() <= MAX_TARGET_BYTES);
+                assert!(head.minor_version <= 9);
+                assert!(!(matches!(head.method, Method::Get | Method::Head) && head.has_body()));
+            }
+        });
+    }
+
+    #[test]
+    fn fuzz_response_head() {
+        let corpus: &[&[u8]] = &[
+            RESPONSE,
+            b"HTTP/1.0 200 OK\r\nContent-Length: 18446744073709551615\r\nConnection: close\r\n\r\n",
+            b"HTTP/1.1 100\r\n\r\nHTTP/1.1 204 No Content\r\nX: y\r\n\r\n",
+            b"HTTP/1.1 301 Moved\r\nLocation: http://m/a\r\nLink: <http://m/a>; rel=duplicate\r\n\r\n",
+        ];
+        crate::fuzz::fuzz_bytes("response_head", corpus, |input| {
+            check_head(input, parse_response_head, |h| &h.headers, ResponseHead::encode);
+            if let Ok(Some((head, _))) = parse_response_head(input) {
+                assert!((100..=599).contains(&head.status));
+            }
+        });
+    }
+
+    /// Heads built around the three limits: over any of them is refused with its own error (the
+    /// size first, then the target, then the header count), at or under all of them accepted.
+    #[test]
+    fn fuzz_limits_are_honoured() {
+        use rand::Rng;
+        let near = |rng: &mut rand::rngs::StdRng, limit: usize| {
+            if rng.gen() { rng.gen_range(limit - 2..=limit + 2) } else { rng.gen_range(1..=8) }
+        };
+        crate::fuzz::fuzz_values(
+            "head_limits",
+            |rng| {
+                let target_len = near(rng, MAX_TARGET_BYTES);
+                let mut headers = near(rng, MAX_HEADERS);
+                let mut head = format!("GET /{} HTTP/1.1\r\nHost: a\r\n", "t".repeat(target_len - 1));
+                head.push_str(&"X: y\r\n".repeat(headers - 1));
+                let total = near(rng, MAX_HEAD_BYTES);
+                if rng.gen() && total >= head.len() + 2 + 5 {
+                    head.push_str(&format!("P: {}\r\n", "p".repeat(total - head.len() - 2 - 5)));
+                    headers += 1;
+                }
+                head.push_str("\r\n");
+                (head.into_bytes(), target_len, headers)
+            },
+            |(head, target_len, headers)| {
+                let want = if head.len() > MAX_HEAD_BYTES {
+                    Err(HeadError::TooLarge)
+                } else if *target_len > MAX_TARGET_BYTES {
+                    Err(HeadError::TargetTooLong)
+                } else if *headers > MAX_HEADERS {
+                    Err(HeadError::TooManyHeaders)
+                } else {
+                    Ok(Some(head.len()))
+                };
+                let got = parse_request_head(head).map(|h| h.map(|(h, len)| (len, h.headers.len())));
+                assert_eq!(got, want.map(|w| w.map(|len| (len, *headers))));
+            },
+        );
+    }
 }

@@ -328,13 +328,8 @@ fn piece_lists_must_match_the_size() {
             .map(|p| p.sha256.len()),
         Some(3)
     );
-    assert_eq!(
-        ok(&doc(0, "4", 0)).files[0]
-            .pieces
-            .as_ref()
-            .map(|p| p.sha256.len()),
-        Some(0)
-    );
+    // An empty file needs no piece hash; a list without any reads as no list.
+    assert_eq!(ok(&doc(0, "4", 0)).files[0].pieces, None);
     assert_eq!(
         err(&doc(9, "4", 2)),
         MetalinkError::PieceCount {
@@ -679,4 +674,99 @@ fn piece_hasher() {
     let mut h = PieceHasher::new(0);
     h.update(b"ab");
     assert_eq!(h.finish().1, vec![sha(b"a"), sha(b"b")]);
+}
+
+/// Found by `fuzz_parse`: a sha-256 piece list without hashes, in a file without a size, was
+/// kept as a list of no pieces (every piece of the download would then fail its hash) and was
+/// not written back by [`write`].
+#[test]
+fn regression_empty_piece_list_without_size() {
+    let doc: &[u8] = b"<metalink xmlns=\"urn:ietf:params:xml:ns:metalink\"><file name=\"u\">\
+<pieces length=\"7\" type=\"sha-256\">sh></pieces></file></metalink>";
+    let m = parse(doc).expect("valid");
+    assert_eq!(m.files[0].pieces, None);
+    assert_eq!(parse(write(&m, "g").as_bytes()), Ok(m));
+}
+
+/// What every accepted document must satisfy, and that it is written and read back unchanged.
+fn check_accepted(m: &Metalink) {
+    assert!(!m.files.is_empty() && m.files.len() <= MAX_FILES);
+    for f in &m.files {
+        assert_eq!(check_name(&f.name), Ok(()));
+        assert!(f.urls.len() <= MAX_URLS);
+        for u in &f.urls {
+            assert!(!u.url.is_empty() && !u.url.chars().any(|c| c.is_whitespace() || c.is_control()));
+            assert!(u.priority.is_none_or(|p| (1..=MAX_PRIORITY).contains(&p)));
+            assert!(u.location.as_deref().is_none_or(|l| country_code(l).as_deref() == Some(l)));
+        }
+        if let Some(p) = &f.pieces {
+            assert!(p.length > 0 && p.sha256.len() <= MAX_PIECES);
+            assert!(f.size.is_none_or(|size| piece_count(size, p.length) == p.sha256.len() as u64));
+        }
+    }
+    let written = write(m, "fuzz");
+    assert_eq!(parse(written.as_bytes()).as_ref(), Ok(m), "read back from {written}");
+}
+
+#[test]
+fn fuzz_parse() {
+    let inline = one_file(
+        "name=\"d/\u{e9} x\"",
+        "<size>+3</size><pieces length=\"2\" type=\"SHA-256\"><hash>\
+         0000000000000000000000000000000000000000000000000000000000000000</hash><hash>\
+         00000000000000000000000000000000000000000000000000000000000000ff</hash></pieces>\
+         <url location=\"De\" priority=\" 5 \"><![CDATA[http://m/a&b]]></url><!-- c --><x:y xmlns:x=\"u\"/>",
+    );
+    let unsized_pieces = one_file(
+        "name=\"u\"",
+        "<pieces length=\"7\" type=\"sha-256\"><hash>\
+         1111111111111111111111111111111111111111111111111111111111111111</hash></pieces>",
+    );
+    let corpus: &[&[u8]] = &[FIXTURE.as_bytes(), inline.as_bytes(), unsized_pieces.as_bytes()];
+    crate::fuzz::fuzz_bytes("metalink_parse", corpus, |input| match parse(input) {
+        Ok(m) => {
+            assert!(input.len() <= MAX_METALINK_BYTES);
+            check_accepted(&m);
+        }
+        Err(e) => assert!(!e.to_string().is_empty()),
+    });
+}
+
+#[test]
+fn fuzz_written_documents_parse_back() {
+    use crate::fuzz::string_from;
+    use rand::Rng;
+    crate::fuzz::fuzz_values(
+        "metalink_write",
+        |rng| {
+            let files = (0..rng.gen_range(1..=3))
+                .map(|_| {
+                    let size = rng.gen_bool(0.7).then(|| rng.gen_range(0..=1u64 << 20));
+                    let pieces = rng.gen_bool(0.5).then(|| {
+                        let length = rng.gen_range(1..=1u64 << 18).max(size.unwrap_or(0) / 64 + 1);
+                        let count = size.map_or(rng.gen_range(1..=5), |s| piece_count(s, length));
+                        Pieces { length, sha256: (0..count).map(|_| rng.gen()).collect() }
+                    });
+                    // An empty file has no piece hash, and a list without one is no list.
+                    let pieces = pieces.filter(|p| !p.sha256.is_empty());
+                    let urls = (0..rng.gen_range(0..=3))
+                        .map(|_| MetaUrl {
+                            url: string_from(rng, "hp:/.a&<>\"'%\u{e9}]", 1..=20),
+                            priority: rng.gen_bool(0.5).then(|| rng.gen_range(1..=MAX_PRIORITY)),
+                            location: rng.gen_bool(0.5).then(|| string_from(rng, "az", 2..=2)),
+                        })
+                        .collect();
+                    let name = (0..rng.gen_range(1..=3))
+                        .map(|_| string_from(rng, "a.&<>\"' \u{e9}\u{1f600}", 1..=8))
+                        .filter(|s| s != "." && s != "..")
+                        .collect::<Vec<_>>()
+                        .join("/");
+                    let name = if name.is_empty() { "n".to_owned() } else { name };
+                    MetaFile { name, size, sha256: rng.gen_bool(0.5).then(|| rng.gen()), pieces, urls }
+                })
+                .collect();
+            Metalink { files }
+        },
+        check_accepted,
+    );
 }
