@@ -224,6 +224,18 @@ impl DataplaneError {
         }
     }
 
+    /// The flow table (BPF map or userspace table) has no room for another flow: the kernel
+    /// refuses a new hash-map element with `E2BIG`.
+    pub fn is_table_full(&self) -> bool {
+        match self {
+            Self::FlowTableFull { .. } => true,
+            Self::Map { source, .. } => {
+                matches!(source.as_ref(), aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG))
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn program(program: &'static str, source: aya::programs::ProgramError) -> Self {
         Self::Program {
             program,

@@ -59,6 +59,10 @@ pub struct CommonArgs {
     /// Deadline for a client's request head, in milliseconds [config: head_timeout_ms].
     #[arg(long)]
     pub head_timeout_ms: Option<u64>,
+    /// Time a response write may make no progress (the client reads nothing) before the
+    /// connection is closed, in milliseconds [config: send_timeout_ms; default 60000].
+    #[arg(long)]
+    pub send_timeout_ms: Option<u64>,
     /// Runtime threads [config: threads; default 1]. 1 runs everything on one thread, which
     /// keeps the handoff's task-to-task wake-ups off other cores; the bulk work (sendfile) is
     /// the kernel's.
@@ -92,6 +96,7 @@ pub const COMMON_FLAG_PATHS: &[FlagPath] = &[
     ("gue_port", "dataplane.gue_port", None),
     ("log_format", "log.format", None),
     ("head_timeout_ms", "head_timeout_ms", None),
+    ("send_timeout_ms", "send_timeout_ms", None),
     ("threads", "threads", None),
 ];
 

@@ -9,6 +9,10 @@
 //!   system-call boundary (never inside a write), and the bytes read but not answered are
 //!   returned, to travel with the connection.
 //!
+//! A write that makes no progress for the send timeout ends the session with
+//! [`crate::http::SendTimedOut`] (the caller closes the connection, which then resets); a stop
+//! signal always wins over that timeout.
+//!
 //! A session can also start in the middle of responses another server began
 //! ([`Session::resume`]): it sends the rest of each from the stream offset on.
 
@@ -17,11 +21,11 @@ use std::os::fd::AsRawFd;
 
 use baton_shared::handoff::{BodyPart, ObjectPlan, Response};
 use baton_shared::http::{object_path, plan_error_response};
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::http::{plan_for, read_head, ConnStats, HeadRead, ServeConfig};
+use crate::http::{plan_for, read_head, wait_stop, write_op, ConnStats, HeadRead, ServeConfig, WriteEnd};
 use crate::store::ObjectSource;
 
 /// Largest single `sendfile(2)` call.
@@ -54,6 +58,15 @@ impl From<io::Error> for Failure {
 impl From<Stop> for Failure {
     fn from(_: Stop) -> Self {
         Failure::Stop
+    }
+}
+
+impl From<WriteEnd> for Failure {
+    fn from(e: WriteEnd) -> Self {
+        match e {
+            WriteEnd::Stopped => Failure::Stop,
+            WriteEnd::Failed(e) => Failure::Io(e),
+        }
     }
 }
 
@@ -301,36 +314,11 @@ impl<'a, S: ObjectSource> Session<'a, S> {
         Ok(())
     }
 
-    /// Tries a non-blocking write first and waits for writability only on `EWOULDBLOCK` (see
-    /// `crate::http`), or for the stop signal, which wins: a stop never interrupts a write.
-    async fn write_op(&mut self, mut op: impl FnMut() -> io::Result<usize>) -> Result<usize, Failure> {
-        loop {
-            if *self.stop.borrow() {
-                return Err(Failure::Stop);
-            }
-            match op() {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let _ = self
-                        .stream
-                        .try_io(Interest::WRITABLE, || Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock)));
-                    tokio::select! {
-                        biased;
-                        _ = wait_stop(&mut self.stop) => return Err(Failure::Stop),
-                        r = self.stream.writable() => r?,
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-                Ok(n) => return Ok(n),
-            }
-        }
-    }
-}
-
-/// Resolves once the stop flag is set (never, if its sender is gone without setting it).
-async fn wait_stop(stop: &mut watch::Receiver<bool>) {
-    if stop.wait_for(|s| *s).await.is_err() {
-        std::future::pending::<()>().await;
+    /// One write system call through [`crate::http`]'s writer: tried first, then waited for on
+    /// `EWOULDBLOCK` up to the send timeout, or for the stop signal, which wins: a stop never
+    /// interrupts a write, and a connection asked back for a move is never closed for a stall.
+    async fn write_op(&mut self, op: impl FnMut() -> io::Result<usize>) -> Result<usize, Failure> {
+        Ok(write_op(self.stream, self.cfg.send_timeout, Some(&mut self.stop), op).await?)
     }
 }
 
@@ -408,8 +396,69 @@ mod tests {
         f.flush().expect("flush");
     }
 
+    /// A session on the writer of a loopback pair whose reader never reads, sending a 16 MiB
+    /// response (the last of the connection) from the start.
+    async fn stalled_session(stop: watch::Receiver<bool>) -> (io::Result<Ending>, TcpStream, TcpStream, std::time::Duration) {
+        use crate::http::tests::{pair, STALL};
+        let (mut writer, reader) = pair().await;
+        let size = 16u64 << 20;
+        let file = tempfile_with(&vec![0xa5; size as usize]);
+        let body = Some(BodyPart { object: ObjectPlan { path: "o".into(), size, sha256: [0; 32] }, offset: 0, len: size });
+        let response = Response { start: 0, request_end: 0, keep_alive: false, head: b"HTTP/1.1 200 OK\r\n\r\n".to_vec(), body };
+        let store = crate::store::DirStore::open(&std::env::temp_dir()).expect("store");
+        let cfg = ServeConfig { send_timeout: STALL, ..ServeConfig::default() };
+        let mut report = |_| {};
+        let t0 = std::time::Instant::now();
+        let ended = Session::new(&mut writer, &store, &cfg, 0, 0, Vec::new(), stop, &mut report)
+            .resume(vec![PendingBody { response, file: Some(file) }])
+            .await;
+        (ended, writer, reader, t0.elapsed())
+    }
+
+    #[tokio::test]
+    async fn a_stalled_session_ends_with_a_send_timeout() {
+        use crate::http::tests::{SLACK, STALL};
+        let (_never, stop) = watch::channel(false);
+        let (ended, writer, _reader, took) = stalled_session(stop).await;
+        let e = ended.expect_err("the client never reads");
+        assert_eq!(crate::http::SendTimedOut::of(&e), Some(crate::http::SendTimedOut { timeout: STALL }), "{e}");
+        assert!(took >= STALL && took < STALL + SLACK, "timed out after {took:?}");
+        assert_eq!(socket2::SockRef::from(&writer).linger().expect("linger"), Some(std::time::Duration::ZERO), "resets on close");
+    }
+
+    #[tokio::test]
+    async fn a_stop_wins_over_the_send_timeout() {
+        use crate::http::tests::{read_to_end, STALL};
+        let (tx, stop) = watch::channel(false);
+        // Asked back (a move) while stalled, well before the timeout would end the connection.
+        tokio::spawn(async move {
+            tokio::time::sleep(STALL / 3).await;
+            let _ = tx.send(true);
+            // Kept until the session has seen it.
+            tokio::time::sleep(STALL * 10).await;
+        });
+        let (ended, writer, mut reader, took) = stalled_session(stop).await;
+        let offset = match ended.expect("stopped, not failed") {
+            Ending::Stopped { unread, offset } => {
+                assert!(unread.is_empty());
+                offset
+            }
+            other => panic!("not stopped: {other:?}"),
+        };
+        assert!(took < STALL, "stopped after {took:?}");
+        assert_eq!(socket2::SockRef::from(&writer).linger().expect("linger"), None, "a stopped connection is not reset");
+        // Everything written is the stream up to the offset: nothing half-written, nothing lost.
+        drop(writer);
+        let (got, _) = read_to_end(&mut reader).await;
+        assert_eq!(got as u64, offset);
+        assert!(offset > 0 && offset < 16 << 20, "offset {offset}");
+    }
+
     fn tempfile_with(bytes: &[u8]) -> std::fs::File {
-        let path = std::env::temp_dir().join(format!("baton-session-{}", std::process::id()));
+        // Unique per call: the tests run in parallel.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("baton-session-{}-{n}", std::process::id()));
         std::fs::write(&path, bytes).expect("write");
         let f = std::fs::File::open(&path).expect("open");
         let _ = std::fs::remove_file(&path);

@@ -79,6 +79,23 @@ pub fn prepare_probe_path(iface: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The kernel's SYN-flood defence for the VIP listener: with `tcp_syncookies` off, a flood of
+/// spoofed SYNs fills the listener's SYN queue (its backlog), every entry waits about a minute of
+/// SYN-ACK retransmissions for an ACK that never comes, and meanwhile every real client's SYN is
+/// dropped. With cookies (1: once the queue is full) the kernel answers the overflow statelessly
+/// and only a client that completes the handshake gets a socket, so a flood never reaches
+/// `accept`, the handoff or the flow table. The setting belongs to the main's network namespace;
+/// a 0 is turned into 1, and the change is logged.
+pub fn ensure_syncookies() -> anyhow::Result<()> {
+    let path = "/proc/sys/net/ipv4/tcp_syncookies";
+    let old = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {path}: {e}"))?;
+    if old.trim() == "0" {
+        std::fs::write(path, "1").map_err(|e| anyhow::anyhow!("writing {path}: {e}"))?;
+        tracing::info!(setting = path, from = 0, to = 1, "changed so that a SYN flood cannot fill the VIP listener's queue");
+    }
+    Ok(())
+}
+
 /// How long ago the data plane last saw a packet of this flow; a flow it has not seen a packet
 /// of yet (a participant still filling its cache, say) is idle only since it was recorded.
 pub fn idle_for(v: &baton_ebpf::FlowValue, recorded: std::time::Instant) -> Duration {

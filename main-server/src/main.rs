@@ -161,6 +161,7 @@ async fn run(cfg: MainConfig) -> anyhow::Result<()> {
             .context("baton-main needs CAP_BPF and CAP_NET_ADMIN for its data plane (or run it with --dataplane userspace)")?;
     }
     baton_main::check_forwarding(&cfg.iface)?;
+    baton_main::ensure_syncookies()?;
     let tls = baton_io::tls::server_config(&cfg.control.tls.ca, &cfg.control.tls.cert, &cfg.control.tls.key)
         .context("the control channel's TLS credentials (batonctl cluster init / issue make them)")?;
     let admin_token = match (&cfg.admin.listen, &cfg.admin.token_file) {
@@ -188,7 +189,12 @@ async fn run(cfg: MainConfig) -> anyhow::Result<()> {
     dataplane.attach_loopback().context("attaching the data plane to lo for the health probes")?;
     let origin = DirStore::open(&cfg.origin_dir).context("opening the origin store")?;
     let geo = GeoDb::open(cfg.geoip.as_deref())?;
-    let serve = ServeConfig { server_name: "baton".to_owned(), head_timeout: Duration::from_millis(cfg.head_timeout_ms), served_by: Some("main".to_owned()) };
+    let serve = ServeConfig {
+        server_name: "baton".to_owned(),
+        head_timeout: Duration::from_millis(cfg.head_timeout_ms),
+        send_timeout: Duration::from_millis(cfg.send_timeout_ms),
+        served_by: Some("main".to_owned()),
+    };
     let shared = Arc::new(Shared {
         registry: Registry::default(),
         dataplane,

@@ -1,5 +1,5 @@
 //! The main's Prometheus metrics: handoffs, flows by phase, moves and recoveries, participants,
-//! origin egress, the package list, the data plane's per-reason packet counters, and the
+//! send timeouts, origin egress, the package list, the data plane's per-reason packet counters, and the
 //! handoff's step timings. Rendered fresh on every scrape from the counters the other modules
 //! keep; apart from [`HANDOFF_STEPS`] (which the VIP listener fills), nothing here counts.
 
@@ -78,6 +78,7 @@ pub fn render(shared: &Shared) -> String {
     };
     counter(&mut e, "baton_handoffs_total", "Connections handed to a participant.", m.handoffs.load(Ordering::Relaxed));
     counter(&mut e, "baton_handoff_failures_total", "Handoffs that failed and were served by the main.", m.handoff_failures.load(Ordering::Relaxed));
+    counter(&mut e, "baton_flow_table_full_total", "Handoffs refused because the data plane's flow table was full; the main served them.", m.flow_table_full.load(Ordering::Relaxed));
     counter(
         &mut e,
         "baton_handoffs_unconfirmed_total",
@@ -85,6 +86,12 @@ pub fn render(shared: &Shared) -> String {
         m.handoffs_unconfirmed.load(Ordering::Relaxed),
     );
     counter(&mut e, "baton_local_serves_total", "Connections (or flows) the main served itself.", m.local_serves.load(Ordering::Relaxed));
+    counter(
+        &mut e,
+        "baton_send_timeouts_total",
+        "Client connections closed because a response write made no progress for the send timeout (the client stopped reading).",
+        baton_io::http::SEND_TIMEOUTS.load(Ordering::Relaxed),
+    );
 
     {
         let c = shared.conductor.lock().unwrap_or_else(|p| p.into_inner());

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_io::http::{read_head, HeadRead, ServeConfig};
+use baton_io::http::{read_head, send_all, HeadRead, ServeConfig, MAX_LISTENER_CONNECTIONS};
 use baton_io::session::Session;
 use baton_io::store::{DirStore, Object, ObjectSource, StoreError};
 use baton_shared::handoff::Response;
@@ -72,9 +72,12 @@ pub async fn prewarm(store: &DirStore, packages: &Packages) {
     }
 }
 
-/// Serves every connection accepted on `listener`, until the process ends.
+/// Serves every connection accepted on `listener`, at most [`MAX_LISTENER_CONNECTIONS`] at
+/// once, until the process ends.
 pub async fn run(listener: TcpListener, origin: Arc<Origin>) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_LISTENER_CONNECTIONS));
     loop {
+        let Ok(permit) = limit.clone().acquire_owned().await else { return };
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let origin = origin.clone();
@@ -83,6 +86,7 @@ pub async fn run(listener: TcpListener, origin: Arc<Origin>) {
                     if let Err(e) = serve(stream, peer, &origin).await {
                         tracing::debug!(server = "origin", client = %peer, error = %e, "connection ended");
                     }
+                    drop(permit);
                 });
             }
             Err(e) => {
@@ -113,7 +117,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, origin: &Origin) -> io::
                 // As the object server does: 408 only when a head had started.
                 if !buf.is_empty() {
                     let plan = plan_error_response(408, false, &origin.serve.server_name);
-                    let _ = stream.write_all(&plan.head).await;
+                    let _ = send_all(&stream, &plan.head, origin.serve.send_timeout).await;
                 }
                 let _ = stream.shutdown().await;
                 return Ok(());

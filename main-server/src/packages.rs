@@ -39,7 +39,7 @@ use baton_shared::peer::{IdError, Learned, Package, PackageId, PackageList, MAX_
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
@@ -539,7 +539,7 @@ pub async fn serve_request(
     if send_body {
         plan.head.extend_from_slice(&reply.body);
     }
-    stream.write_all(&plan.head).await?;
+    baton_io::http::send_all(stream, &plan.head, cfg.send_timeout).await?;
     if keep_alive {
         buf.drain(..head_len + usize::try_from(body_len).unwrap_or(0));
     }

@@ -172,6 +172,8 @@ impl FlowTable {
 pub struct Metrics {
     pub handoffs: AtomicU64,
     pub handoff_failures: AtomicU64,
+    /// Handoffs refused because the data plane's flow table was full (served by the main).
+    pub flow_table_full: AtomicU64,
     /// Handoffs whose participant never reported the restore (the flow stayed with it).
     pub handoffs_unconfirmed: AtomicU64,
     pub local_serves: AtomicU64,

@@ -50,6 +50,9 @@ pub enum HandoffError {
     NoParticipant,
     #[error("data plane: {0}")]
     Dataplane(String),
+    /// The data plane's flow table is full: the connection stays with the main.
+    #[error("the data plane's flow table is full")]
+    FlowTableFull,
     #[error("tcp repair: {0}")]
     Repair(#[from] baton_io::repair::RepairError),
     #[error("request of {0} bytes is too large to hand off")]
@@ -156,13 +159,13 @@ async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) 
             Ok(HeadRead::Closed) => return,
             Ok(HeadRead::Invalid(e)) => {
                 info!(status = e.status(), error = %e, "bad request head");
-                let _ = send_all(&stream, &plan_error_response(e.status(), false, &cfg.server_name).head).await;
+                let _ = send_all(&stream, &plan_error_response(e.status(), false, &cfg.server_name).head, cfg.send_timeout).await;
                 return;
             }
             Ok(HeadRead::TimedOut) => {
                 info!("request head timed out");
                 if !buf.is_empty() {
-                    let _ = send_all(&stream, &plan_error_response(408, false, &cfg.server_name).head).await;
+                    let _ = send_all(&stream, &plan_error_response(408, false, &cfg.server_name).head, cfg.send_timeout).await;
                 }
                 return;
             }
@@ -186,7 +189,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) 
         let _ = stream.set_nodelay(true);
         shared.metrics.mirror_answers.add(answer.kind.label());
         debug!(kind = answer.kind.label(), status = answer.plan.status, target = %head.target, "answered mirror discovery");
-        if let Err(e) = send_all(&stream, &answer.plan.head).await {
+        if let Err(e) = send_all(&stream, &answer.plan.head, cfg.send_timeout).await {
             debug!(error = %e, "client went away");
             return;
         }
@@ -205,9 +208,10 @@ async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) 
             Some(p) => info_span!("flow", flow = flow_id, probe = %p),
             None => info_span!("flow", flow = flow_id),
         };
-        let request = buf.clone();
         let is_probe = probe.is_some();
-        match try_handoff(&mut stream, peer, flow_id, request, plan, probe, &shared).instrument(span.clone()).await {
+        // On failure `buf` also holds what the handoff drained from the receive queue, so the
+        // local serve below answers every byte the client sent.
+        match try_handoff(&mut stream, peer, flow_id, &mut buf, plan, probe, &shared).instrument(span.clone()).await {
             Ok(Handed { participant, steps }) => {
                 // Logged after the commit: the participant is already serving.
                 if is_probe {
@@ -237,6 +241,9 @@ async fn handle(mut stream: TcpStream, peer: SocketAddrV4, shared: Arc<Shared>) 
                 shared.metrics.local_serves.fetch_add(1, Ordering::Relaxed);
                 if !matches!(e, HandoffError::NoParticipant) {
                     shared.metrics.handoff_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                if matches!(e, HandoffError::FlowTableFull) {
+                    shared.metrics.flow_table_full.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -282,7 +289,7 @@ async fn try_handoff(
     stream: &mut TcpStream,
     peer: SocketAddrV4,
     flow_id: u64,
-    mut request: Vec<u8>,
+    request: &mut Vec<u8>,
     object: ObjectPlan,
     forced: Option<String>,
     shared: &Shared,
@@ -302,7 +309,7 @@ async fn try_handoff(
 
     let t_freeze = Instant::now();
     let selected = t_start.elapsed();
-    dp.freeze(&key).map_err(|e| HandoffError::Dataplane(e.to_string()))?;
+    dp.freeze(&key).map_err(|e| if e.is_table_full() { HandoffError::FlowTableFull } else { HandoffError::Dataplane(e.to_string()) })?;
     let unfreeze = |e: HandoffError| {
         if let Err(err) = dp.remove(&key) {
             warn!(error = %err, "could not unfreeze the flow");
@@ -310,7 +317,7 @@ async fn try_handoff(
         e
     };
     // From here the kernel receives nothing more of this flow; take what raced in before.
-    if let Err(e) = drain_receive_queue(stream, &mut request) {
+    if let Err(e) = drain_receive_queue(stream, request) {
         return Err(unfreeze(e));
     }
     if request.len() > MAX_HANDOFF_REQUEST_BYTES {
@@ -343,7 +350,7 @@ async fn try_handoff(
     let record = FlowRecord { key, client: peer, started: Instant::now() };
     shared.flows.insert(flow_id, record);
     let object_path = object.path.clone();
-    let handoff = Handoff { flow_id, tcp, request, object: Some(object), snd_offset: 0, in_flight: 0, pending: Vec::new() };
+    let handoff = Handoff { flow_id, tcp, request: request.clone(), object: Some(object), snd_offset: 0, in_flight: 0, pending: Vec::new() };
     // Known to the conductor before the participant hears of it, so its first report (which
     // may overtake the restore answer here) finds the flow.
     shared.conductor.lock().unwrap_or_else(|p| p.into_inner()).adopt(&participant, Ledger::new(&handoff));

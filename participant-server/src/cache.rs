@@ -418,7 +418,7 @@ mod replace_tests {
         std::fs::write(c.join("v.bin"), &old).expect("cached copy");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let std::net::SocketAddr::V4(origin) = listener.local_addr().expect("addr") else { panic!("v4") };
-        let cfg = ServeConfig { server_name: "origin".to_owned(), head_timeout: Duration::from_secs(5), served_by: None };
+        let cfg = ServeConfig { server_name: "origin".to_owned(), head_timeout: Duration::from_secs(5), ..ServeConfig::default() };
         tokio::spawn(serve_listener(listener, DirStore::open(&o).expect("origin dir"), cfg, "origin"));
         let mut pc = PeerConfig::new(Ipv4Addr::LOCALHOST);
         pc.http_port = 0;

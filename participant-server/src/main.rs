@@ -144,7 +144,12 @@ async fn run(args: ParticipantConfig) -> anyhow::Result<()> {
         let sharing = cache.clone();
         tokio::spawn(async move { sharing.share_cached().await });
     }
-    let serve = ServeConfig { server_name: "baton".to_owned(), head_timeout: Duration::from_millis(args.head_timeout_ms), served_by: Some(args.name.clone()) };
+    let serve = ServeConfig {
+        server_name: "baton".to_owned(),
+        head_timeout: Duration::from_millis(args.head_timeout_ms),
+        send_timeout: Duration::from_millis(args.send_timeout_ms),
+        served_by: Some(args.name.clone()),
+    };
 
     if args.mirror_port != 0 {
         let listener = tokio::net::TcpListener::bind(SocketAddr::V4(SocketAddrV4::new(args.addr, args.mirror_port)))

@@ -1,5 +1,5 @@
 //! The participant's Prometheus metrics: connections restored, served, refused and given
-//! back, objects prepared, body bytes, bytes filled into the cache, its data plane's
+//! back, closed for a send timeout, objects prepared, body bytes, bytes filled into the cache, its data plane's
 //! per-reason packet counters (the egress guard's among them), and with the peer cache on the
 //! member's `baton_peer_*` families, and the handoff step timings
 //! (`baton_handoff_step_seconds{step="restore"|"first_byte"}`).
@@ -26,6 +26,11 @@ pub fn render(agent: &Agent, dataplane: &ParticipantDataplane) -> String {
     counter("baton_participant_released_total", "Connections given back for a move.", s.released.load(Ordering::Relaxed));
     counter("baton_participant_finished_total", "Connections served to their end.", s.finished.load(Ordering::Relaxed));
     counter("baton_participant_body_bytes_total", "Response body bytes of finished connections.", s.body_bytes.load(Ordering::Relaxed));
+    counter(
+        "baton_send_timeouts_total",
+        "Client connections closed because a response write made no progress for the send timeout (the client stopped reading).",
+        baton_io::http::SEND_TIMEOUTS.load(Ordering::Relaxed),
+    );
     counter("baton_participant_prepared_total", "Prepare requests fulfilled (objects cached).", s.prepared.load(Ordering::Relaxed));
     counter("baton_participant_prepare_failed_total", "Prepare requests that failed.", s.prepare_failed.load(Ordering::Relaxed));
     counter(

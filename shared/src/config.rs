@@ -88,6 +88,11 @@ pub const DEFAULT_THREADS: usize = 1;
 /// Default time a client has to send a complete request head, in milliseconds.
 pub const DEFAULT_HEAD_TIMEOUT_MS: u64 = 10_000;
 
+/// Default time a response write may make no progress (the client accepts not a byte) before
+/// the connection is closed, in milliseconds: nginx's `send_timeout`; the same as
+/// `baton_io::http::DEFAULT_SEND_TIMEOUT`.
+pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 60_000;
+
 /// Default capacity of a participant, in concurrent flows.
 pub const DEFAULT_CAPACITY: u32 = 1000;
 
@@ -281,6 +286,10 @@ pub struct MainConfig {
     /// Time a client has to send a complete request head, in milliseconds.
     #[serde(default = "default_head_timeout_ms", deserialize_with = "de::timeout_ms")]
     pub head_timeout_ms: u64,
+    /// Time a response write may make no progress before the connection is closed, in
+    /// milliseconds.
+    #[serde(default = "default_send_timeout_ms", deserialize_with = "de::timeout_ms")]
+    pub send_timeout_ms: u64,
     #[serde(default)]
     pub dataplane: DataplaneConfig,
     #[serde(default)]
@@ -414,6 +423,8 @@ pub struct ParticipantConfig {
     pub threads: usize,
     #[serde(default = "default_head_timeout_ms", deserialize_with = "de::timeout_ms")]
     pub head_timeout_ms: u64,
+    #[serde(default = "default_send_timeout_ms", deserialize_with = "de::timeout_ms")]
+    pub send_timeout_ms: u64,
     #[serde(default)]
     pub dataplane: DataplaneConfig,
     #[serde(default)]
@@ -590,6 +601,9 @@ fn default_threads() -> usize {
 }
 fn default_head_timeout_ms() -> u64 {
     DEFAULT_HEAD_TIMEOUT_MS
+}
+fn default_send_timeout_ms() -> u64 {
+    DEFAULT_SEND_TIMEOUT_MS
 }
 fn default_capacity() -> u32 {
     DEFAULT_CAPACITY

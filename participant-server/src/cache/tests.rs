@@ -51,7 +51,7 @@ async fn origin(dir: &std::path::Path) -> (SocketAddrV4, Arc<AtomicU64>) {
     let std::net::SocketAddr::V4(addr) = listener.local_addr().expect("addr") else { panic!("v4") };
     let requests = Arc::new(AtomicU64::new(0));
     let source = Counted { dir: DirStore::open(dir).expect("origin dir"), requests: requests.clone() };
-    let cfg = ServeConfig { server_name: "origin".to_owned(), head_timeout: Duration::from_secs(5), served_by: None };
+    let cfg = ServeConfig { server_name: "origin".to_owned(), head_timeout: Duration::from_secs(5), ..ServeConfig::default() };
     tokio::spawn(serve_listener(listener, source, cfg, "origin"));
     (addr, requests)
 }

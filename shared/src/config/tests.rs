@@ -28,6 +28,7 @@ fn main_defaults() -> MainConfig {
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9470)),
         threads: 1,
         head_timeout_ms: 10_000,
+        send_timeout_ms: 60_000,
         dataplane: DataplaneConfig { mode: DataplaneMode::Tc, encap: EncapKind::Ipip, gue_port: 6080 },
         log: LogConfig { format: LogFormat::Text },
         control: ControlConfig {
@@ -66,6 +67,7 @@ fn participant_defaults() -> ParticipantConfig {
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9471)),
         threads: 1,
         head_timeout_ms: 10_000,
+        send_timeout_ms: 60_000,
         dataplane: DataplaneConfig { mode: DataplaneMode::Tc, encap: EncapKind::Ipip, gue_port: 6080 },
         log: LogConfig { format: LogFormat::Text },
         main: MainLinkConfig { addr: Ipv4Addr::new(198, 18, 0, 1), control_port: 7100, origin_port: 8081 },
@@ -324,6 +326,7 @@ fn out_of_range_values_are_bad_values_at_their_position() {
         ("threads: 0\n", "threads", 3, 10),
         ("threads: 257\n", "threads", 3, 10),
         ("head_timeout_ms: 0\n", "head_timeout_ms", 3, 18),
+        ("send_timeout_ms: 0\n", "send_timeout_ms", 3, 18),
         ("iface: \"\"\n", "iface", 3, 8),
         ("iface: abcdefghijklmnop\n", "iface", 3, 8),
         ("iface: a/b\n", "iface", 3, 8),
@@ -364,13 +367,13 @@ fn out_of_range_values_are_bad_values_at_their_position() {
 #[test]
 fn values_at_the_limits_are_accepted() {
     let text = format!(
-        "{MAIN_MIN}path_mtu: 576\nport: 65535\nthreads: 256\niface: abcdefghijklmno\nhead_timeout_ms: 1\n\
+        "{MAIN_MIN}path_mtu: 576\nport: 65535\nthreads: 256\niface: abcdefghijklmno\nhead_timeout_ms: 1\nsend_timeout_ms: 1\n\
          participants:\n  - name: a\n    addr: 198.18.1.1\n    lat: -90\n    lon: 180\n    capacity: 1\n"
     );
     let c = main_ok(&text, &[]);
     assert_eq!(
-        (c.path_mtu, c.port, c.threads, c.iface.as_str(), c.head_timeout_ms),
-        (576, 65535, 256, "abcdefghijklmno", 1)
+        (c.path_mtu, c.port, c.threads, c.iface.as_str(), c.head_timeout_ms, c.send_timeout_ms),
+        (576, 65535, 256, "abcdefghijklmno", 1, 1)
     );
     assert_eq!((c.participants[0].lat, c.participants[0].lon, c.participants[0].capacity), (-90.0, 180.0, 1));
 }
@@ -791,4 +794,138 @@ fn detect_role_by_top_level_name() {
     // Broken YAML is looked at line by line.
     assert_eq!(detect_role("name: fra-1\nlat: [\n"), ConfigRole::Participant);
     assert_eq!(detect_role("names: fra-1\nlat: [\n"), ConfigRole::Main);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fuzzing
+
+/// Override paths for the fuzzer: real fields at every depth, sections, lists and paths that
+/// name nothing.
+const FUZZ_PATHS: &[&str] = &[
+    "port", "control.port", "control.tls.ca", "health.damping.reuse", "admin.listen", "participants", "name",
+    "main.addr", "peer_cache.peers", "peer_cache.slots", "lat", "log.format.x", "a..b", "", "participants[0].name",
+];
+
+/// Override values for the fuzzer: numbers at limits, null, sections and text.
+const FUZZ_RAWS: &[&str] =
+    &["1", "0", "-1", "", "~", "x", "198.18.0.1:1", "[1]", "{a: 1}", "\"q", "1e400", "18446744073709551616"];
+
+/// What a config parse must do with any text: accept it, or give an error that says something
+/// and points inside the text; an accepted config serializes and reads back equal.
+fn fuzz_config<T: Serialize + PartialEq + std::fmt::Debug>(
+    name: &str,
+    corpus: &[&[u8]],
+    parse: fn(&str, &str, &[Override]) -> Result<T, ConfigError>,
+) {
+    use rand::Rng;
+    crate::fuzz::run(
+        name,
+        |rng| {
+            let text = crate::fuzz::bytes(rng, corpus);
+            let count = if rng.gen_ratio(1, 3) { rng.gen_range(1..=2) } else { 0 };
+            let overrides: Vec<Override> = (0..count)
+                .map(|_| {
+                    let path = FUZZ_PATHS[rng.gen_range(0..FUZZ_PATHS.len())];
+                    flag("--fuzz", path, FUZZ_RAWS[rng.gen_range(0..FUZZ_RAWS.len())])
+                })
+                .collect();
+            (String::from_utf8_lossy(&text).into_owned(), overrides)
+        },
+        |(text, overrides)| format!("text hex {}, overrides {overrides:?}", hex::encode(text)),
+        |(text, overrides)| match parse("fuzz.yaml", text, overrides) {
+            Ok(config) => {
+                let written = serde_yaml::to_string(&config).expect("serializes");
+                assert_eq!(parse("fuzz.yaml", &written, &[]).as_ref(), Ok(&config), "read back from {written}");
+            }
+            Err(e) => {
+                assert!(!e.message.is_empty() && !e.to_string().is_empty(), "{e:?}");
+                // Lines as YAML counts them (CR, LF, CRLF, NEL, LS and PS each end one), and one
+                // more: libyaml places an end of file after an unterminated last line on the next.
+                let breaks = text.replace("\r\n", "\n").matches(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}']).count();
+                let lines = breaks + 2;
+                assert!(e.line.is_none_or(|l| (1..=lines).contains(&l)), "{e:?} in {lines} lines");
+                assert!(e.column.is_none_or(|c| c >= 1), "{e:?}");
+            }
+        },
+    );
+}
+
+#[test]
+fn fuzz_main_config() {
+    let listed = format!(
+        "{MAIN_MIN}participants:\n  - name: fra-1\n    addr: 198.18.1.10\n    lat: 50.11\n    lon: 8.68\n\
+         admin: {{listen: '198.18.0.1:8443', token_file: /t}}\nhealth:\n  probe_path: \"/p\"\n"
+    );
+    fuzz_config("main_config", &[MAIN_EXAMPLE.as_bytes(), MAIN_MIN.as_bytes(), listed.as_bytes()], parse_main);
+}
+
+#[test]
+fn fuzz_participant_config() {
+    let peers = format!(
+        "{PARTICIPANT_MIN}peer_cache:\n  enabled: true\n  peers: [198.18.2.10, '198.18.3.10:9000']\n  broadcast: ~\n"
+    );
+    fuzz_config(
+        "participant_config",
+        &[PARTICIPANT_EXAMPLE.as_bytes(), PARTICIPANT_MIN.as_bytes(), peers.as_bytes()],
+        parse_participant,
+    );
+}
+
+/// Every mapping of `value` (sections and list entries), by config path.
+fn sections(value: &serde_yaml::Value, path: String, out: &mut Vec<String>) {
+    match value {
+        serde_yaml::Value::Mapping(map) => {
+            for (key, child) in map {
+                if let Some(key) = key.as_str() {
+                    sections(child, join(&path, key), out);
+                }
+            }
+            out.push(path);
+        }
+        serde_yaml::Value::Sequence(items) => {
+            for (i, child) in items.iter().enumerate() {
+                sections(child, format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every struct denies unknown fields: a key added to any section of a complete file is
+/// refused as unknown, named by its path.
+#[test]
+fn unknown_keys_are_refused_in_every_section() {
+    fn check<T: std::fmt::Debug>(text: &str, parse: fn(&str, &str, &[Override]) -> Result<T, ConfigError>) {
+        let document: serde_yaml::Value = serde_yaml::from_str(text).expect("yaml");
+        let mut paths = Vec::new();
+        sections(&document, String::new(), &mut paths);
+        assert!(paths.len() >= 5, "{paths:?}");
+        for path in paths {
+            let mut doc = document.clone();
+            let mut node = &mut doc;
+            for step in path.split('.').filter(|s| !s.is_empty()) {
+                let (key, index) = match step.split_once('[') {
+                    Some((key, i)) => (key, i.trim_end_matches(']').parse::<usize>().ok()),
+                    None => (step, None),
+                };
+                node = &mut node[key];
+                if let Some(i) = index {
+                    node = &mut node[i];
+                }
+            }
+            let Some(map) = node.as_mapping_mut() else { panic!("{path} is not a mapping") };
+            map.insert("zz_unknown".into(), 1.into());
+            let written = serde_yaml::to_string(&doc).expect("serializes");
+            match parse("f.yaml", &written, &[]) {
+                Err(e) => {
+                    let want = join(&path, "zz_unknown");
+                    assert_eq!((e.kind, e.field.as_str()), (ConfigErrorKind::UnknownField, want.as_str()));
+                }
+                Ok(c) => panic!("unknown key in {path:?} accepted: {c:?}"),
+            }
+        }
+    }
+    let participants = "participants:\n  - name: fra-1\n    addr: 198.18.1.10\n    lat: 50.11\n    lon: 8.68\n";
+    check(&MAIN_EXAMPLE.replace("participants: []\n", participants), parse_main);
+    check(PARTICIPANT_EXAMPLE, parse_participant);
 }
