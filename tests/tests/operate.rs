@@ -4,6 +4,7 @@
 //!
 //! Each test has its own lab name and /21, so they run in parallel with the rest of the suite.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,10 @@ use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use baton_io::control::{write_message, FrameReader};
+use baton_shared::control::{decode_frame, encode_frame, Load, Message};
+use baton_shared::geo::Coord;
+use baton_shared::handoff::{BodyPart, Handoff, ObjectPlan, RepairWindow, Response, TcpState};
 use baton_tests::{bin_dir, curl_download, require_root, scrape_metrics, spawn_curl, Cluster, ClusterOptions, CONTROL_PORT};
 use serde_json::Value;
 
@@ -368,4 +373,232 @@ fn the_probe_catches_a_participant_without_the_vip() {
     wait_until("p-fra to be healthy again", NOTICE, || state_of(&c, "p-fra").as_deref() == Some("healthy"));
     let d = curl_download(&c, "c-fra", &c.vip_url("small.bin"), &[]).expect("download");
     assert_eq!((d.sha256.as_str(), d.served_by()), (sha.as_str(), Some("p-fra")));
+}
+
+/// The main's `baton_control_refused_total`, by reason.
+fn refusals(c: &Cluster) -> BTreeMap<String, f64> {
+    let prefix = "baton_control_refused_total{reason=\"";
+    scrape_metrics(c, "main", 9470)
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.strip_suffix("\"}")?.to_owned(), v)))
+        .collect()
+}
+
+/// Each reason's growth from `base` to `now` (reasons that did not grow are left out).
+fn growth(base: &BTreeMap<String, f64>, now: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    now.iter()
+        .map(|(k, v)| (k.clone(), v - base.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d != 0.0)
+        .collect()
+}
+
+/// Whether `fd` has something to read (data or an end) within `wait`.
+fn readable(fd: std::os::fd::RawFd, wait: Duration) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut p, 1, ms) > 0 }
+}
+
+/// A connection record as a participant would release it, for `flow` between `client` and `vip`.
+fn made_up_handoff(flow: u64, client: SocketAddrV4, vip: SocketAddrV4) -> Handoff {
+    let tcp = TcpState {
+        local: vip,
+        remote: client,
+        snd_seq: 0x1000_0000,
+        rcv_seq: 0x2000_0000,
+        mss: 1448,
+        snd_wscale: 7,
+        rcv_wscale: 7,
+        sack: true,
+        timestamps: true,
+        ts_val: 12345,
+        window: RepairWindow { snd_wl1: 0x2000_0000, snd_wnd: 64_000, max_window: 64_000, rcv_wnd: 65_000, rcv_wup: 0x2000_0000 },
+    };
+    Handoff { flow_id: flow, tcp, request: Vec::new(), object: None, snd_offset: 0, in_flight: 0, pending: Vec::new() }
+}
+
+#[test]
+fn an_authenticated_participant_cannot_steer_flows_it_does_not_own() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::start(&ClusterOptions::new("tforge", "198.19.40.0/21")).expect("cluster");
+    // Only objects over the probe limit: no probe hands the rogue a connection of its own.
+    let size = 64usize << 20;
+    let sha = c.write_object("big.bin", size, 43).expect("object");
+    let mut dl = spawn_curl(&c, "c-fra", &c.vip_url("big.bin"), &["--limit-rate", "8M"]).expect("download");
+    // The flow as its owner serves it: restored, its response reported (and its standby chosen,
+    // before the rogue exists).
+    let mut row = Value::Null;
+    wait_until("the download to be served", NOTICE, || {
+        let rows = c.flows().expect("flows");
+        row = rows.first().cloned().unwrap_or(Value::Null);
+        rows.len() == 1 && row["phase"] == "active" && row["object"].is_string() && dl.received() >= 1 << 20
+    });
+    let flow = row["id"].as_u64().expect("flow id");
+    let owner = row["participant"].as_str().expect("owner").to_owned();
+    let object = row["object"].clone();
+    assert_eq!(owner, "p-fra", "the nearest participant serves: {row}");
+    let client: SocketAddrV4 = row["client"].as_str().and_then(|s| s.parse().ok()).expect("client address");
+    let vip = SocketAddrV4::new(c.lab.vip(), 80);
+    let nowhere = flow ^ 0x5eed_0000_0000;
+
+    // p-rogue: a certificate from the lab CA, so it passes TLS and registers like any participant.
+    let rogue = "p-rogue";
+    let dir = c.tls_dir.clone();
+    baton_io::tls::issue(&dir, rogue, baton_io::tls::Role::Participant, baton_io::tls::DEFAULT_VALIDITY_DAYS, &dir, false).expect("rogue certificate");
+    let cfg = baton_io::tls::client_config(&dir.join(baton_io::tls::CA_CERT_FILE), &dir.join(format!("{rogue}.pem")), &dir.join(format!("{rogue}.key")))
+        .expect("rogue client config");
+    let main_addr = c.addr("main").expect("main addr");
+    let rogue_addr = c.addr("c-sin").expect("c-sin addr");
+    let tcp = c
+        .in_node("c-sin", move || std::net::TcpStream::connect(SocketAddrV4::new(main_addr, CONTROL_PORT)))
+        .expect("in c-sin")
+        .expect("connects to the control port");
+    tcp.set_nonblocking(true).expect("nonblocking");
+    let rt = baton_io::cli::runtime(1).expect("runtime");
+    let mut tls = rt
+        .block_on(async move { baton_io::tls::connect(cfg, tcp.try_into()?, Duration::from_secs(5)).await.map_err(std::io::Error::other) })
+        .expect("TLS handshake");
+    // Far from every client, so nothing would choose it anyway.
+    let register = Message::Register {
+        name: rogue.to_owned(),
+        addr: rogue_addr,
+        coord: Coord::new(-41.29, 174.78).expect("coord"),
+        capacity: baton_shared::config::DEFAULT_CAPACITY,
+        mirror_port: 0,
+    };
+    let answer = rt
+        .block_on(async {
+            write_message(&mut tls, &register).await?;
+            FrameReader::new(&mut tls).next().await
+        })
+        .expect("registration answer");
+    assert!(matches!(answer, Some(Message::Registered { .. })), "the rogue registers: {answer:?}");
+    wait_until("p-rogue to be listed", NOTICE, || {
+        participant(&c.participants().expect("list"), rogue).is_some_and(|r| r["connected"] == true)
+    });
+
+    // What it forges, and the reason the main must count each under (every one is refused).
+    let response = Response {
+        start: 0,
+        request_end: 1,
+        keep_alive: true,
+        head: b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec(),
+        body: Some(BodyPart { object: ObjectPlan { path: "evil.bin".to_owned(), size: 1 << 20, sha256: [0xee; 32] }, offset: 0, len: 1 << 20 }),
+    };
+    let elsewhere = SocketAddrV4::new(c.addr("c-iad").expect("c-iad"), client.port());
+    let released = Message::Released(made_up_handoff(flow, client, vip));
+    let owner_addr = c.addr(&owner).expect("owner addr");
+    let forged: Vec<(&str, Message, &str)> = vec![
+        ("a close report of the download", Message::FlowClosed { flow_id: flow, bytes_sent: size as u64 }, "not_owner"),
+        ("a made-up response on the download", Message::Serving { flow_id: flow, response: response.clone() }, "not_owner"),
+        ("a refused release of the download", Message::ReleaseFailed { flow_id: flow, reason: "kept".into() }, "not_owner"),
+        ("the download released toward another client", Message::Released(made_up_handoff(flow, elsewhere, vip)), "not_owner"),
+        ("the download released with its own addresses", released.clone(), "not_owner"),
+        ("a restore nobody awaits", Message::Restored { flow_id: flow }, "not_owner"),
+        ("a failed restore nobody awaits", Message::RestoreFailed { flow_id: flow, reason: "no".into() }, "not_owner"),
+        ("a prepare nobody asked for", Message::Prepared { flow_id: flow }, "not_asked"),
+        ("a failed prepare nobody asked for", Message::PrepareFailed { flow_id: flow, reason: "no".into() }, "not_asked"),
+        ("a release order", Message::Release { flow_id: flow }, "unexpected_kind"),
+        ("a handoff of the download", Message::Handoff(made_up_handoff(flow, client, vip)), "unexpected_kind"),
+        ("a prepare order", Message::Prepare { flow_id: flow, objects: vec![response.body.clone().expect("body").object] }, "unexpected_kind"),
+        ("a registration answer", Message::Registered { participant_id: 1 }, "unexpected_kind"),
+        ("a rejection", Message::Rejected { reason: "go away".into() }, "unexpected_kind"),
+        ("a second registration", register.clone(), "unexpected_kind"),
+        (
+            "a second registration as the owner",
+            Message::Register { name: owner.clone(), addr: owner_addr, coord: Coord::new(50.11, 8.68).expect("coord"), capacity: 1, mirror_port: 0 },
+            "unexpected_kind",
+        ),
+        ("a close report of no flow", Message::FlowClosed { flow_id: nowhere, bytes_sent: 1 }, "not_owner"),
+        ("a response on no flow", Message::Serving { flow_id: nowhere, response }, "not_owner"),
+        ("a release of no flow", Message::Released(made_up_handoff(nowhere, client, vip)), "not_owner"),
+        ("a refused release of no flow", Message::ReleaseFailed { flow_id: nowhere, reason: "kept".into() }, "not_owner"),
+        ("a restore of no flow", Message::Restored { flow_id: nowhere }, "not_owner"),
+        ("a prepare of no flow", Message::Prepared { flow_id: nowhere }, "not_asked"),
+        ("the release again (replay)", released, "not_owner"),
+        ("the close report again (replay)", Message::FlowClosed { flow_id: flow, bytes_sent: size as u64 }, "not_owner"),
+        ("the prepare again (replay)", Message::Prepared { flow_id: flow }, "not_asked"),
+        ("the release order again (replay)", Message::Release { flow_id: flow }, "unexpected_kind"),
+    ];
+    let mut expected: BTreeMap<String, f64> = BTreeMap::new();
+    for (_, _, reason) in &forged {
+        *expected.entry((*reason).to_owned()).or_default() += 1.0;
+    }
+    assert_eq!(
+        expected,
+        BTreeMap::from([("not_asked".to_owned(), 4.0), ("not_owner".to_owned(), 14.0), ("unexpected_kind".to_owned(), 8.0)]),
+        "the forged messages, counted by hand"
+    );
+
+    let base = refusals(&c);
+    let mut so_far: BTreeMap<String, f64> = BTreeMap::new();
+    for (what, msg, reason) in &forged {
+        // Each frame decodes to exactly what was meant: the main reads it, nothing closes.
+        let mut frame = Vec::new();
+        encode_frame(msg, &mut frame);
+        assert_eq!(decode_frame(&frame), Ok(Some((msg.clone(), frame.len()))), "{what} is a well-formed frame");
+        // A heartbeat first: accepted, it keeps the rogue a live participant and counts nothing.
+        rt.block_on(async {
+            write_message(&mut tls, &Message::Heartbeat(Load::default())).await?;
+            write_message(&mut tls, msg).await
+        })
+        .unwrap_or_else(|e| panic!("sending {what}: {e}"));
+        *so_far.entry((*reason).to_owned()).or_default() += 1.0;
+        let mut seen = BTreeMap::new();
+        wait_until(&format!("{what} to be refused as {reason}"), NOTICE, || {
+            seen = growth(&base, &refusals(&c));
+            seen.get(*reason) >= so_far.get(*reason)
+        });
+        assert_eq!(seen, so_far, "after {what}: refusals by reason");
+        let rows = c.flows().expect("flows");
+        assert_eq!(rows.len(), 1, "after {what}: {rows:?}");
+        let r = &rows[0];
+        assert_eq!(
+            (r["id"].as_u64(), r["participant"].as_str(), r["phase"].as_str(), &r["object"], r["moves"].as_u64()),
+            (Some(flow), Some(owner.as_str()), Some("active"), &object, Some(0)),
+            "after {what}: the flow stays its owner's, untouched: {r}"
+        );
+    }
+    assert!(dl.running(), "the forging ran while the download did ({} bytes arrived)", dl.received());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(growth(&base, &refusals(&c)), expected, "refusals by reason");
+
+    // Refusals close nothing: the rogue is still a connected participant, and the main sent it
+    // nothing (no handoff, no prepare) after its registration.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(tls.get_ref().0);
+    assert!(!readable(fd, Duration::from_millis(300)), "the main sent the rogue something, or closed its connection");
+    assert_eq!(participant(&c.participants().expect("list"), rogue).map(|r| r["connected"].clone()), Some(Value::Bool(true)));
+
+    // A frame the main cannot decode (a release with MSS 0) ends the connection; it is not a
+    // refusal of a message, so no counter moves.
+    let mut broken = made_up_handoff(flow, client, vip);
+    broken.tcp.mss = 0;
+    let broken = Message::Released(broken);
+    let mut frame = Vec::new();
+    encode_frame(&broken, &mut frame);
+    assert!(decode_frame(&frame).is_err(), "an MSS of 0 does not decode");
+    rt.block_on(write_message(&mut tls, &broken)).expect("sending the broken frame");
+    assert!(readable(fd, NOTICE), "the main closes the connection");
+    let end = rt.block_on(async { FrameReader::new(&mut tls).next().await });
+    assert!(!matches!(end, Ok(Some(_))), "nothing but the end arrives: {end:?}");
+    wait_until("p-rogue to be gone", NOTICE, || participant(&c.participants().expect("list"), rogue).is_none());
+    drop(tls);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(growth(&base, &refusals(&c)), expected, "refusals by reason after the close");
+    eprintln!("forged {} messages; refusals by reason: {:?}", forged.len(), growth(&base, &refusals(&c)));
+
+    // The download is whole and was its owner's to the end; the cluster serves on.
+    let d = dl.finish().expect("download finishes");
+    assert_eq!(d.exit, 0, "download failed: {}", d.stderr);
+    assert_eq!(d.sha256, sha);
+    assert_eq!(d.served_by(), Some(owner.as_str()));
+    for p in ["p-fra", "p-iad", "p-sin"] {
+        assert_eq!(state_of(&c, p).as_deref(), Some("healthy"), "{p} stays connected");
+    }
+    let sha2 = c.write_object("after.bin", 4 << 20, 44).expect("object");
+    let d = curl_download(&c, "c-fra", &c.vip_url("after.bin"), &[]).expect("download");
+    assert_eq!((d.exit, d.sha256.as_str(), d.served_by()), (0, sha2.as_str(), Some("p-fra")), "{}", d.stderr);
 }
