@@ -27,7 +27,7 @@ use baton_ebpf::{
     monotonic_now_ns, AttachMode, Encap, FlowKey, MainCounter, MainDataplane, MainOptions, Verdict,
 };
 use common::frames::{self, eth, hex, ipv4_checksum_ok, Tcp, CLIENT, GUE_PORT, VIP};
-use common::truncate::{self, cuts, Cut};
+use common::truncate::{self, sweep, Cut};
 use common::{lab, NetNs, PinDir};
 
 /// How a fixture prepares the flow map (the map is emptied first).
@@ -1073,23 +1073,13 @@ struct Sweep {
 impl Sweep {
     /// Every cut, shortest first, then the whole frame.
     fn fixtures(&self) -> Vec<Fixture> {
-        let fixture = |description, frame, (expect, observed)| Fixture {
+        sweep(&self.description, &self.frame, self.cut, self.whole, &*self.cut_to, |description, frame, (expect, observed)| Fixture {
             description,
             frame,
             setup: self.setup.clone(),
             expect,
             observed,
-        };
-        let mut out: Vec<Fixture> = cuts(&self.frame, self.cut)
-            .into_iter()
-            .map(|t| {
-                let description = format!("{}: {:?} cut to {} bytes", self.description, self.cut, t.len);
-                fixture(description, t.frame, (self.cut_to)(t.len))
-            })
-            .collect();
-        assert!(out.len() > 20, "{}: only {} cuts", self.description, out.len());
-        out.push(fixture(format!("{}: whole", self.description), self.frame.clone(), self.whole));
-        out
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use baton_ebpf::{
     ParticipantDataplane, ParticipantOptions, Verdict,
 };
 use common::frames::{self, eth, fix_ipv4_checksum, hex, Tcp, CLIENT, GUE_PORT, VIP};
-use common::truncate::{self, cuts, Cut};
+use common::truncate::{self, sweep, Cut};
 use common::{ip, lab, NetNs, PinDir};
 
 const MAIN: Ipv4Addr = lab::LOCAL;
@@ -423,22 +423,7 @@ struct Sweep {
 impl Sweep {
     /// Every cut, shortest first, then the whole frame.
     fn fixtures(&self) -> Vec<Fixture> {
-        let fixture = |description, frame, (ipip, gue)| Fixture {
-            description,
-            frame,
-            ipip,
-            gue,
-        };
-        let mut out: Vec<Fixture> = cuts(&self.frame, self.cut)
-            .into_iter()
-            .map(|t| {
-                let description = format!("{}: {:?} cut to {} bytes", self.description, self.cut, t.len);
-                fixture(description, t.frame, (self.cut_to)(t.len))
-            })
-            .collect();
-        assert!(out.len() > 20, "{}: only {} cuts", self.description, out.len());
-        out.push(fixture(format!("{}: whole", self.description), self.frame.clone(), self.whole));
-        out
+        sweep(self.description, &self.frame, self.cut, self.whole, &*self.cut_to, |description, frame, (ipip, gue)| Fixture { description, frame, ipip, gue })
     }
 }
 

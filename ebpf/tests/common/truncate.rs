@@ -31,6 +31,24 @@ pub struct Truncated {
     pub frame: Vec<u8>,
 }
 
+/// A sweep's fixtures: one per cut of `frame` (shortest first), then the whole frame. `make`
+/// builds a fixture from its description, frame and expected outcome; `cut_to` gives the
+/// outcome of the cut to `len` bytes ([`Truncated::len`]).
+pub fn sweep<E, F>(
+    description: &str,
+    frame: &[u8],
+    cut: Cut,
+    whole: E,
+    cut_to: &dyn Fn(usize) -> E,
+    make: impl Fn(String, Vec<u8>, E) -> F,
+) -> Vec<F> {
+    let mut out: Vec<F> =
+        cuts(frame, cut).into_iter().map(|t| make(format!("{description}: {cut:?} cut to {} bytes", t.len), t.frame, cut_to(t.len))).collect();
+    assert!(out.len() > 20, "{description}: only {} cuts", out.len());
+    out.push(make(format!("{description}: whole"), frame.to_vec(), whole));
+    out
+}
+
 /// Every cut of `frame` (Ethernet + IPv4) that is shorter than it, shortest first.
 /// `Cut::Frame`: every prefix, 0 bytes to one byte short. `Cut::Packet`: every IPv4 total
 /// length from the IPv4 header's own length to one byte short of the packet's.
