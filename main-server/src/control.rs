@@ -156,8 +156,15 @@ fn handle(shared: &Arc<Shared>, name: &str, msg: Message) {
             shared.conduct(|c, env, now| c.released(name, &handoff, now, env));
         }
         Message::ReleaseFailed { flow_id, reason } => {
-            warn!(flow = flow_id, %reason, "participant kept the flow");
-            shared.conduct(|c, _, _| c.release_failed(name, flow_id));
+            if reason == baton_shared::control::NOT_SERVED_HERE {
+                // It ended while nobody could hear of it (the main was restarting, say), or its
+                // serving process is gone: recover it, or forget it if the client has it all.
+                warn!(flow = flow_id, "the owner does not serve the flow; recovering it");
+                shared.conduct(|c, env, now| c.lost_by_owner(name, flow_id, now, env));
+            } else {
+                warn!(flow = flow_id, %reason, "participant kept the flow");
+                shared.conduct(|c, _, _| c.release_failed(name, flow_id));
+            }
         }
         other => warn!(message = ?std::mem::discriminant(&other), "unexpected control message"),
     }

@@ -282,7 +282,7 @@ impl Agent {
                 }
                 Ok(Some(Message::Release { flow_id })) => {
                     if !self.release(flow_id) {
-                        let _ = tx.send(Message::ReleaseFailed { flow_id, reason: "not served here".to_owned() });
+                        let _ = tx.send(Message::ReleaseFailed { flow_id, reason: baton_shared::control::NOT_SERVED_HERE.to_owned() });
                     }
                 }
                 Ok(Some(other)) => warn!(message = ?other, "unexpected control message"),

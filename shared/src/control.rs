@@ -60,6 +60,11 @@ pub struct Load {
     pub cache_bytes: u64,
 }
 
+/// The `ReleaseFailed` reason of a participant that does not serve the flow at all (it ended, or
+/// the process that served it is gone): the main recovers or forgets the flow instead of
+/// leaving it with that participant.
+pub const NOT_SERVED_HERE: &str = "not served here";
+
 /// A control-channel message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {

@@ -668,6 +668,24 @@ impl Conductor {
         }
     }
 
+    /// The owner says it does not serve the flow at all: it is recovered like the flow of a
+    /// dead participant (frozen, rebuilt once the client's ACK settles, or forgotten when the
+    /// client acknowledged everything).
+    pub fn lost_by_owner(&mut self, from: &str, id: FlowId, now: Duration, env: &impl Env) {
+        let Some(f) = self.flows.get_mut(&id) else { return };
+        if f.owner != from || matches!(f.phase, Phase::Local | Phase::Orphaned { .. }) {
+            return;
+        }
+        if matches!(f.phase, Phase::Releasing { .. } | Phase::Preparing { .. }) {
+            self.counts.moves_abandoned += 1;
+        }
+        self.counts.recoveries += 1;
+        f.tried.insert(from.to_owned());
+        f.phase = Phase::Orphaned { since: now, acked: f.ledger.acked, advanced: now };
+        self.actions.push_back(Action::Freeze { flow: id });
+        self.settle(now, env);
+    }
+
     /// The new owner restored the flow.
     pub fn restored(&mut self, from: &str, id: FlowId) {
         if let Some(f) = self.flows.get_mut(&id) {

@@ -820,3 +820,27 @@ fn a_crash_rebuild_does_not_wait_past_the_limit() {
     }
     assert!(c.drain_actions().iter().any(|a| matches!(a, Action::Handoff { .. })), "handed over at the limit");
 }
+
+#[test]
+fn a_flow_its_owner_does_not_serve_is_recovered_elsewhere() {
+    struct Still;
+    impl Env for Still {
+        fn observe(&self, _: FlowId, _: &Ledger) -> Option<Observation> {
+            Some(Observation { acked: 5_000, client_next: 5040, window: 500, tsecr: Some(9), idle: SETTLE_QUIET })
+        }
+        fn choose(&self, _: FlowId, _: &Ledger, exclude: &BTreeSet<String>) -> Option<String> {
+            (!exclude.contains("b")).then(|| "b".to_owned())
+        }
+    }
+    let mut c = Conductor::new(Timeouts::default());
+    c.peer_up("a", Duration::ZERO);
+    c.peer_up("b", Duration::ZERO);
+    c.adopt("a", ledger());
+    c.lost_by_owner("b", 1, Duration::ZERO, &Still);
+    assert!(c.drain_actions().is_empty(), "only the owner's word counts");
+    c.lost_by_owner("a", 1, Duration::ZERO, &Still);
+    let actions = c.drain_actions();
+    assert!(matches!(actions.first(), Some(Action::Freeze { flow: 1 })), "{actions:?}");
+    assert!(actions.iter().any(|a| matches!(a, Action::Handoff { participant, handoff } if participant == "b" && handoff.snd_offset == 5_000)), "{actions:?}");
+    assert_eq!(c.counts().recoveries, 1);
+}
