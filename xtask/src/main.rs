@@ -1,4 +1,4 @@
-//! `cargo xtask demo | test | bench | lab`: the README's commands.
+//! `cargo xtask demo | test | bench | soak | lab`: the README's commands.
 //!
 //! Both `demo` and `test` install what is missing on a Debian host (saying what, via apt), build
 //! the release binaries, and then run; neither needs any other set-up step.
@@ -96,6 +96,18 @@ enum Cmd {
         #[arg(long)]
         keep_pcap: Option<PathBuf>,
     },
+    /// The soak test at a chosen length; its report goes to `results/soak-<date>-<mode>.md`.
+    Soak {
+        /// Length in seconds (the test suite runs it for 600).
+        #[arg(long, default_value_t = 600)]
+        secs: u64,
+        /// The main's data plane: tc, xdp or userspace.
+        #[arg(long, default_value = "tc", value_parser = ["tc", "xdp", "userspace"])]
+        dataplane: String,
+        /// Seed of the event schedule (default: the time).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Drive baton-lab (up, down, status, exec ...).
     Lab {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -117,6 +129,11 @@ fn main() -> anyhow::Result<()> {
             ensure_host()?;
             build()?;
             test(&args)
+        }
+        Cmd::Soak { secs, dataplane, seed } => {
+            ensure_host()?;
+            build()?;
+            soak(secs, &dataplane, seed)
         }
         Cmd::Bench { which, size_mib, moves, kills, keep_pcap } => {
             ensure_host()?;
@@ -265,6 +282,22 @@ fn build() -> anyhow::Result<()> {
 
 fn test(extra: &[String]) -> anyhow::Result<()> {
     run(cargo().args(["test", "--release", "--workspace"]).args(extra))
+}
+
+fn soak(secs: u64, dataplane: &str, seed: Option<u64>) -> anyhow::Result<()> {
+    std::fs::create_dir_all("results")?;
+    let report = Path::new("results").join(format!("soak-{}-{dataplane}.md", report::utc_date_today()));
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "-p", "baton-tests", "--test", "soak", "--", "--nocapture"])
+        .env("BATON_SOAK_SECS", secs.to_string())
+        .env("BATON_TEST_DATAPLANES", dataplane)
+        .env("BATON_SOAK_REPORT", &report);
+    if let Some(seed) = seed {
+        cmd.env("BATON_SOAK_SEED", seed.to_string());
+    }
+    run(&mut cmd)?;
+    println!("report: {}", report.display());
+    Ok(())
 }
 
 fn demo(keep: bool) -> anyhow::Result<()> {
