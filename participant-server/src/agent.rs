@@ -508,8 +508,9 @@ impl Agent {
                 self.send(Message::Released(handoff));
             }
             Err(e) => {
-                warn!(error = %e, "could not freeze the connection for a move");
-                self.send(Message::ReleaseFailed { flow_id, reason: e.to_string() });
+                // The socket is closed either way: the main must recover the flow, not leave it here.
+                warn!(error = %e, "could not freeze the connection for a move; it is not served here any more");
+                self.send(Message::ReleaseFailed { flow_id, reason: baton_shared::control::NOT_SERVED_HERE.to_owned() });
             }
         }
         self.guard.remove(key);
