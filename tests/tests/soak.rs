@@ -5,7 +5,8 @@
 //! time from each kill to its flows running elsewhere is measured.
 //!
 //! `BATON_SOAK_SECS` sets the length (default [`DEFAULT_SOAK`]), `BATON_SOAK_SEED` the event
-//! schedule's seed, `BATON_SOAK_REPORT` a file the report is written to (markdown);
+//! schedule's seed, `BATON_SOAK_REPORT` the file the report is written to (markdown; by default
+//! `soak-report.md` in cargo's test scratch directory, `target/tmp`);
 //! `cargo xtask soak` sets them and keeps the report in `results/`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -281,9 +282,10 @@ fn soak_downloads_survive_moves_drains_kills_and_a_main_restart() {
             mrec = ev.main_recovery.unwrap_or_default(),
         );
         eprintln!("{report}");
-        if let Ok(path) = std::env::var("BATON_SOAK_REPORT") {
-            std::fs::write(&path, &report).unwrap_or_else(|e| panic!("writing {path}: {e}"));
-        }
+        // A passing test's output is not shown, so the report always goes to a file too.
+        let path = std::env::var("BATON_SOAK_REPORT").unwrap_or_else(|_| format!("{}/soak-report.md", env!("CARGO_TARGET_TMPDIR")));
+        std::fs::write(&path, &report).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+        eprintln!("report: {path}");
         drop(c);
         assert!(failures.is_empty(), "failed downloads: {failures:#?}");
         assert_eq!(sha_failures, 0, "downloads with a wrong SHA-256");
