@@ -27,6 +27,8 @@ const RATES: [&str; 3] = ["8M", "16M", "32M"];
 const EVENT_GAP: (Duration, Duration) = (Duration::from_secs(4), Duration::from_secs(6));
 /// A killed participant's flows must run elsewhere within this.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(10);
+/// Time between the last download start and the restart of the main (see [`event`]).
+const QUIET_BEFORE_RESTART: Duration = Duration::from_secs(2);
 const SITES: [&str; 2] = ["c-fra", "c-iad"];
 const PARTICIPANTS: [&str; 3] = ["p-fra", "p-iad", "p-sin"];
 
@@ -112,6 +114,11 @@ fn client_site(cluster: &Mutex<Cluster>, site: &str, objects: &[(String, String)
 /// One event; the cluster is held meanwhile, so no download starts during a restart of the main.
 fn event(c: &mut Cluster, rng: &mut Rng, restart_main: bool, ev: &mut Events) {
     if restart_main {
+        // A connection the main has accepted but not handed off yet dies with it, as with any
+        // server that is killed, and a SYN while it is down is refused: no download may be
+        // starting. None starts while the cluster is held; the one just started is handed off
+        // within this.
+        std::thread::sleep(QUIET_BEFORE_RESTART);
         let t0 = Instant::now();
         c.restart_main(Duration::from_secs(1)).expect("main restarts");
         c.wait_registered(PARTICIPANTS.len()).expect("participants reconnect to the restarted main");
