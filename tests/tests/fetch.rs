@@ -119,9 +119,12 @@ fn mirrors_rates_impostors_ftp_and_aria2() {
         bytes(&server(&j, "http", &addr(&c, par))),
         bytes(&server(&j, "http", &addr(&c, sin))),
     );
+    // The VIP's connections are handed off to p-fra (the client's nearest), so they share the
+    // fastest link with p-fra's mirror: that link, not the mirror alone, delivers the most.
+    let bv = bytes(&server(&j, "http", &c.lab.vip().to_string()));
     assert!(
-        bf > bp && bf > bs && bp > 0 && bs > 0,
-        "bytes fra {bf} par {bp} sin {bs}: {j:#}"
+        bf + bv > bp && bf + bv > bs && bp > 0 && bs > 0,
+        "bytes fra {bf} (+ VIP {bv}) par {bp} sin {bs}: {j:#}"
     );
     for n in [fra, par, sin] {
         // Named by the main: in its Link headers and in the Metalink they point to.
